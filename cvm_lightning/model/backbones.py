@@ -1,0 +1,86 @@
+"""Visual backbones: any ``timm`` model, plus a registry for custom ones."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Callable
+
+import timm
+import torch
+from torch import nn
+
+from cvm_lightning.errors import ConfigError
+
+# Custom backbones, looked up before timm: name -> factory(in_chans, **kwargs).
+BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator that makes a factory usable as ``backbone=name``."""
+
+    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        BACKBONES[name] = factory
+        return factory
+
+    return wrap
+
+
+def _unknown_backbone(name: str) -> ConfigError:
+    candidates = [*BACKBONES, *timm.list_models()]
+    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ConfigError(
+        f"Unknown backbone {name!r}.{hint} Any name from `timm.list_models()` works, "
+        f"as do the registered backbones {sorted(BACKBONES) or '[]'}."
+    )
+
+
+def create_backbone(
+    name: str, *, pretrained: bool = False, in_chans: int = 3, img_size: int | None = None
+) -> nn.Module:
+    """A feature extractor (no classifier) for ``name``.
+
+    timm models are created with ``num_classes=0``; ``img_size`` is passed to
+    models that take it (ViTs, MLP-mixers), which need it for small inputs.
+    """
+    if name in BACKBONES:
+        return BACKBONES[name](in_chans=in_chans)
+    if not timm.is_model(name):
+        raise _unknown_backbone(name)
+    kwargs: dict = {"pretrained": pretrained, "num_classes": 0, "in_chans": in_chans}
+    entrypoint = timm.models.model_entrypoint(name)
+    model_cls_args = inspect.signature(entrypoint).parameters
+    if img_size is not None and _accepts_img_size(name, model_cls_args):
+        kwargs["img_size"] = img_size
+    try:
+        return timm.create_model(name, **kwargs)
+    except RuntimeError as err:  # pretrained weights missing offline
+        raise ConfigError(
+            f"Could not create backbone {name!r} with pretrained={pretrained}: {err}\n"
+            "Fix: use pretrained=False (--no-pretrained), or put the weights in the Hugging Face cache "
+            "(HF_HOME) on a machine with internet first."
+        ) from err
+
+
+def _accepts_img_size(name: str, entrypoint_args) -> bool:
+    # timm entrypoints take **kwargs; the model classes that use img_size are
+    # the patch-embedding ones.
+    families = ("vit", "deit", "beit", "eva", "mixer", "swin", "cait", "xcit", "levit", "pit", "tnt")
+    return "img_size" in entrypoint_args or name.split("_")[0].startswith(families)
+
+
+@torch.no_grad()
+def feature_dim(backbone: nn.Module, in_chans: int, input_size: int) -> int:
+    """Width of the backbone's pooled features, found with a dummy forward.
+
+    ``num_features`` is wrong for models with a pre-logits stage (for example
+    mobilenetv3 reports 576 but outputs 1024), so we measure instead.
+    """
+    was_training = backbone.training
+    backbone.eval()
+    out = backbone(torch.zeros(1, in_chans, input_size, input_size))
+    backbone.train(was_training)
+    if out.ndim != 2:
+        raise ConfigError(f"Backbone output has shape {tuple(out.shape)}; expected pooled (batch, features).")
+    return int(out.shape[1])

@@ -1,0 +1,283 @@
+"""``CVMModule``: a timm backbone mapped into a fixed concept space."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Any, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvm_lightning.concepts import ConceptBank
+from cvm_lightning.errors import ConceptError, ConfigError, DataError, TrainingDivergedError
+from cvm_lightning.model.backbones import create_backbone, feature_dim
+from cvm_lightning.model.heads import ConceptAlignmentHead
+from cvm_lightning.model.losses import LOSSES
+from cvm_lightning.model.replay import ReplayBuffer
+
+OPTIMIZERS = {
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": partial(torch.optim.SGD, momentum=0.9),
+}
+SCHEDULERS = ("none", "cosine")
+NEGATIVES = ("seen", "all")
+
+
+def split_batch(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` from a ``(x, y)`` batch or an Avalanche ``(x, y, task)`` batch."""
+    return batch[0], batch[1]
+
+
+class CVMModule(pl.LightningModule):
+    """Continual Visual Mapping: learn to map images onto language concepts.
+
+    A ``timm`` backbone and a concept-alignment head embed each image as a
+    unit vector; its logits are cosine similarities to the class concepts
+    divided by a temperature. Only classes seen so far compete (their concepts
+    are the negatives of the loss, and prediction is the nearest seen
+    concept), unless ``negatives="all"``. An optional class-balanced replay
+    memory mixes old samples into every training batch.
+
+    Args:
+        concept_bank: the knowledge space. When ``None``, ``class_names`` and
+            ``concept_dim`` give its shape and the embeddings come from a
+            checkpoint (this is how ``load_from_checkpoint`` works).
+        backbone: a ``timm`` model name or a registered backbone.
+        pretrained: load the backbone's pretrained weights (needs them cached).
+        in_chans: image channels.
+        input_size: images smaller than this are upsampled to it (timm stems
+            shrink 32x32 inputs to 1x1); ``None`` leaves them as they are.
+        head: ``"mlp"`` or ``"linear"`` alignment head.
+        loss: ``"ce"`` (cross-entropy over similarities) or ``"cosine"``.
+        temperature: softmax temperature of the similarities.
+        learn_temperature: make the temperature a trained parameter.
+        negatives: ``"seen"`` classes or ``"all"`` concepts of the bank.
+        optimizer, lr, weight_decay, scheduler: the optimiser, recreated at
+            every ``fit`` (each experience starts with fresh moments).
+        buffer_size: replay memory size in samples (0 turns replay off).
+        replay_batch_size: replayed samples per batch (default: the batch size).
+        seed: seed of the replay memory's sampling.
+    """
+
+    def __init__(
+        self,
+        concept_bank: ConceptBank | None = None,
+        *,
+        class_names: Sequence[str] | None = None,
+        concept_dim: int | None = None,
+        backbone: str = "mobilenetv3_small_100",
+        pretrained: bool = False,
+        in_chans: int = 3,
+        input_size: int | None = None,
+        head: str = "mlp",
+        head_hidden_dim: int = 512,
+        loss: str = "ce",
+        temperature: float = 0.1,
+        learn_temperature: bool = False,
+        negatives: str = "seen",
+        optimizer: str = "adamw",
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        scheduler: str = "none",
+        buffer_size: int = 0,
+        replay_batch_size: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_choice("loss", loss, LOSSES)
+        _check_choice("optimizer", optimizer, OPTIMIZERS)
+        _check_choice("scheduler", scheduler, SCHEDULERS)
+        _check_choice("negatives", negatives, NEGATIVES)
+        if concept_bank is not None:
+            class_names, concept_dim = concept_bank.class_names, concept_bank.dim
+        if class_names is None or concept_dim is None:
+            raise ConfigError("CVMModule needs a concept_bank (or class_names and concept_dim with a checkpoint).")
+        self.save_hyperparameters(ignore=["concept_bank"])
+        self.hparams["class_names"] = list(class_names)
+        self.hparams["concept_dim"] = int(concept_dim)
+
+        self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, img_size=input_size)
+        width = feature_dim(self.backbone, in_chans, input_size or 64)
+        self.head = ConceptAlignmentHead(width, concept_dim, kind=head, hidden_dim=head_hidden_dim)
+        log_t = torch.tensor(math.log(temperature))
+        if learn_temperature:
+            self.log_temperature = nn.Parameter(log_t)
+        else:
+            self.register_buffer("log_temperature", log_t)
+        embeddings = concept_bank.embeddings if concept_bank is not None else torch.zeros(len(class_names), concept_dim)
+        self.register_buffer("concepts", embeddings.clone())
+        self.register_buffer("seen", torch.zeros(len(class_names), dtype=torch.bool))
+        self.loss_fn = LOSSES[loss]
+        self.replay = ReplayBuffer(buffer_size, seed=seed)
+        self.current_experience = 0
+        self._fit_classes: set[int] = set()
+        self._first_epoch = 0
+
+    # ----------------------------------------------------------------- concepts
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.hparams["class_names"])
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    def start_experience(self, classes: Sequence[int], experience: int | None = None) -> None:
+        """Mark ``classes`` as seen before training on a new experience."""
+        classes = [int(c) for c in classes]
+        self._check_known(classes)
+        self.seen[classes] = True
+        self._fit_classes = set(classes)
+        if experience is not None:
+            self.current_experience = experience
+
+    def _check_known(self, classes: Sequence[int]) -> None:
+        unknown = sorted({c for c in classes if not 0 <= c < len(self.seen)})
+        if unknown:
+            raise ConceptError(
+                f"Class ids {unknown} have no concept text (the concept bank has {len(self.seen)} classes, "
+                f"ids 0..{len(self.seen) - 1}). Give every label a class name: extend the bank "
+                "(ConceptBank.extend or CVMModule.add_concepts) or fix the labels."
+            )
+
+    def add_concepts(self, names: Sequence[str], embeddings: torch.Tensor) -> list[int]:
+        """Append new class concepts (unit rows of ``embeddings``); returns their ids."""
+        if embeddings.shape != (len(names), self.concepts.shape[1]):
+            raise ConceptError(
+                f"Expected embeddings of shape ({len(names)}, {self.concepts.shape[1]}), got {tuple(embeddings.shape)}."
+            )
+        first = len(self.seen)
+        merged = [*self.class_names, *names]
+        if len(set(merged)) != len(merged):
+            raise ConceptError(f"Some of {list(names)} are already concepts of this model.")
+        self.concepts = torch.cat([self.concepts, F.normalize(embeddings.to(self.concepts), dim=-1)])
+        self.seen = torch.cat([self.seen, torch.zeros(len(names), dtype=torch.bool, device=self.seen.device)])
+        self.hparams["class_names"] = merged
+        return list(range(first, len(merged)))
+
+    # ------------------------------------------------------------------ forward
+    def _check_images(self, x: torch.Tensor) -> None:
+        expected = self.hparams["in_chans"]
+        if x.ndim != 4 or x.shape[1] != expected:
+            raise DataError(
+                f"Expected images of shape (batch, {expected}, height, width), got {tuple(x.shape)}. "
+                f"Convert them to {expected} channel(s) (for example torchvision's Grayscale or "
+                "Lambda(lambda img: img.convert('RGB'))) or build the model with a matching in_chans."
+            )
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit vectors in concept space for images ``x`` (B x C x H x W)."""
+        self._check_images(x)
+        size = self.hparams["input_size"]
+        if size and min(x.shape[-2:]) < size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return self.head(self.backbone(x))
+
+    def similarities(self, x: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of each image to every concept (B x n_classes)."""
+        return self.embed(x) @ self.concepts.T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits indexed by class id: similarity / temperature, unseen classes at -inf.
+
+        The argmax is the nearest seen concept, so Avalanche's metrics and any
+        classifier tooling read these outputs as usual.
+        """
+        return self._mask_unseen(self.similarities(x) / self.temperature)
+
+    def _mask_unseen(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.seen.any():
+            return logits
+        return logits.masked_fill(~self.seen, float("-inf"))
+
+    # ----------------------------------------------------------------- training
+    def on_train_start(self) -> None:
+        self._first_epoch = self.current_epoch
+
+    def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
+        x, y = split_batch(batch)
+        classes = y.unique().tolist()
+        self._check_known(classes)
+        self.seen[classes] = True
+        self._fit_classes.update(classes)
+        if self.current_epoch == self._first_epoch:
+            self.replay.add(x, y)
+        replayed = self.replay.sample(self.hparams["replay_batch_size"] or len(x), exclude=self._fit_classes)
+        if replayed is not None:
+            x = torch.cat([x, replayed[0].to(x)])
+            y = torch.cat([y, replayed[1].to(y)])
+        competing = torch.ones_like(self.seen) if self.hparams["negatives"] == "all" else self.seen
+        ids = competing.nonzero().flatten()
+        local = torch.full_like(self.seen, -1, dtype=torch.long)
+        local[ids] = torch.arange(len(ids), device=ids.device)
+        z = self.embed(x)
+        loss = self.loss_fn(z, self.concepts[ids], local[y], self.temperature)
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(
+                f"Loss is {loss.item()} at experience {self.current_experience}, step {self.global_step}. "
+                "Lower the learning rate (--lr) or raise the temperature; saved checkpoints were left untouched."
+            )
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch: Sequence[Any], stage: str) -> dict[str, torch.Tensor]:
+        x, y = split_batch(batch)
+        preds = self(x).argmax(dim=1)
+        self.log(f"{stage}/acc", (preds == y).float().mean(), prog_bar=True)
+        return {"preds": preds, "target": y}
+
+    def validation_step(self, batch: Sequence[Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self._eval_step(batch, "val")
+
+    def test_step(self, batch: Sequence[Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self._eval_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Nearest seen concept per image: ``class_ids``, ``class_names``, ``similarity``."""
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        sims = self.similarities(x)
+        best = self._mask_unseen(sims).argmax(dim=1)
+        names = self.class_names
+        return {
+            "class_ids": best,
+            "class_names": [names[i] for i in best.tolist()],
+            "similarity": sims.gather(1, best[:, None]).squeeze(1),
+        }
+
+    def configure_optimizers(self) -> Any:
+        optimizer = OPTIMIZERS[self.hparams["optimizer"]](
+            self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
+        )
+        if self.hparams["scheduler"] == "none":
+            return optimizer
+        # The Trainer may continue from earlier experiences: anneal over this fit only.
+        self.trainer.estimated_stepping_batches  # noqa: B018 - loads the train dataloader
+        steps = max(1, (self.trainer.max_epochs - self.current_epoch) * int(self.trainer.num_training_batches))
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # -------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cvm_replay"] = self.replay.state_dict()
+        checkpoint["cvm_state"] = {"current_experience": self.current_experience}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        if "concepts" in state and state["concepts"].shape != self.concepts.shape:
+            raise ConceptError(
+                f"The checkpoint has {tuple(state['concepts'].shape)} concepts but this model has "
+                f"{tuple(self.concepts.shape)}: it was trained with another concept bank. Load it with "
+                "CVMModule.load_from_checkpoint(path) so the model takes the checkpoint's classes."
+            )
+        if "cvm_replay" in checkpoint:
+            self.replay.load_state_dict(checkpoint["cvm_replay"])
+        self.current_experience = checkpoint.get("cvm_state", {}).get("current_experience", 0)
+
+
+def _check_choice(what: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.")
