@@ -113,8 +113,9 @@ class CVMModule(pl.LightningModule):
         self.register_buffer("seen", torch.zeros(len(class_names), dtype=torch.bool))
         self.loss_fn = LOSSES[loss]
         self.replay = ReplayBuffer(buffer_size, seed=seed)
-        self.current_experience = 0
-        self._fit_classes: set[int] = set()
+        self.current_experience: int | None = None
+        self._fit_classes: set[int] = set()  # classes of the current experience: never replayed
+        self._experience_started = False
         self._first_epoch = 0
 
     # ----------------------------------------------------------------- concepts
@@ -132,6 +133,7 @@ class CVMModule(pl.LightningModule):
         self._check_known(classes)
         self.seen[classes] = True
         self._fit_classes = set(classes)
+        self._experience_started = True
         if experience is not None:
             self.current_experience = experience
 
@@ -181,46 +183,66 @@ class CVMModule(pl.LightningModule):
         """Cosine similarity of each image to every concept (B x n_classes)."""
         return self.embed(x) @ self.concepts.T
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits indexed by class id: similarity / temperature, unseen classes at -inf.
+    def logits(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits of unit embeddings ``z``: similarity / temperature, unseen classes at -inf."""
+        return self._mask_unseen(z @ self.concepts.T / self.temperature)
 
-        The argmax is the nearest seen concept, so Avalanche's metrics and any
-        classifier tooling read these outputs as usual.
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits indexed by class id; the argmax is the nearest seen concept.
+
+        Avalanche's metrics and any classifier tooling read these outputs as
+        usual.
         """
-        return self._mask_unseen(self.similarities(x) / self.temperature)
+        return self.logits(self.embed(x))
 
     def _mask_unseen(self, logits: torch.Tensor) -> torch.Tensor:
         if not self.seen.any():
             return logits
         return logits.masked_fill(~self.seen, float("-inf"))
 
-    # ----------------------------------------------------------------- training
-    def on_train_start(self) -> None:
-        self._first_epoch = self.current_epoch
-
-    def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
-        x, y = split_batch(batch)
+    def observe(self, y: torch.Tensor) -> None:
+        """Mark the labels of a training batch as seen classes of this experience."""
         classes = y.unique().tolist()
         self._check_known(classes)
         self.seen[classes] = True
         self._fit_classes.update(classes)
-        if self.current_epoch == self._first_epoch:
+
+    def mix_replay(self, x: torch.Tensor, y: torch.Tensor, offer: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append replayed samples of earlier classes to a batch; ``offer`` stores the batch first."""
+        if offer:
             self.replay.add(x, y)
         replayed = self.replay.sample(self.hparams["replay_batch_size"] or len(x), exclude=self._fit_classes)
-        if replayed is not None:
-            x = torch.cat([x, replayed[0].to(x)])
-            y = torch.cat([y, replayed[1].to(y)])
+        if replayed is None:
+            return x, y
+        return torch.cat([x, replayed[0].to(x)]), torch.cat([y, replayed[1].to(y)])
+
+    def alignment_loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of unit embeddings ``z`` with class ids ``y``."""
         competing = torch.ones_like(self.seen) if self.hparams["negatives"] == "all" else self.seen
         ids = competing.nonzero().flatten()
         local = torch.full_like(self.seen, -1, dtype=torch.long)
         local[ids] = torch.arange(len(ids), device=ids.device)
-        z = self.embed(x)
         loss = self.loss_fn(z, self.concepts[ids], local[y], self.temperature)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"Loss is {loss.item()} at experience {self.current_experience}, step {self.global_step}. "
                 "Lower the learning rate (--lr) or raise the temperature; saved checkpoints were left untouched."
             )
+        return loss
+
+    # ----------------------------------------------------------------- training
+    def on_train_start(self) -> None:
+        # Without start_experience, each fit is one experience of the classes it sees.
+        if not self._experience_started:
+            self._fit_classes = set()
+        self._experience_started = False
+        self._first_epoch = self.current_epoch
+
+    def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
+        x, y = split_batch(batch)
+        self.observe(y)
+        x, y = self.mix_replay(x, y, offer=self.current_epoch == self._first_epoch)
+        loss = self.alignment_loss(self.embed(x), y)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -248,10 +270,14 @@ class CVMModule(pl.LightningModule):
             "similarity": sims.gather(1, best[:, None]).squeeze(1),
         }
 
-    def configure_optimizers(self) -> Any:
-        optimizer = OPTIMIZERS[self.hparams["optimizer"]](
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """A fresh optimiser over all trainable parameters."""
+        return OPTIMIZERS[self.hparams["optimizer"]](
             self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
         )
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.build_optimizer()
         if self.hparams["scheduler"] == "none":
             return optimizer
         # The Trainer may continue from earlier experiences: anneal over this fit only.
@@ -275,7 +301,7 @@ class CVMModule(pl.LightningModule):
             )
         if "cvm_replay" in checkpoint:
             self.replay.load_state_dict(checkpoint["cvm_replay"])
-        self.current_experience = checkpoint.get("cvm_state", {}).get("current_experience", 0)
+        self.current_experience = checkpoint.get("cvm_state", {}).get("current_experience")
 
 
 def _check_choice(what: str, value: str, choices) -> None:

@@ -1,0 +1,11 @@
+"""Benchmarks: class-incremental streams as Avalanche scenarios, by name."""
+
+from cvm_lightning.streams.registry import (
+    BENCHMARKS,
+    Benchmark,
+    StreamConfig,
+    build_benchmark,
+    register_benchmark,
+)
+
+__all__ = ["BENCHMARKS", "Benchmark", "StreamConfig", "build_benchmark", "register_benchmark"]

@@ -1,0 +1,5 @@
+import sys
+
+from cvm_lightning.cli import main
+
+sys.exit(main())

@@ -1,0 +1,126 @@
+"""The ``cvm`` command line: ``cvm run`` and ``cvm benchmarks``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from cvm_lightning.errors import CVMError
+
+
+def _strategies(value: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in value.split(",") if s.strip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from cvm_lightning.runner import DEFAULT_STRATEGIES, RunConfig
+
+    defaults = RunConfig()
+    parser = argparse.ArgumentParser(
+        prog="cvm",
+        description="Continual Visual Mapping: learn a stream of experiences by mapping images to "
+        "language concepts, side by side with Avalanche's baselines.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="train CVM and baselines on a stream, print and save the results",
+        description="Train every strategy on the same stream (same backbone, epochs, batch size, "
+        "optimiser and memory budget); print a table and write results.json, results.md and plots to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    run.add_argument("--benchmark", default=defaults.benchmark, help="benchmark name (see `cvm benchmarks`)")
+    run.add_argument(
+        "--strategies",
+        type=_strategies,
+        default=",".join(DEFAULT_STRATEGIES),
+        help="comma-separated strategies: cvm and Avalanche's naive, replay, lwf, ewc, der, gdumb",
+    )
+    run.add_argument("--backbone", default=defaults.backbone, help="timm model name, for every strategy")
+    run.add_argument(
+        "--text-model",
+        default=defaults.text_model,
+        help="Hugging Face model name or local folder for the concepts; 'random' for random unit vectors",
+    )
+    run.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs per experience")
+    run.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch size")
+    run.add_argument(
+        "--buffer", type=int, default=defaults.buffer, help="memory budget in samples of every memory-based strategy (0: CVM without replay)"
+    )
+    run.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (AdamW) of every strategy")
+    run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights and the class order")
+    run.add_argument("--input-size", type=int, default=defaults.input_size, help="smaller images are upsampled to this size")
+    run.add_argument("--data-root", type=Path, default=None, help="folder holding the benchmark's data")
+    run.add_argument("--train-per-class", type=int, default=None, help="keep at most N training images per class")
+    run.add_argument("--n-experiences", type=int, default=None, help="number of experiences (benchmark default if unset)")
+    run.add_argument("--download", action="store_true", help="allow downloading data and text models (needs internet)")
+    run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    sub.add_parser("benchmarks", help="list the available benchmarks")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cvm_lightning.reporting import text_table, write_results
+    from cvm_lightning.runner import RunConfig, run
+
+    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if (out / "results.json").exists():
+        raise CVMError(f"{out} already holds results.json; pass another --out so earlier results are kept.")
+    config = RunConfig(
+        benchmark=args.benchmark,
+        strategies=args.strategies,
+        backbone=args.backbone,
+        text_model=args.text_model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        buffer=args.buffer,
+        lr=args.lr,
+        seed=args.seed,
+        input_size=args.input_size,
+        data_root=args.data_root,
+        train_per_class=args.train_per_class,
+        n_experiences=args.n_experiences,
+        download=args.download,
+        progress=not args.no_progress,
+    )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        raise CVMError(f"Cannot write to output folder {out}: {err}. Pass a writable --out.") from err
+    results = run(config, out)
+    paths = write_results(results, out)
+    print()
+    print(text_table(results))
+    print(f"\nWrote {', '.join(str(p) for p in paths)}")
+    return 0
+
+
+def _benchmarks() -> int:
+    from cvm_lightning.streams.registry import DESCRIPTIONS
+
+    width = max(map(len, DESCRIPTIONS))
+    for name, description in sorted(DESCRIPTIONS.items()):
+        print(f"{name.ljust(width)}  {description}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cvm`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args) if args.command == "run" else _benchmarks()
+    except CVMError as err:
+        print(f"cvm: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Continual-learning metrics: functional forms, torchmetrics classes, a Lightning callback."""
+
+from cvm_lightning.metrics import functional
+from cvm_lightning.metrics.callback import ContinualMetricsCallback
+from cvm_lightning.metrics.continual import (
+    AccuracyMatrix,
+    AverageAccuracy,
+    BackwardTransfer,
+    Forgetting,
+    ForwardTransfer,
+)
+
+__all__ = [
+    "AccuracyMatrix",
+    "AverageAccuracy",
+    "BackwardTransfer",
+    "ContinualMetricsCallback",
+    "Forgetting",
+    "ForwardTransfer",
+    "functional",
+]

@@ -1,0 +1,110 @@
+"""A Lightning callback that fills the accuracy matrix and logs CL metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_only
+
+from cvm_lightning.metrics.continual import AccuracyMatrix
+from cvm_lightning.metrics.functional import summarize
+
+
+class ContinualMetricsCallback(pl.Callback):
+    """Records ``R[i, j]`` from validation runs and logs the CL metrics.
+
+    Pass the test experiences as the validation dataloaders, in order
+    (``val_dataloaders=[test_exp_0, test_exp_1, ...]``); dataloader ``j`` is
+    test experience ``j``. The training experience ``i`` is the module's
+    ``current_experience`` attribute when it has one (``CVMModule`` does),
+    otherwise the number of ``fit`` calls so far minus one. A validation run
+    before any ``fit`` records the reference accuracies for forward transfer.
+
+    After each validation run it logs ``{prefix}avg_acc``, ``avg_inc_acc``,
+    ``forgetting``, ``bwt`` (and ``fwt``) through the Trainer's loggers and
+    writes ``accuracy_matrix.json`` into the Trainer's ``log_dir``. Counts are
+    summed across processes, so the numbers are exact under DDP.
+    """
+
+    def __init__(self, n_experiences: int, forgetting_mode: str = "max", prefix: str = "cl/") -> None:
+        self.matrix = AccuracyMatrix(n_experiences)
+        self._reference = AccuracyMatrix(n_experiences)
+        self.forgetting_mode = forgetting_mode
+        self.prefix = prefix
+        self.summary: dict[str, float] = {}
+        self._fits = 0
+
+    @property
+    def reference(self) -> torch.Tensor | None:
+        """Accuracy per test experience measured before any training, if any."""
+        if not bool((self._reference.total[0] > 0).all()):
+            return None
+        return self._reference.compute()[0]
+
+    def _experience(self, pl_module: pl.LightningModule) -> int:
+        current = getattr(pl_module, "current_experience", None)
+        return int(current) if current is not None else self._fits - 1
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.matrix.to(pl_module.device)
+        self._reference.to(pl_module.device)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fits += 1
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        experience = self._experience(pl_module)
+        (self.matrix.reset_row(experience) if experience >= 0 else self._reference.reset_row(0))
+
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking:
+            return
+        if isinstance(outputs, Mapping) and "preds" in outputs:
+            preds, target = outputs["preds"], outputs["target"]
+        else:
+            with torch.no_grad():
+                preds, target = pl_module(batch[0]), batch[1]
+        experience = self._experience(pl_module)
+        if experience >= 0:
+            self.matrix.update(preds, target, experience, dataloader_idx)
+        else:
+            self._reference.update(preds, target, 0, dataloader_idx)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        experience = self._experience(pl_module)
+        if trainer.sanity_checking or experience < 0:
+            return
+        R = self.matrix.compute().cpu()
+        seen = R[: experience + 1, : experience + 1]
+        if torch.isnan(seen.tril()).any():
+            return  # not every seen test experience was evaluated
+        reference = self.reference
+        self.summary = summarize(
+            torch.nan_to_num(seen), None if reference is None else reference.cpu(), self.forgetting_mode
+        )
+        pl_module.log_dict({self.prefix + key: value for key, value in self.summary.items()}, sync_dist=False)
+        self._write_matrix(trainer, R)
+
+    @rank_zero_only
+    def _write_matrix(self, trainer: pl.Trainer, R: torch.Tensor) -> None:
+        if trainer.log_dir is None:
+            return
+        path = Path(trainer.log_dir) / "accuracy_matrix.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = [[None if v != v else round(float(v), 6) for v in row] for row in R.tolist()]
+        path.write_text(json.dumps({"accuracy_matrix": rows, **self.summary}, indent=2))

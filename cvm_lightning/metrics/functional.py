@@ -1,0 +1,99 @@
+"""Continual-learning metrics computed from an accuracy matrix.
+
+``R`` is a T x T tensor: ``R[i, j]`` is the accuracy on test experience ``j``
+after training on experience ``i`` (rows in training order). Every function
+returns a scalar tensor.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FORGETTING_MODES = ("max", "avalanche")
+
+
+def _square(R: torch.Tensor) -> torch.Tensor:
+    R = torch.as_tensor(R, dtype=torch.float64)
+    if R.ndim != 2 or R.shape[0] != R.shape[1] or R.shape[0] == 0:
+        raise ValueError(f"Expected a non-empty square accuracy matrix, got shape {tuple(R.shape)}.")
+    return R
+
+
+def average_accuracy(R: torch.Tensor) -> torch.Tensor:
+    """Final average accuracy: ``A_T = (1/T) sum_j R[T-1, j]``."""
+    R = _square(R)
+    return R[-1].mean()
+
+
+def average_incremental_accuracy(R: torch.Tensor) -> torch.Tensor:
+    """Average of the average accuracy after each experience (Rebuffi et al., iCaRL).
+
+    ``(1/T) sum_i (1/(i+1)) sum_{j<=i} R[i, j]``.
+    """
+    R = _square(R)
+    return torch.stack([R[i, : i + 1].mean() for i in range(len(R))]).mean()
+
+
+def forgetting(R: torch.Tensor, mode: str = "max") -> torch.Tensor:
+    """Average forgetting over all experiences but the last; 0 for a single experience.
+
+    ``mode="max"`` (Chaudhry et al. 2018; FACIL, Mammoth):
+    ``f_j = max_{j<=l<T-1} R[l, j] - R[T-1, j]``, the drop from the best
+    accuracy the experience had after it was learned.
+    ``mode="avalanche"``: ``f_j = R[j, j] - R[T-1, j]``, the drop from the
+    accuracy right after training on it (Avalanche's ``StreamForgetting``).
+    Both average ``f_j`` over ``j < T-1``. For one experience whose accuracy
+    goes 0.90, 0.95, 0.70 they give 0.25 and 0.20.
+    """
+    if mode not in FORGETTING_MODES:
+        raise ValueError(f"Unknown forgetting mode {mode!r}; choose one of {', '.join(FORGETTING_MODES)}.")
+    R = _square(R)
+    T = len(R)
+    if T == 1:
+        return R.new_zeros(())
+    if mode == "avalanche":
+        best = torch.diagonal(R)[: T - 1]
+    else:
+        best = torch.stack([R[j : T - 1, j].max() for j in range(T - 1)])
+    return (best - R[-1, : T - 1]).mean()
+
+
+def backward_transfer(R: torch.Tensor) -> torch.Tensor:
+    """BWT (Lopez-Paz & Ranzato 2017): ``(1/(T-1)) sum_{j<T-1} R[T-1, j] - R[j, j]``.
+
+    Negative values mean forgetting; 0 for a single experience.
+    """
+    R = _square(R)
+    T = len(R)
+    if T == 1:
+        return R.new_zeros(())
+    return (R[-1, : T - 1] - torch.diagonal(R)[: T - 1]).mean()
+
+
+def forward_transfer(R: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """FWT (Lopez-Paz & Ranzato 2017): ``(1/(T-1)) sum_{j>=1} R[j-1, j] - b_j``.
+
+    ``reference`` holds ``b_j``, the accuracy of a reference model on each test
+    experience (usually the model before any training, at random init).
+    """
+    R = _square(R)
+    reference = torch.as_tensor(reference, dtype=torch.float64)
+    T = len(R)
+    if reference.shape != (T,):
+        raise ValueError(f"Expected {T} reference accuracies, got shape {tuple(reference.shape)}.")
+    if T == 1:
+        return R.new_zeros(())
+    return (torch.diagonal(R, offset=1) - reference[1:]).mean()
+
+
+def summarize(R: torch.Tensor, reference: torch.Tensor | None = None, forgetting_mode: str = "max") -> dict[str, float]:
+    """All scalar metrics of ``R`` as floats: ``avg_acc``, ``avg_inc_acc``, ``forgetting``, ``bwt`` (and ``fwt``)."""
+    out = {
+        "avg_acc": average_accuracy(R),
+        "avg_inc_acc": average_incremental_accuracy(R),
+        "forgetting": forgetting(R, mode=forgetting_mode),
+        "bwt": backward_transfer(R),
+    }
+    if reference is not None:
+        out["fwt"] = forward_transfer(R, torch.as_tensor(reference)[: len(R)])
+    return {key: float(value) for key, value in out.items()}

@@ -1,0 +1,95 @@
+"""Tables and plots of a run's results."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+COLUMNS = ("strategy", "final avg acc", "forgetting", "BWT", "train s", "params", "peak RSS MB")
+
+
+def table_rows(results: dict) -> list[list[str]]:
+    return [
+        [
+            name,
+            f"{r['final_avg_accuracy']:.3f}",
+            f"{r['forgetting']:.3f}",
+            f"{r['bwt']:+.3f}",
+            f"{r['train_seconds']:.1f}",
+            f"{r['params']:,}",
+            f"{r['peak_rss_mb']:.0f}",
+        ]
+        for name, r in results["strategies"].items()
+    ]
+
+
+def markdown_table(results: dict) -> str:
+    """The results as a Markdown table, one row per strategy."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
+    return "\n".join(lines)
+
+
+def text_table(results: dict) -> str:
+    """The results as an aligned plain-text table for the terminal."""
+    rows = [list(COLUMNS), *table_rows(results)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def write_results(results: dict, out_dir: Path) -> list[Path]:
+    """Write ``results.json``, ``results.md`` and the plots into ``out_dir``; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / "results.json", out_dir / "results.md"
+    _atomic_write(json_path, json.dumps(results, indent=2))
+    header = (
+        f"# {results['benchmark']}: {results['n_experiences']} experiences, seed {results['seed']}\n\n"
+        "Accuracies in [0, 1]; forgetting in max mode (Chaudhry et al. 2018).\n\n"
+    )
+    _atomic_write(md_path, header + markdown_table(results) + "\n")
+    return [json_path, md_path, *plot_results(results, out_dir)]
+
+
+def plot_results(results: dict, out_dir: Path) -> list[Path]:
+    """Accuracy-matrix heat maps (one per strategy) and average accuracy after each experience."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    strategies = results["strategies"]
+    fig, axes = plt.subplots(1, len(strategies), figsize=(3.2 * len(strategies), 3.2), squeeze=False)
+    for ax, (name, r) in zip(axes[0], strategies.items()):
+        image = ax.imshow(r["accuracy_matrix"], vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(name)
+        ax.set_xlabel("test experience")
+        ax.set_ylabel("after training experience")
+    fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
+    paths.append(out_dir / "accuracy_matrices.png")
+    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in strategies.items():
+        R = r["accuracy_matrix"]
+        curve = [sum(R[i][: i + 1]) / (i + 1) for i in range(len(R))]
+        ax.plot(range(1, len(R) + 1), curve, marker="o", label=name)
+    ax.set_xlabel("experiences learned")
+    ax.set_ylabel("average accuracy on seen experiences")
+    ax.set_ylim(0, 1)
+    ax.set_title(results["benchmark"])
+    ax.legend()
+    paths.append(out_dir / "average_accuracy.png")
+    fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return paths

@@ -1,0 +1,177 @@
+"""Runs CVM and Avalanche baselines on the same stream and collects their metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import CSVLogger
+
+from cvm_lightning.concepts import DEFAULT_TEXT_MODEL, ConceptBank, TextModelSpec
+from cvm_lightning.errors import ConfigError
+from cvm_lightning.metrics import ContinualMetricsCallback
+from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
+from cvm_lightning.metrics.functional import summarize
+from cvm_lightning.model import CVMModule
+from cvm_lightning.resources import PeakRSS
+from cvm_lightning.streams import Benchmark, StreamConfig, build_benchmark
+from cvm_lightning.training import BASELINES, BaselineSettings, ClassifierNet, LightningStreamAdapter, build_baseline
+
+DEFAULT_STRATEGIES = ("cvm", "replay", "naive", "lwf", "ewc", "der")
+
+
+@dataclass
+class RunConfig:
+    """Everything ``cvm run`` takes; the same settings apply to every strategy."""
+
+    benchmark: str = "split-digits"
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
+    backbone: str = "mobilenetv3_small_100"
+    text_model: str = DEFAULT_TEXT_MODEL
+    epochs: int = 5
+    batch_size: int = 64
+    buffer: int = 200
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    input_size: int = 32
+    data_root: Path | None = None
+    train_per_class: int | None = None
+    n_experiences: int | None = None
+    download: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.strategies if s != "cvm" and s not in BASELINES]
+        if unknown or not self.strategies:
+            raise ConfigError(
+                f"Unknown strategies {unknown or '(none given)'}; choose from cvm, {', '.join(BASELINES)}."
+            )
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
+        if self.buffer < 0:
+            raise ConfigError(f"--buffer must be >= 0, got {self.buffer}.")
+
+
+@dataclass
+class StrategyResult:
+    """One strategy's numbers on a stream (accuracies in [0, 1])."""
+
+    final_avg_accuracy: float
+    forgetting: float
+    bwt: float
+    accuracy_matrix: list[list[float]]
+    train_seconds: float
+    params: int
+    peak_rss_mb: float
+    extra: dict = field(default_factory=dict)
+
+
+def _result(R: torch.Tensor, train_seconds: float, model: torch.nn.Module, peak_mb: float) -> StrategyResult:
+    summary = summarize(R)
+    return StrategyResult(
+        final_avg_accuracy=summary["avg_acc"],
+        forgetting=summary["forgetting"],
+        bwt=summary["bwt"],
+        accuracy_matrix=[[round(float(v), 6) for v in row] for row in R.tolist()],
+        train_seconds=round(train_seconds, 2),
+        params=sum(p.numel() for p in model.parameters()),
+        peak_rss_mb=round(peak_mb, 1),
+    )
+
+
+def build_cvm_module(config: RunConfig, benchmark: Benchmark) -> CVMModule:
+    """The CVM model for ``benchmark``: its concept bank plus the configured backbone."""
+    bank = ConceptBank.from_names(
+        benchmark.class_names,
+        text_model=TextModelSpec(name=config.text_model, allow_download=config.download),
+        templates=benchmark.templates,
+        descriptions=benchmark.descriptions,
+    )
+    return CVMModule(
+        bank,
+        backbone=config.backbone,
+        in_chans=benchmark.in_chans,
+        input_size=config.input_size,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        buffer_size=config.buffer,
+        seed=config.seed,
+    )
+
+
+def run_cvm(config: RunConfig, benchmark: Benchmark, log_dir: Path) -> StrategyResult:
+    """CVM through the Lightning stream adapter."""
+    pl.seed_everything(config.seed, verbose=False)
+    with PeakRSS() as peak:
+        module = build_cvm_module(config, benchmark)
+        metrics = ContinualMetricsCallback(benchmark.n_experiences)
+        adapter = LightningStreamAdapter(
+            module,
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            callbacks=[metrics],
+            logger=CSVLogger(log_dir, name="cvm"),
+            enable_checkpointing=False,
+            enable_progress_bar=config.progress,
+            accelerator="cpu",
+        )
+        adapter.fit_stream(benchmark.train_stream, benchmark.test_stream)
+    return _result(metrics.matrix.compute(), adapter.train_seconds, module, peak.peak_mb)
+
+
+def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Callable[[str], None]) -> StrategyResult:
+    """An Avalanche strategy in Avalanche's own loop, on the same backbone and budget."""
+    pl.seed_everything(config.seed, verbose=False)
+    with PeakRSS() as peak:
+        model = ClassifierNet(
+            config.backbone, len(benchmark.class_names), in_chans=benchmark.in_chans, input_size=config.input_size
+        )
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        recorder = AccuracyMatrixPlugin(benchmark.n_experiences)
+        settings = BaselineSettings(buffer=config.buffer, batch_size=config.batch_size, epochs=config.epochs)
+        strategy = build_baseline(name, model, optimizer, settings, [recorder])
+        train_seconds = 0.0
+        for index, experience in enumerate(benchmark.train_stream):
+            start = time.perf_counter()
+            strategy.train(experience, num_workers=0)
+            train_seconds += time.perf_counter() - start
+            strategy.eval(benchmark.test_stream, num_workers=0)
+            report(f"[{name}] experience {index + 1}/{benchmark.n_experiences} done")
+    return _result(recorder.matrix.compute(), train_seconds, model, peak.peak_mb)
+
+
+def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print) -> dict:
+    """Run every strategy of ``config`` on its benchmark; returns the results dictionary."""
+    benchmark = build_benchmark(
+        config.benchmark,
+        StreamConfig(
+            seed=config.seed,
+            data_root=config.data_root,
+            train_per_class=config.train_per_class,
+            n_experiences=config.n_experiences,
+            download=config.download,
+        ),
+    )
+    results = {
+        "benchmark": benchmark.name,
+        "seed": config.seed,
+        "n_experiences": benchmark.n_experiences,
+        "classes_per_experience": benchmark.classes_per_experience,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "strategies": {},
+    }
+    for name in config.strategies:
+        report(f"== {name} on {benchmark.name} ({benchmark.n_experiences} experiences)")
+        if name == "cvm":
+            result = run_cvm(config, benchmark, out_dir / "logs")
+        else:
+            result = run_baseline(name, config, benchmark, report)
+        results["strategies"][name] = asdict(result)
+        report(f"   final average accuracy {result.final_avg_accuracy:.3f}, forgetting {result.forgetting:.3f}")
+    return results

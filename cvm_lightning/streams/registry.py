@@ -1,0 +1,138 @@
+"""Registry of class-incremental benchmarks, built as Avalanche scenarios."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+
+from cvm_lightning.concepts import DEFAULT_TEMPLATES
+from cvm_lightning.errors import ConfigError, DataError
+from cvm_lightning.streams.datasets import DIGIT_NAMES, TensorImageDataset, load_digits_split
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """What every benchmark builder takes.
+
+    ``seed`` shuffles the class order; ``train_per_class`` keeps at most that
+    many training images per class (for CPU-scaled runs).
+    """
+
+    seed: int = 0
+    data_root: Path | None = None
+    train_per_class: int | None = None
+    n_experiences: int | None = None
+    download: bool = False
+
+
+@dataclass
+class Benchmark:
+    """An Avalanche scenario plus what CVM needs to know about its classes."""
+
+    name: str
+    scenario: object
+    class_names: list[str]
+    in_chans: int
+    image_size: int
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES
+    descriptions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def train_stream(self):
+        return self.scenario.train_stream
+
+    @property
+    def test_stream(self):
+        return self.scenario.test_stream
+
+    @property
+    def n_experiences(self) -> int:
+        return len(self.scenario.train_stream)
+
+    @property
+    def classes_per_experience(self) -> list[int]:
+        return [len(exp.classes_in_this_experience) for exp in self.scenario.train_stream]
+
+
+BenchmarkBuilder = Callable[[StreamConfig], Benchmark]
+BENCHMARKS: dict[str, BenchmarkBuilder] = {}
+DESCRIPTIONS: dict[str, str] = {}
+
+
+def register_benchmark(name: str, description: str) -> Callable[[BenchmarkBuilder], BenchmarkBuilder]:
+    """Decorator: make ``builder`` available as ``--benchmark name``."""
+
+    def wrap(builder: BenchmarkBuilder) -> BenchmarkBuilder:
+        BENCHMARKS[name] = builder
+        DESCRIPTIONS[name] = description
+        return builder
+
+    return wrap
+
+
+def build_benchmark(name: str, config: StreamConfig | None = None) -> Benchmark:
+    """Build the benchmark ``name`` (see ``cvm benchmarks``)."""
+    if name not in BENCHMARKS:
+        close = difflib.get_close_matches(name, list(BENCHMARKS), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"Unknown benchmark {name!r}.{hint} Available: {', '.join(sorted(BENCHMARKS))}.")
+    return BENCHMARKS[name](config or StreamConfig())
+
+
+def class_order(n_classes: int, seed: int) -> list[int]:
+    """A seeded permutation of the class ids (without touching the global RNG)."""
+    return torch.randperm(n_classes, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def subsample_per_class(targets: list[int], per_class: int | None, seed: int) -> list[int]:
+    """Indices keeping at most ``per_class`` random samples of each class."""
+    if per_class is None:
+        return list(range(len(targets)))
+    if per_class < 1:
+        raise ConfigError(f"--train-per-class must be >= 1, got {per_class}.")
+    order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed)).tolist()
+    kept: dict[int, int] = {}
+    chosen = []
+    for i in order:
+        if kept.get(targets[i], 0) < per_class:
+            kept[targets[i]] = kept.get(targets[i], 0) + 1
+            chosen.append(i)
+    return sorted(chosen)
+
+
+def split_by_class(train, test, n_classes: int, n_experiences: int, seed: int):
+    """A class-incremental Avalanche scenario: ``n_experiences`` equal class splits."""
+    if n_classes % n_experiences:
+        raise ConfigError(
+            f"{n_classes} classes do not split evenly into {n_experiences} experiences "
+            "(Avalanche would drop the leftover classes); choose a divisor of the class count."
+        )
+    for name, data in (("training", train), ("test", test)):
+        if len(data) == 0:
+            raise DataError(f"The {name} set is empty: check the dataset folder.")
+    return class_incremental_benchmark(
+        # Plain datasets become task-aware ones: batches are (x, y, task).
+        {"train": train, "test": test},
+        class_order=class_order(n_classes, seed),
+        num_experiences=n_experiences,
+    )
+
+
+@register_benchmark("split-digits", "sklearn's 8x8 digits, 5 experiences of 2 classes (embedded, the default)")
+def split_digits(config: StreamConfig) -> Benchmark:
+    train, test = load_digits_split()
+    keep = subsample_per_class(train.targets, config.train_per_class, config.seed)
+    train = TensorImageDataset(train.images[keep], torch.tensor(train.targets)[keep])
+    return Benchmark(
+        name="split-digits",
+        scenario=split_by_class(train, test, 10, config.n_experiences or 5, config.seed),
+        class_names=list(DIGIT_NAMES),
+        in_chans=1,
+        image_size=8,
+        templates=("a handwritten digit {}.", "the number {}.", "a photo of the digit {}."),
+    )

@@ -1,0 +1,51 @@
+"""CVM as an Avalanche strategy, for users who run Avalanche's own loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+
+from cvm_lightning.model import CVMModule
+
+
+class CVMStrategy(SupervisedTemplate):
+    """Continual Visual Mapping inside Avalanche's ``SupervisedTemplate`` loop.
+
+    The model is a :class:`CVMModule`; its output is the similarity logits
+    over class concepts (indexed by class id, unseen classes at -inf), so
+    Avalanche's ``EvaluationPlugin`` metrics work unchanged. Training uses the
+    module's alignment loss and its class-balanced replay memory (samples are
+    stored during the first epoch of each experience; replayed samples are
+    appended to every minibatch), exactly as the Lightning path does.
+
+    Args are those of ``SupervisedTemplate``; ``optimizer`` defaults to the
+    module's configured optimiser.
+    """
+
+    def __init__(self, module: CVMModule, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("criterion", nn.CrossEntropyLoss())
+        super().__init__(model=module, optimizer=optimizer or module.build_optimizer(), **kwargs)
+        self._embeddings: torch.Tensor | None = None
+
+    def _before_training_exp(self, **kwargs: Any) -> None:
+        self.model.start_experience(sorted(self.experience.classes_in_this_experience), self.experience.current_experience)
+        super()._before_training_exp(**kwargs)
+
+    def _before_forward(self, **kwargs: Any) -> None:
+        if self.is_training:
+            x, y = self.model.mix_replay(self.mb_x, self.mb_y, offer=self.clock.train_exp_epochs == 0)
+            task = torch.zeros_like(y) if len(self.mbatch) > 2 else None
+            self.mbatch = [x, y] + ([task] if task is not None else [])
+        super()._before_forward(**kwargs)
+
+    def forward(self) -> torch.Tensor:
+        self._embeddings = self.model.embed(self.mb_x)
+        return self.model.logits(self._embeddings)
+
+    def criterion(self) -> torch.Tensor:
+        if self.is_training:
+            return self.model.alignment_loss(self._embeddings, self.mb_y)
+        return super().criterion()

@@ -1,0 +1,89 @@
+"""Avalanche's own strategies, built on the same backbone as CVM for fair comparison."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from avalanche.training import DER, EWC, GDumb, LwF, Naive
+from avalanche.training.plugins import ReplayPlugin
+from avalanche.training.storage_policy import ClassBalancedBuffer
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+
+from cvm_lightning.errors import ConfigError
+from cvm_lightning.model.backbones import create_backbone, feature_dim
+
+
+class ClassifierNet(nn.Module):
+    """The baselines' model: the same backbone as CVM with a linear head over all classes."""
+
+    def __init__(self, backbone: str, n_classes: int, *, in_chans: int = 3, input_size: int | None = None) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.backbone = create_backbone(backbone, in_chans=in_chans, img_size=input_size)
+        self.classifier = nn.Linear(feature_dim(self.backbone, in_chans, input_size or 64), n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_size and min(x.shape[-2:]) < self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return self.classifier(self.backbone(x))
+
+
+@dataclass(frozen=True)
+class BaselineSettings:
+    """What every baseline shares: budget, batch size, epochs, device."""
+
+    buffer: int
+    batch_size: int
+    epochs: int
+    eval_batch_size: int = 256
+    device: str = "cpu"
+
+
+BaselineFactory = Callable[[nn.Module, torch.optim.Optimizer, BaselineSettings, list], SupervisedTemplate]
+
+
+def _common(settings: BaselineSettings, plugins: list) -> dict:
+    return {
+        "criterion": nn.CrossEntropyLoss(),
+        "train_mb_size": settings.batch_size,
+        "train_epochs": settings.epochs,
+        "eval_mb_size": settings.eval_batch_size,
+        "device": settings.device,
+        "plugins": plugins,
+        "evaluator": None,
+    }
+
+
+def _replay(model, optimizer, settings, plugins):
+    # Class-balanced like CVM's memory, so only the method differs.
+    memory = ReplayPlugin(settings.buffer, storage_policy=ClassBalancedBuffer(settings.buffer, adaptive_size=True))
+    return Naive(model=model, optimizer=optimizer, **_common(settings, [memory, *plugins]))
+
+
+BASELINES: dict[str, BaselineFactory] = {
+    "naive": lambda m, o, s, p: Naive(model=m, optimizer=o, **_common(s, p)),
+    "replay": _replay,
+    "lwf": lambda m, o, s, p: LwF(model=m, optimizer=o, alpha=1.0, temperature=2.0, **_common(s, p)),
+    "ewc": lambda m, o, s, p: EWC(model=m, optimizer=o, ewc_lambda=100.0, **_common(s, p)),
+    "der": lambda m, o, s, p: DER(model=m, optimizer=o, mem_size=s.buffer, alpha=0.1, beta=0.5, **_common(s, p)),
+    "gdumb": lambda m, o, s, p: GDumb(model=m, optimizer=o, mem_size=s.buffer, **_common(s, p)),
+}
+MEMORY_BASED = ("replay", "der", "gdumb")
+
+
+def build_baseline(
+    name: str, model: nn.Module, optimizer: torch.optim.Optimizer, settings: BaselineSettings, plugins: list
+) -> SupervisedTemplate:
+    """An Avalanche strategy by name (see ``BASELINES``)."""
+    if name not in BASELINES:
+        close = difflib.get_close_matches(name, list(BASELINES), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"Unknown strategy {name!r}.{hint} Available: cvm, {', '.join(BASELINES)}.")
+    if name in MEMORY_BASED and settings.buffer < 1:
+        raise ConfigError(f"Strategy {name!r} needs a memory: pass --buffer N with N >= 1.")
+    return BASELINES[name](model, optimizer, settings, plugins)
