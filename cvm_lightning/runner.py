@@ -19,7 +19,13 @@ from cvm_lightning.metrics.functional import summarize
 from cvm_lightning.model import CVMModule
 from cvm_lightning.resources import PeakRSS
 from cvm_lightning.streams import Benchmark, StreamConfig, build_benchmark
-from cvm_lightning.training import BASELINES, BaselineSettings, ClassifierNet, LightningStreamAdapter, build_baseline
+from cvm_lightning.training import (
+    BASELINES,
+    BaselineSettings,
+    ClassifierNet,
+    LightningStreamAdapter,
+    build_baseline,
+)
 
 DEFAULT_STRATEGIES = ("cvm", "replay", "naive", "lwf", "ewc", "der")
 
@@ -39,6 +45,10 @@ class RunConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     input_size: int = 32
+    temperature: float = 0.05
+    negatives: str = "seen"
+    head: str = "linear"
+    recalibrate_bn: bool = True
     data_root: Path | None = None
     train_per_class: int | None = None
     n_experiences: int | None = None
@@ -102,6 +112,10 @@ def build_cvm_module(config: RunConfig, benchmark: Benchmark) -> CVMModule:
         weight_decay=config.weight_decay,
         buffer_size=config.buffer,
         seed=config.seed,
+        temperature=config.temperature,
+        negatives=config.negatives,
+        head=config.head,
+        recalibrate_bn=config.recalibrate_bn,
     )
 
 
@@ -134,7 +148,9 @@ def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Cal
         )
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         recorder = AccuracyMatrixPlugin(benchmark.n_experiences)
-        settings = BaselineSettings(buffer=config.buffer, batch_size=config.batch_size, epochs=config.epochs)
+        settings = BaselineSettings(
+            buffer=config.buffer, batch_size=config.batch_size, epochs=config.epochs, recalibrate_bn=config.recalibrate_bn
+        )
         strategy = build_baseline(name, model, optimizer, settings, [recorder])
         train_seconds = 0.0
         for index, experience in enumerate(benchmark.train_stream):

@@ -53,11 +53,14 @@ class AccuracyMatrix(Metric):
         self.total[train_experience] = 0
 
     def compute(self) -> torch.Tensor:
+        return self._matrix()
+
+    def _matrix(self) -> torch.Tensor:
         return torch.where(self.total > 0, self.correct / self.total.clamp_min(1), float("nan"))
 
     def _evaluated(self) -> torch.Tensor:
         """The square top-left part of ``R`` up to the last evaluated row."""
-        R = self.compute().double()
+        R = self._matrix().double()
         rows = torch.nonzero(self.total.sum(dim=1) > 0).flatten()
         if len(rows) == 0:
             raise ValueError("No accuracy was recorded yet: call update() first.")

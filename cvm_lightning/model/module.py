@@ -14,6 +14,7 @@ from torch import nn
 from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.errors import ConceptError, ConfigError, DataError, TrainingDivergedError
 from cvm_lightning.model.backbones import create_backbone, feature_dim
+from cvm_lightning.model.batchnorm import recalibrate_on_batches
 from cvm_lightning.model.heads import ConceptAlignmentHead
 from cvm_lightning.model.losses import LOSSES
 from cvm_lightning.model.replay import ReplayBuffer
@@ -51,7 +52,7 @@ class CVMModule(pl.LightningModule):
         in_chans: image channels.
         input_size: images smaller than this are upsampled to it (timm stems
             shrink 32x32 inputs to 1x1); ``None`` leaves them as they are.
-        head: ``"mlp"`` or ``"linear"`` alignment head.
+        head: ``"linear"`` or ``"mlp"`` alignment head.
         loss: ``"ce"`` (cross-entropy over similarities) or ``"cosine"``.
         temperature: softmax temperature of the similarities.
         learn_temperature: make the temperature a trained parameter.
@@ -61,6 +62,9 @@ class CVMModule(pl.LightningModule):
         buffer_size: replay memory size in samples (0 turns replay off).
         replay_batch_size: replayed samples per batch (default: the batch size).
         seed: seed of the replay memory's sampling.
+        recalibrate_bn: after each ``fit``, re-estimate BatchNorm statistics
+            over the training data (and replayed samples); see
+            :func:`~cvm_lightning.model.batchnorm.recalibrate_batchnorm`.
     """
 
     def __init__(
@@ -73,10 +77,10 @@ class CVMModule(pl.LightningModule):
         pretrained: bool = False,
         in_chans: int = 3,
         input_size: int | None = None,
-        head: str = "mlp",
+        head: str = "linear",
         head_hidden_dim: int = 512,
         loss: str = "ce",
-        temperature: float = 0.1,
+        temperature: float = 0.05,
         learn_temperature: bool = False,
         negatives: str = "seen",
         optimizer: str = "adamw",
@@ -86,6 +90,7 @@ class CVMModule(pl.LightningModule):
         buffer_size: int = 0,
         replay_batch_size: int | None = None,
         seed: int = 0,
+        recalibrate_bn: bool = True,
     ) -> None:
         super().__init__()
         _check_choice("loss", loss, LOSSES)
@@ -237,6 +242,10 @@ class CVMModule(pl.LightningModule):
             self._fit_classes = set()
         self._experience_started = False
         self._first_epoch = self.current_epoch
+
+    def on_train_end(self) -> None:
+        if self.hparams["recalibrate_bn"]:
+            recalibrate_on_batches(self, self.trainer.train_dataloader, self.device)
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         x, y = split_batch(batch)

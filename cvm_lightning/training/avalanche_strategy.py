@@ -9,6 +9,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from cvm_lightning.model import CVMModule
+from cvm_lightning.model.batchnorm import recalibrate_on_batches
 
 
 class CVMStrategy(SupervisedTemplate):
@@ -19,7 +20,8 @@ class CVMStrategy(SupervisedTemplate):
     Avalanche's ``EvaluationPlugin`` metrics work unchanged. Training uses the
     module's alignment loss and its class-balanced replay memory (samples are
     stored during the first epoch of each experience; replayed samples are
-    appended to every minibatch), exactly as the Lightning path does.
+    appended to every minibatch), and the optimiser state is reset at each
+    experience, exactly as the Lightning path does.
 
     Args are those of ``SupervisedTemplate``; ``optimizer`` defaults to the
     module's configured optimiser.
@@ -33,6 +35,16 @@ class CVMStrategy(SupervisedTemplate):
     def _before_training_exp(self, **kwargs: Any) -> None:
         self.model.start_experience(sorted(self.experience.classes_in_this_experience), self.experience.current_experience)
         super()._before_training_exp(**kwargs)
+
+    def _after_training_exp(self, **kwargs: Any) -> None:
+        if self.model.hparams["recalibrate_bn"]:
+            recalibrate_on_batches(self.model, self.dataloader, self.device)
+        super()._after_training_exp(**kwargs)
+
+    def make_optimizer(self, **kwargs: Any) -> None:
+        # Avalanche keeps Adam moments across experiences by default; the
+        # Lightning path starts each experience fresh, and so do we.
+        super().make_optimizer(**{**kwargs, "reset_optimizer_state": True})
 
     def _before_forward(self, **kwargs: Any) -> None:
         if self.is_training:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import difflib
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from avalanche.core import SupervisedPlugin
 from avalanche.training import DER, EWC, GDumb, LwF, Naive
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ClassBalancedBuffer
@@ -16,6 +18,7 @@ from torch import nn
 
 from cvm_lightning.errors import ConfigError
 from cvm_lightning.model.backbones import create_backbone, feature_dim
+from cvm_lightning.model.batchnorm import recalibrate_on_batches
 
 
 class ClassifierNet(nn.Module):
@@ -42,12 +45,36 @@ class BaselineSettings:
     epochs: int
     eval_batch_size: int = 256
     device: str = "cpu"
+    recalibrate_bn: bool = True
 
 
 BaselineFactory = Callable[[nn.Module, torch.optim.Optimizer, BaselineSettings, list], SupervisedTemplate]
 
 
+class FreshOptimizerState(SupervisedPlugin):
+    """Clears optimiser state (e.g. Adam moments) before each experience.
+
+    Avalanche keeps it across experiences by default; CVM's Lightning path
+    builds a fresh optimiser per experience, so the baselines do the same.
+    """
+
+    def before_training_exp(self, strategy, *args, **kwargs) -> None:
+        strategy.optimizer.state = defaultdict(dict)
+
+
+class BatchNormRecalibrationPlugin(SupervisedPlugin):
+    """Re-estimates BatchNorm statistics after each experience, as CVMModule does.
+
+    See :func:`cvm_lightning.model.batchnorm.recalibrate_batchnorm`; the pass
+    runs over the strategy's training dataloader (replay included).
+    """
+
+    def after_training_exp(self, strategy, *args, **kwargs) -> None:
+        recalibrate_on_batches(strategy.model, strategy.dataloader, strategy.device)
+
+
 def _common(settings: BaselineSettings, plugins: list) -> dict:
+    plugins = [FreshOptimizerState(), *([BatchNormRecalibrationPlugin()] if settings.recalibrate_bn else []), *plugins]
     return {
         "criterion": nn.CrossEntropyLoss(),
         "train_mb_size": settings.batch_size,

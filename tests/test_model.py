@@ -1,0 +1,135 @@
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from cvm_lightning.errors import ConceptError, ConfigError, DataError, TrainingDivergedError
+from cvm_lightning.model import CVMModule, create_backbone, feature_dim
+from cvm_lightning.streams.datasets import load_digits_split
+
+
+def quiet_trainer(**kwargs):
+    kwargs.setdefault("max_epochs", 1)
+    return pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, **kwargs
+    )
+
+
+def small_module(bank, **kwargs):
+    kwargs.setdefault("backbone", "mobilenetv3_small_050")
+    return CVMModule(bank, in_chans=1, input_size=16, **kwargs)
+
+
+def test_unknown_backbone_suggests_close_names():
+    with pytest.raises(ConfigError, match="mobilenetv3_small_100"):
+        create_backbone("mobilenetv3_smal_100")
+
+
+def test_feature_width_is_measured_not_read():
+    backbone = create_backbone("mobilenetv3_small_100")
+    assert backbone.num_features == 576
+    assert feature_dim(backbone, 3, 32) == 1024
+
+
+def test_vit_gets_img_size_for_small_images(digit_bank):
+    module = CVMModule(digit_bank, backbone="vit_tiny_patch16_224", in_chans=1, input_size=32, head="linear")
+    logits = module(torch.randn(2, 1, 8, 8))
+    assert logits.shape == (2, 10)
+
+
+def test_logits_are_scaled_similarities_over_seen_classes(digit_bank):
+    module = small_module(digit_bank).eval()
+    x = torch.randn(4, 1, 8, 8)
+    sims = module.similarities(x)
+    assert sims.shape == (4, 10) and sims.abs().max() <= 1.0 + 1e-5
+    assert torch.allclose(module(x), sims / module.temperature, atol=1e-4), "nothing seen yet: all classes compete"
+    module.start_experience([3, 7], experience=0)
+    logits = module(x)
+    assert torch.isinf(logits[:, [0, 1, 2, 4, 5, 6, 8, 9]]).all()
+    assert set(logits.argmax(1).tolist()) <= {3, 7}
+
+
+def test_wrong_image_channels_name_the_fix(digit_bank):
+    module = small_module(digit_bank)
+    with pytest.raises(DataError, match="channel"):
+        module(torch.randn(2, 3, 8, 8))
+    with pytest.raises(DataError, match="shape"):
+        module(torch.randn(8, 8))
+
+
+def test_labels_without_concepts_are_rejected(digit_bank):
+    module = small_module(digit_bank)
+    with pytest.raises(ConceptError, match="no concept text"):
+        module.start_experience([4, 12])
+    data = TensorDataset(torch.randn(8, 1, 8, 8), torch.tensor([0, 1, 2, 3, 10, 11, 0, 1]))
+    with pytest.raises(ConceptError, match="10, 11"):
+        quiet_trainer(max_steps=1).fit(module, DataLoader(data, batch_size=8))
+
+
+def test_nan_loss_stops_with_experience_and_step(digit_bank):
+    module = small_module(digit_bank)
+    module.start_experience([0, 1], experience=3)
+    data = TensorDataset(torch.full((8, 1, 8, 8), float("nan")), torch.tensor([0, 1] * 4))
+    with pytest.raises(TrainingDivergedError, match="experience 3, step 0"):
+        quiet_trainer(max_steps=1).fit(module, DataLoader(data, batch_size=8))
+
+
+@pytest.mark.slow
+def test_digits_iid_accuracy_with_a_plain_trainer(digit_bank):
+    pl.seed_everything(0)
+    train, test = load_digits_split()
+    module = CVMModule(digit_bank, backbone="mobilenetv3_small_100", in_chans=1, input_size=32)
+    trainer = quiet_trainer(max_epochs=5)
+    trainer.fit(module, DataLoader(train, batch_size=64, shuffle=True))
+    accuracy = trainer.validate(module, DataLoader(test, batch_size=256), verbose=False)[0]["val/acc"]
+    assert accuracy >= 0.9
+
+
+def test_predict_step_returns_ids_names_and_similarity(digit_bank):
+    module = small_module(digit_bank).eval()
+    module.start_experience([2, 5])
+    out = module.predict_step(torch.randn(3, 1, 8, 8), 0)
+    assert out["class_ids"].shape == (3,)
+    assert all(name in ("two", "five") for name in out["class_names"])
+    assert out["similarity"].shape == (3,) and out["similarity"].abs().max() <= 1.0 + 1e-5
+
+
+def test_checkpoint_round_trip_keeps_concepts_seen_classes_and_replay(digit_bank, tmp_path):
+    pl.seed_everything(0)
+    train, _ = load_digits_split()
+    module = small_module(digit_bank, buffer_size=40, learn_temperature=True)
+    module.start_experience([0, 1, 2], experience=0)
+    trainer = quiet_trainer(max_steps=3, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(train, batch_size=32, shuffle=True))
+    path = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(path)
+
+    raw = torch.load(path, weights_only=True)  # no pickle of arbitrary objects
+    assert "cvm_replay" in raw
+    restored = CVMModule.load_from_checkpoint(path).eval()
+    module.eval()
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.allclose(restored(x), module(x), atol=1e-5)
+    assert torch.equal(restored.seen, module.seen)
+    assert restored.class_names == digit_bank.class_names
+    assert len(restored.replay) == len(module.replay) > 0
+    assert restored.current_experience == 0
+
+
+def test_added_concepts_survive_checkpoints(digit_bank, tmp_path):
+    module = small_module(digit_bank)
+    ids = module.add_concepts(["ten"], torch.randn(1, digit_bank.dim))
+    assert ids == [10]
+    trainer = quiet_trainer(max_steps=1, default_root_dir=tmp_path)
+    trainer.fit(module, DataLoader(TensorDataset(torch.randn(4, 1, 8, 8), torch.tensor([10, 0, 10, 0])), batch_size=4))
+    trainer.save_checkpoint(tmp_path / "grown.ckpt")
+    restored = CVMModule.load_from_checkpoint(tmp_path / "grown.ckpt")
+    assert restored.class_names[-1] == "ten" and restored.concepts.shape == (11, digit_bank.dim)
+    with pytest.raises(ConceptError, match="another concept bank"):
+        small_module(digit_bank).on_load_checkpoint(torch.load(tmp_path / "grown.ckpt", weights_only=True))
+
+
+def test_bad_options_are_config_errors(digit_bank):
+    for kwargs in ({"loss": "hinge"}, {"optimizer": "lbfgs"}, {"head": "conv"}, {"negatives": "none"}):
+        with pytest.raises(ConfigError):
+            small_module(digit_bank, **kwargs)
