@@ -133,3 +133,15 @@ def test_bad_options_are_config_errors(digit_bank):
     for kwargs in ({"loss": "hinge"}, {"optimizer": "lbfgs"}, {"head": "conv"}, {"negatives": "none"}):
         with pytest.raises(ConfigError):
             small_module(digit_bank, **kwargs)
+
+
+def test_batchnorm_recalibration_matches_the_data_statistics():
+    from cvm_lightning.model.batchnorm import recalibrate_batchnorm
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 1), torch.nn.BatchNorm2d(4)).eval()
+    data = [torch.randn(16, 1, 4, 4) * 3 + 5 for _ in range(4)]
+    assert recalibrate_batchnorm(net, data) == 1
+    conv_out = net[0](torch.cat(data))
+    assert not net.training, "the mode is restored"
+    assert torch.allclose(net[1].running_mean, conv_out.mean(dim=(0, 2, 3)), atol=1e-4)
+    assert net[1].momentum == 0.1

@@ -1,0 +1,59 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cvm_lightning.cli import main
+
+FAST = ["--epochs", "1", "--buffer", "40", "--no-progress", "--backbone", "mobilenetv3_small_050", "--input-size", "16"]
+
+
+def test_benchmarks_lists_the_default(capsys):
+    assert main(["benchmarks"]) == 0
+    assert "split-digits" in capsys.readouterr().out
+
+
+def test_help_documents_every_flag():
+    out = subprocess.run([sys.executable, "-m", "cvm_lightning", "run", "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in ("--benchmark", "--strategies", "--backbone", "--text-model", "--epochs", "--buffer", "--seed",
+                 "--data-root", "--train-per-class", "--out"):
+        assert flag in out
+
+
+@pytest.mark.slow
+def test_run_writes_results_and_repeats_with_the_same_seed(tmp_path, capsys):
+    runs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert main(["run", "--strategies", "cvm,replay", "--out", str(out), *FAST]) == 0
+        runs.append(json.loads((out / "results.json").read_text()))
+        assert (out / "results.md").read_text().count("|") > 10
+        assert (out / "accuracy_matrices.png").stat().st_size > 0 and (out / "average_accuracy.png").exists()
+    table = capsys.readouterr().out
+    assert "final avg acc" in table and "replay" in table
+    first = runs[0]
+    assert first["benchmark"] == "split-digits" and first["n_experiences"] == 5
+    assert first["classes_per_experience"] == [2] * 5
+    for name, result in first["strategies"].items():
+        assert set(result) >= {"final_avg_accuracy", "forgetting", "bwt", "accuracy_matrix", "train_seconds", "params", "peak_rss_mb"}
+        assert 0.0 <= result["final_avg_accuracy"] <= 1.0
+        assert len(result["accuracy_matrix"]) == 5 and all(0 <= v <= 1 for row in result["accuracy_matrix"] for v in row)
+        again = runs[1]["strategies"][name]
+        assert again["accuracy_matrix"] == result["accuracy_matrix"], f"{name} is not repeatable"
+
+
+def test_bad_input_exits_non_zero_with_a_message(tmp_path, capsys):
+    assert main(["run", "--benchmark", "split-digit", "--out", str(tmp_path / "x"), *FAST]) == 2
+    assert "Did you mean split-digits" in capsys.readouterr().err
+    assert main(["run", "--strategies", "cvm,icarl2", "--out", str(tmp_path / "y"), *FAST]) == 2
+    assert "Unknown strategies" in capsys.readouterr().err
+    assert main(["run", "--backbone", "resnet-18", "--strategies", "cvm", "--out", str(tmp_path / "z"), *FAST[:-4]]) == 2
+    assert "resnet18" in capsys.readouterr().err
+
+
+def test_existing_results_are_never_overwritten(tmp_path, capsys):
+    (tmp_path / "results.json").write_text('{"kept": true}')
+    assert main(["run", "--out", str(tmp_path), *FAST]) == 2
+    assert "another --out" in capsys.readouterr().err
+    assert json.loads((tmp_path / "results.json").read_text()) == {"kept": True}
