@@ -52,7 +52,7 @@ def avalanche_run(bank, digits, epochs):
     pl.seed_everything(0)
     module = CVMModule(bank, **SMALL)
     recorder = AccuracyMatrixPlugin(digits.n_experiences)
-    strategy = CVMStrategy(module, train_mb_size=32, train_epochs=epochs, eval_mb_size=256, plugins=[recorder], evaluator=None)
+    strategy = CVMStrategy(model=module, train_mb_size=32, train_epochs=epochs, eval_mb_size=256, plugins=[recorder], evaluator=None)
     for experience in digits.train_stream:
         strategy.train(experience)
         strategy.eval(digits.test_stream)

@@ -27,9 +27,9 @@ class CVMStrategy(SupervisedTemplate):
     module's configured optimiser.
     """
 
-    def __init__(self, module: CVMModule, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, model: CVMModule, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("criterion", nn.CrossEntropyLoss())
-        super().__init__(model=module, optimizer=optimizer or module.build_optimizer(), **kwargs)
+        super().__init__(model=model, optimizer=optimizer or model.build_optimizer(), **kwargs)
         self._embeddings: torch.Tensor | None = None
 
     def _before_training_exp(self, **kwargs: Any) -> None:
