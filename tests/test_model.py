@@ -145,3 +145,15 @@ def test_batchnorm_recalibration_matches_the_data_statistics():
     assert not net.training, "the mode is restored"
     assert torch.allclose(net[1].running_mean, conv_out.mean(dim=(0, 2, 3)), atol=1e-4)
     assert net[1].momentum == 0.1
+
+
+def test_cosine_schedule_anneals_over_each_fit(digit_bank):
+    module = small_module(digit_bank, scheduler="cosine", lr=0.01)
+    data = DataLoader(TensorDataset(torch.randn(32, 1, 8, 8), torch.tensor([0, 1] * 16)), batch_size=8)
+    trainer = quiet_trainer(max_epochs=2)
+    trainer.fit(module, data)
+    first_lr = trainer.optimizers[0].param_groups[0]["lr"]
+    assert first_lr < 0.001, "annealed to near zero by the end of the fit"
+    trainer.fit_loop.max_epochs = 4  # the next experience restarts the schedule
+    trainer.fit(module, data)
+    assert trainer.lr_scheduler_configs[0].scheduler.T_max == 2 * 4

@@ -61,7 +61,10 @@ class ContinualMetricsCallback(pl.Callback):
         if trainer.sanity_checking:
             return
         experience = self._experience(pl_module)
-        (self.matrix.reset_row(experience) if experience >= 0 else self._reference.reset_row(0))
+        if experience >= 0:
+            self.matrix.reset_row(experience)  # a re-evaluation replaces the row
+        else:
+            self._reference.reset_row(0)
 
     def on_validation_batch_end(
         self,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import inspect
 from typing import Callable
 
 import timm
@@ -49,9 +48,7 @@ def create_backbone(
     if not timm.is_model(name):
         raise _unknown_backbone(name)
     kwargs: dict = {"pretrained": pretrained, "num_classes": 0, "in_chans": in_chans}
-    entrypoint = timm.models.model_entrypoint(name)
-    model_cls_args = inspect.signature(entrypoint).parameters
-    if img_size is not None and _accepts_img_size(name, model_cls_args):
+    if img_size is not None and _takes_img_size(name):
         kwargs["img_size"] = img_size
     try:
         return timm.create_model(name, **kwargs)
@@ -63,11 +60,13 @@ def create_backbone(
         ) from err
 
 
-def _accepts_img_size(name: str, entrypoint_args) -> bool:
-    # timm entrypoints take **kwargs; the model classes that use img_size are
-    # the patch-embedding ones.
-    families = ("vit", "deit", "beit", "eva", "mixer", "swin", "cait", "xcit", "levit", "pit", "tnt")
-    return "img_size" in entrypoint_args or name.split("_")[0].startswith(families)
+# timm entrypoints all take **kwargs, so the signature does not tell; the
+# models that need img_size are the patch-embedding families.
+PATCH_EMBEDDING_FAMILIES = ("vit", "deit", "beit", "eva", "mixer", "swin", "cait", "xcit", "levit", "pit", "tnt")
+
+
+def _takes_img_size(name: str) -> bool:
+    return name.split("_")[0].startswith(PATCH_EMBEDDING_FAMILIES)
 
 
 @torch.no_grad()
