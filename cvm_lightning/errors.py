@@ -1,5 +1,14 @@
 """Exceptions raised for bad input. Each message says what to fix."""
 
+import difflib
+from collections.abc import Iterable
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` Did you mean a, b?`` for the choices close to ``name``, or an empty string."""
+    close = difflib.get_close_matches(name, list(choices), n=5, cutoff=0.6)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
 
 class CVMError(Exception):
     """Base class of every error this package raises on purpose.

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from cvm_lightning.atomic import atomic_write_text
 
 COLUMNS = ("strategy", "final avg acc", "forgetting", "BWT", "train s", "params", "peak RSS MB")
 
@@ -39,23 +39,16 @@ def text_table(results: dict) -> str:
     return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def write_results(results: dict, out_dir: Path) -> list[Path]:
     """Write ``results.json``, ``results.md`` and the plots into ``out_dir``; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
-    _atomic_write(json_path, json.dumps(results, indent=2))
+    atomic_write_text(json_path, json.dumps(results, indent=2))
     header = (
         f"# {results['benchmark']}: {results['n_experiences']} experiences, seed {results['seed']}\n\n"
         "Accuracies in [0, 1]; forgetting in max mode (Chaudhry et al. 2018).\n\n"
     )
-    _atomic_write(md_path, header + markdown_table(results) + "\n")
+    atomic_write_text(md_path, header + markdown_table(results) + "\n")
     return [json_path, md_path, *plot_results(results, out_dir)]
 
 

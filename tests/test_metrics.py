@@ -95,7 +95,7 @@ def _ddp_worker(rank: int, world: int, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     metrics = [AccuracyMatrix(3), Forgetting(3), BackwardTransfer(3), AverageAccuracy(3)]
-    for k, (i, j, preds, target) in enumerate(predictions_for(R3)):
+    for i, j, preds, target in predictions_for(R3):
         half = slice(rank * 10, rank * 10 + 10)  # each process sees half of every cell
         for metric in metrics:
             metric.update(preds[half], target[half], i, j)

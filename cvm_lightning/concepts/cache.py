@@ -13,14 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from cvm_lightning.atomic import atomic_path
 
 FORMAT_VERSION = "1"
 
@@ -58,10 +59,9 @@ class EmbeddingCache:
         if not self.path.exists():
             return {}
         try:
-            tensors = load_file(str(self.path))
-            with open(self.path, "rb") as handle:
-                header_len = int.from_bytes(handle.read(8), "little")
-                metadata = json.loads(handle.read(header_len)).get("__metadata__", {})
+            with safe_open(str(self.path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 - not a dict
             if metadata.get("format") != FORMAT_VERSION or metadata.get("identity") != self.identity:
                 raise ValueError("written for another text model or format")
             if metadata.get("checksum") != _checksum(tensors):
@@ -77,13 +77,7 @@ class EmbeddingCache:
 
     def save(self, tensors: dict[str, torch.Tensor]) -> None:
         """Write ``tensors`` atomically (temporary file, then rename)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {key: value.detach().cpu().float().contiguous() for key, value in tensors.items()}
         metadata = {"format": FORMAT_VERSION, "identity": self.identity, "checksum": _checksum(tensors)}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=metadata)
-            os.replace(tmp, self.path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_path(self.path, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)

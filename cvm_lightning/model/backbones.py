@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
 from typing import Callable
 
 import timm
 import torch
 from torch import nn
 
-from cvm_lightning.errors import ConfigError
+from cvm_lightning.errors import ConfigError, did_you_mean
 
 # Custom backbones, looked up before timm: name -> factory(in_chans, **kwargs).
 BACKBONES: dict[str, Callable[..., nn.Module]] = {}
@@ -26,11 +25,9 @@ def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callabl
 
 
 def _unknown_backbone(name: str) -> ConfigError:
-    candidates = [*BACKBONES, *timm.list_models()]
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
     return ConfigError(
-        f"Unknown backbone {name!r}.{hint} Any name from `timm.list_models()` works, "
+        f"Unknown backbone {name!r}.{did_you_mean(name, [*BACKBONES, *timm.list_models()])} "
+        "Any name from `timm.list_models()` works, "
         f"as do the registered backbones {sorted(BACKBONES) or '[]'}."
     )
 
@@ -67,6 +64,16 @@ PATCH_EMBEDDING_FAMILIES = ("vit", "deit", "beit", "eva", "mixer", "swin", "cait
 
 def _takes_img_size(name: str) -> bool:
     return name.split("_")[0].startswith(PATCH_EMBEDDING_FAMILIES)
+
+
+def upsample_small(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """Images smaller than ``size`` (either side) resized to ``size`` x ``size``; others unchanged.
+
+    Standard timm stems downsample 32x; without this a 32x32 input becomes 1x1.
+    """
+    if size and min(x.shape[-2:]) < size:
+        return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x
 
 
 @torch.no_grad()

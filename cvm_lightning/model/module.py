@@ -13,7 +13,7 @@ from torch import nn
 
 from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.errors import ConceptError, ConfigError, DataError, TrainingDivergedError
-from cvm_lightning.model.backbones import create_backbone, feature_dim
+from cvm_lightning.model.backbones import create_backbone, feature_dim, upsample_small
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
 from cvm_lightning.model.heads import ConceptAlignmentHead
 from cvm_lightning.model.losses import LOSSES
@@ -134,13 +134,16 @@ class CVMModule(pl.LightningModule):
 
     def start_experience(self, classes: Sequence[int], experience: int | None = None) -> None:
         """Mark ``classes`` as seen before training on a new experience."""
-        classes = [int(c) for c in classes]
-        self._check_known(classes)
-        self.seen[classes] = True
-        self._fit_classes = set(classes)
+        self._fit_classes = set()
+        self._mark_seen([int(c) for c in classes])
         self._experience_started = True
         if experience is not None:
             self.current_experience = experience
+
+    def _mark_seen(self, classes: list[int]) -> None:
+        self._check_known(classes)
+        self.seen[classes] = True
+        self._fit_classes.update(classes)
 
     def _check_known(self, classes: Sequence[int]) -> None:
         unknown = sorted({c for c in classes if not 0 <= c < len(self.seen)})
@@ -179,10 +182,7 @@ class CVMModule(pl.LightningModule):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Unit vectors in concept space for images ``x`` (B x C x H x W)."""
         self._check_images(x)
-        size = self.hparams["input_size"]
-        if size and min(x.shape[-2:]) < size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        return self.head(self.backbone(x))
+        return self.head(self.backbone(upsample_small(x, self.hparams["input_size"])))
 
     def similarities(self, x: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each image to every concept (B x n_classes)."""
@@ -207,10 +207,7 @@ class CVMModule(pl.LightningModule):
 
     def observe(self, y: torch.Tensor) -> None:
         """Mark the labels of a training batch as seen classes of this experience."""
-        classes = y.unique().tolist()
-        self._check_known(classes)
-        self.seen[classes] = True
-        self._fit_classes.update(classes)
+        self._mark_seen(y.unique().tolist())
 
     def mix_replay(self, x: torch.Tensor, y: torch.Tensor, offer: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Append replayed samples of earlier classes to a batch; ``offer`` stores the batch first."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -11,7 +10,7 @@ import torch
 from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
 
 from cvm_lightning.concepts import DEFAULT_TEMPLATES
-from cvm_lightning.errors import ConfigError, DataError
+from cvm_lightning.errors import ConfigError, DataError, did_you_mean
 from cvm_lightning.streams.datasets import DIGIT_NAMES, TensorImageDataset, load_digits_split
 
 
@@ -78,9 +77,9 @@ def register_benchmark(name: str, description: str) -> Callable[[BenchmarkBuilde
 def build_benchmark(name: str, config: StreamConfig | None = None) -> Benchmark:
     """Build the benchmark ``name`` (see ``cvm benchmarks``)."""
     if name not in BENCHMARKS:
-        close = difflib.get_close_matches(name, list(BENCHMARKS), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"Unknown benchmark {name!r}.{hint} Available: {', '.join(sorted(BENCHMARKS))}.")
+        raise ConfigError(
+            f"Unknown benchmark {name!r}.{did_you_mean(name, BENCHMARKS)} Available: {', '.join(sorted(BENCHMARKS))}."
+        )
     return BENCHMARKS[name](config or StreamConfig())
 
 

@@ -49,8 +49,8 @@ class CVMStrategy(SupervisedTemplate):
     def _before_forward(self, **kwargs: Any) -> None:
         if self.is_training:
             x, y = self.model.mix_replay(self.mb_x, self.mb_y, offer=self.clock.train_exp_epochs == 0)
-            task = torch.zeros_like(y) if len(self.mbatch) > 2 else None
-            self.mbatch = [x, y] + ([task] if task is not None else [])
+            # Replayed samples belong to task 0, like everything in a class-incremental stream.
+            self.mbatch = [x, y, *([torch.zeros_like(y)] if len(self.mbatch) > 2 else [])]
         super()._before_forward(**kwargs)
 
     def forward(self) -> torch.Tensor:

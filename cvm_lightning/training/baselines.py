@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from avalanche.training import DER, EWC, GDumb, LwF, Naive
 from avalanche.training.plugins import ReplayPlugin
@@ -16,8 +14,8 @@ from avalanche.training.storage_policy import ClassBalancedBuffer
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from cvm_lightning.errors import ConfigError
-from cvm_lightning.model.backbones import create_backbone, feature_dim
+from cvm_lightning.errors import ConfigError, did_you_mean
+from cvm_lightning.model.backbones import create_backbone, feature_dim, upsample_small
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
 
 
@@ -31,9 +29,7 @@ class ClassifierNet(nn.Module):
         self.classifier = nn.Linear(feature_dim(self.backbone, in_chans, input_size or 64), n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_size and min(x.shape[-2:]) < self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        return self.classifier(self.backbone(x))
+        return self.classifier(self.backbone(upsample_small(x, self.input_size)))
 
 
 @dataclass(frozen=True)
@@ -108,9 +104,7 @@ def build_baseline(
 ) -> SupervisedTemplate:
     """An Avalanche strategy by name (see ``BASELINES``)."""
     if name not in BASELINES:
-        close = difflib.get_close_matches(name, list(BASELINES), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"Unknown strategy {name!r}.{hint} Available: cvm, {', '.join(BASELINES)}.")
+        raise ConfigError(f"Unknown strategy {name!r}.{did_you_mean(name, BASELINES)} Available: cvm, {', '.join(BASELINES)}.")
     if name in MEMORY_BASED and settings.buffer < 1:
         raise ConfigError(f"Strategy {name!r} needs a memory: pass --buffer N with N >= 1.")
     return BASELINES[name](model, optimizer, settings, plugins)
