@@ -49,6 +49,7 @@ class RunConfig:
     negatives: str = "seen"
     head: str = "linear"
     recalibrate_bn: bool = True
+    distill: float = 0.0
     data_root: Path | None = None
     train_per_class: int | None = None
     n_experiences: int | None = None
@@ -116,6 +117,7 @@ def build_cvm_module(config: RunConfig, benchmark: Benchmark) -> CVMModule:
         negatives=config.negatives,
         head=config.head,
         recalibrate_bn=config.recalibrate_bn,
+        distill=config.distill,
     )
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -26,8 +27,23 @@ def digit_bank() -> ConceptBank:
     return ConceptBank.from_names(list(DIGIT_NAMES), templates=("a handwritten digit {}.",))
 
 
-@pytest.fixture
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} (see shared/data/README.md)")
-    return SHARED_DATA
+def _unpack(archive: str, target: Path) -> Path:
+    path = SHARED_DATA / archive
+    if not path.is_file():
+        pytest.skip(f"real data not found: {path} (see shared/data/README.md); only present on project machines")
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path) as tar:
+        tar.extractall(target, filter="data")
+    return target
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory) -> Path:
+    """Real CIFAR-10 (ImageFolder layout) unpacked from ../shared/data into a temporary folder."""
+    return _unpack("cifar10-jpg.tar.gz", tmp_path_factory.mktemp("cifar10"))
+
+
+@pytest.fixture(scope="session")
+def tinyimagenet_root(tmp_path_factory) -> Path:
+    """The real Tiny-ImageNet subset from ../shared/data, unpacked."""
+    return _unpack("tinyimagenet-sub-jpg.tar.gz", tmp_path_factory.mktemp("tin")) / "tinyimagenet-sub"

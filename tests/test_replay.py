@@ -14,7 +14,7 @@ def test_capacity_is_split_evenly_over_classes():
     offer(buffer, [0, 1], 100)
     assert len(buffer) == 30
     offer(buffer, [2], 100)
-    counts = {c: len(buffer._samples[c]) for c in buffer.classes}
+    counts = {c: len(buffer.samples_of(c)) for c in buffer.classes}
     assert counts == {0: 10, 1: 10, 2: 10}
 
 
@@ -22,7 +22,7 @@ def test_reservoir_keeps_a_uniform_sample_of_each_class():
     buffer = ReplayBuffer(capacity=200, seed=1)
     for start in range(0, 10_000, 100):  # 100 batches of one class
         buffer.add(torch.arange(start, start + 100, dtype=torch.float32)[:, None], torch.zeros(100, dtype=torch.long))
-    kept = buffer._samples[0].flatten()
+    kept = buffer.samples_of(0).flatten()
     assert len(kept) == 200
     assert 3_500 < kept.mean() < 6_500, "a reservoir keeps early and late samples alike"
 
@@ -50,3 +50,15 @@ def test_state_dict_round_trip_continues_identically():
     xa, ya = a.sample(5)
     xb, yb = b.sample(5)
     assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_extras_travel_with_their_samples_through_shrinking_and_checkpoints():
+    buffer = ReplayBuffer(capacity=10, seed=0)
+    x = torch.arange(20, dtype=torch.float32)[:, None]
+    buffer.add(x, torch.zeros(20, dtype=torch.long), x * 10)  # extra = 10 * sample
+    buffer.add(x + 100, torch.ones(20, dtype=torch.long), (x + 100) * 10)
+    restored = ReplayBuffer(capacity=1)
+    restored.load_state_dict(buffer.state_dict())
+    xs, ys, extras = restored.sample(50)
+    assert torch.equal(extras, xs * 10)
+    assert set(ys.tolist()) == {0, 1}

@@ -48,7 +48,7 @@ def recalibrate_on_batches(model: nn.Module, batches: Iterable, device: torch.de
         for batch in batches:
             x, y = batch[0], batch[1]
             if hasattr(model, "mix_replay"):
-                x, _ = model.mix_replay(x, y, offer=False)
+                x, _, _ = model.mix_replay(x, y)
             yield x.to(device)
 
     return recalibrate_batchnorm(model, images(), forward=getattr(model, "embed", None))

@@ -65,6 +65,10 @@ class CVMModule(pl.LightningModule):
         recalibrate_bn: after each ``fit``, re-estimate BatchNorm statistics
             over the training data (and replayed samples); see
             :func:`~cvm_lightning.model.batchnorm.recalibrate_batchnorm`.
+        distill: weight of the embedding-drift penalty on replayed samples,
+            ``mean(1 - cos(z_now, z_stored))``, where ``z_stored`` is the
+            embedding the sample had when it entered the memory. The concept
+            space is fixed, so stored embeddings stay comparable (0 turns it off).
     """
 
     def __init__(
@@ -91,6 +95,7 @@ class CVMModule(pl.LightningModule):
         replay_batch_size: int | None = None,
         seed: int = 0,
         recalibrate_bn: bool = True,
+        distill: float = 0.0,
     ) -> None:
         super().__init__()
         _check_choice("loss", loss, LOSSES)
@@ -209,14 +214,35 @@ class CVMModule(pl.LightningModule):
         """Mark the labels of a training batch as seen classes of this experience."""
         self._mark_seen(y.unique().tolist())
 
-    def mix_replay(self, x: torch.Tensor, y: torch.Tensor, offer: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append replayed samples of earlier classes to a batch; ``offer`` stores the batch first."""
-        if offer:
-            self.replay.add(x, y)
+    def mix_replay(
+        self, x: torch.Tensor, y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Append replayed samples of earlier classes to a batch.
+
+        Returns the mixed ``(x, y)`` and the stored embeddings of the replayed
+        part (``None`` when nothing was replayed).
+        """
         replayed = self.replay.sample(self.hparams["replay_batch_size"] or len(x), exclude=self._fit_classes)
         if replayed is None:
-            return x, y
-        return torch.cat([x, replayed[0].to(x)]), torch.cat([y, replayed[1].to(y)])
+            return x, y, None
+        return torch.cat([x, replayed[0].to(x)]), torch.cat([y, replayed[1].to(y)]), replayed[2].to(x)
+
+    def training_loss(self, x: torch.Tensor, y: torch.Tensor, offer: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss of one training batch with replay mixed in; returns ``(loss, embeddings)``.
+
+        ``offer`` stores the batch (with its embeddings) in the replay memory.
+        The embeddings cover the batch first, then the replayed samples.
+        """
+        self.observe(y)
+        n = len(x)
+        mixed_x, mixed_y, stored = self.mix_replay(x, y)
+        z = self.embed(mixed_x)
+        loss = self.alignment_loss(z, mixed_y)
+        if stored is not None and self.hparams["distill"] > 0:
+            loss = loss + self.hparams["distill"] * (1.0 - (z[n:] * stored).sum(dim=-1)).mean()
+        if offer:
+            self.replay.add(x, y, z[:n].detach())
+        return loss, z
 
     def alignment_loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training loss of unit embeddings ``z`` with class ids ``y``."""
@@ -246,9 +272,7 @@ class CVMModule(pl.LightningModule):
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         x, y = split_batch(batch)
-        self.observe(y)
-        x, y = self.mix_replay(x, y, offer=self.current_epoch == self._first_epoch)
-        loss = self.alignment_loss(self.embed(x), y)
+        loss, _ = self.training_loss(x, y, offer=self.current_epoch == self._first_epoch)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

@@ -14,7 +14,8 @@ class ReplayBuffer:
     (reservoir sampling), so the memory does not favour the last batches of
     an experience. When a new class arrives, every class's share shrinks to
     ``capacity // n_classes`` by dropping random samples. ``capacity=0``
-    stores nothing.
+    stores nothing. Each sample may carry extra tensors (for example the
+    embedding the model gave it when it was stored), kept and returned with it.
     """
 
     def __init__(self, capacity: int, seed: int = 0) -> None:
@@ -22,68 +23,75 @@ class ReplayBuffer:
             raise ValueError(f"Replay capacity must be >= 0, got {capacity}.")
         self.capacity = capacity
         self.generator = torch.Generator().manual_seed(seed)
-        self._samples: dict[int, torch.Tensor] = {}
+        self._samples: dict[int, list[torch.Tensor]] = {}  # class -> [x, *extras]
         self._offered: dict[int, int] = {}
 
     def __len__(self) -> int:
-        return sum(len(samples) for samples in self._samples.values())
+        return sum(len(fields[0]) for fields in self._samples.values())
 
     @property
     def classes(self) -> list[int]:
         return sorted(self._samples)
 
+    def samples_of(self, c: int) -> torch.Tensor:
+        """The stored samples of class ``c``."""
+        return self._samples[c][0]
+
     def _quota(self) -> int:
         return self.capacity // max(1, len(self._samples))
 
-    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Offer a batch of samples ``x`` with integer labels ``y``."""
+    def add(self, x: torch.Tensor, y: torch.Tensor, *extras: torch.Tensor) -> None:
+        """Offer a batch of samples ``x`` with integer labels ``y`` (and per-sample ``extras``)."""
         if self.capacity == 0:
             return
-        x, y = x.detach().cpu(), y.detach().cpu()
+        fields = [t.detach().cpu() for t in (x, *extras)]
+        y = y.detach().cpu()
         new_classes = [c for c in y.unique().tolist() if c not in self._samples]
         for c in new_classes:
-            self._samples[c] = x[:0].clone()
+            self._samples[c] = [f[:0].clone() for f in fields]
             self._offered[c] = 0
         if new_classes:
             self._shrink_to_quota()
         quota = self._quota()
         for c in y.unique().tolist():
-            self._reservoir(c, x[y == c], quota)
+            mask = y == c
+            self._reservoir(c, [f[mask] for f in fields], quota)
 
-    def _reservoir(self, c: int, xc: torch.Tensor, quota: int) -> None:
-        stored, offered = self._samples[c], self._offered[c]
-        room = max(0, min(quota - len(stored), len(xc)))
+    def _reservoir(self, c: int, new: list[torch.Tensor], quota: int) -> None:
+        stored, offered, count = self._samples[c], self._offered[c], len(new[0])
+        room = max(0, min(quota - len(stored[0]), count))
         if room:
-            stored = torch.cat([stored, xc[:room]])
-        rest = xc[room:]
-        if len(rest):
-            seen = offered + room + torch.arange(1, len(rest) + 1)
-            slots = (torch.rand(len(rest), generator=self.generator) * seen).long()
+            stored = [torch.cat([s, f[:room]]) for s, f in zip(stored, new)]
+        rest = count - room
+        if rest:
+            seen = offered + room + torch.arange(1, rest + 1)
+            slots = (torch.rand(rest, generator=self.generator) * seen).long()
             for i in torch.nonzero(slots < quota).flatten().tolist():
-                stored[slots[i]] = rest[i]
+                for s, f in zip(stored, new):
+                    s[slots[i]] = f[room + i]
         self._samples[c] = stored
-        self._offered[c] = offered + len(xc)
+        self._offered[c] = offered + count
 
     def _shrink_to_quota(self) -> None:
         quota = self._quota()
         for c, stored in self._samples.items():
-            if len(stored) > quota:
-                keep = torch.randperm(len(stored), generator=self.generator)[:quota].sort().values
-                self._samples[c] = stored[keep]
+            if len(stored[0]) > quota:
+                keep = torch.randperm(len(stored[0]), generator=self.generator)[:quota].sort().values
+                self._samples[c] = [s[keep] for s in stored]
 
-    def sample(self, n: int, exclude: Iterable[int] = ()) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``n`` random stored samples (with their labels), skipping classes in ``exclude``.
+    def sample(self, n: int, exclude: Iterable[int] = ()) -> tuple[torch.Tensor, ...] | None:
+        """``n`` random stored samples as ``(x, y, *extras)``, skipping classes in ``exclude``.
 
         Returns ``None`` when nothing is stored outside ``exclude``.
         """
         excluded = set(exclude)
-        parts = [(stored, c) for c, stored in self._samples.items() if c not in excluded and len(stored)]
+        parts = [(stored, c) for c, stored in self._samples.items() if c not in excluded and len(stored[0])]
         if not parts or n <= 0:
             return None
-        xs = torch.cat([stored for stored, _ in parts])
-        ys = torch.cat([torch.full((len(stored),), c, dtype=torch.long) for stored, c in parts])
-        idx = torch.randint(len(xs), (min(n, len(xs)),), generator=self.generator)
-        return xs[idx], ys[idx]
+        fields = [torch.cat([stored[k] for stored, _ in parts]) for k in range(len(parts[0][0]))]
+        ys = torch.cat([torch.full((len(stored[0]),), c, dtype=torch.long) for stored, c in parts])
+        idx = torch.randint(len(ys), (min(n, len(ys)),), generator=self.generator)
+        return (fields[0][idx], ys[idx], *(f[idx] for f in fields[1:]))
 
     def state_dict(self) -> dict:
         """Tensors only, so checkpoints load with ``torch.load(weights_only=True)``."""
@@ -92,13 +100,15 @@ class ReplayBuffer:
             "capacity": self.capacity,
             "classes": torch.tensor(classes, dtype=torch.long),
             "offered": torch.tensor([self._offered[c] for c in classes], dtype=torch.long),
-            "samples": [self._samples[c] for c in classes],
+            "samples": [self._samples[c][0] for c in classes],
+            "extras": [self._samples[c][1:] for c in classes],
             "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.capacity = int(state["capacity"])
         classes = state["classes"].tolist()
-        self._samples = dict(zip(classes, state["samples"]))
+        extras = state.get("extras", [[] for _ in classes])
+        self._samples = {c: [x, *more] for c, x, more in zip(classes, state["samples"], extras)}
         self._offered = dict(zip(classes, state["offered"].tolist()))
         self.generator.set_state(state["generator"])

@@ -24,6 +24,10 @@ class TensorImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
+    def subset(self, indices) -> "TensorImageDataset":
+        """The same dataset restricted to ``indices``."""
+        return TensorImageDataset(self.images[indices], torch.tensor(self.targets)[indices], self.transform)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.images[index]
         if self.transform is not None:

@@ -11,7 +11,6 @@ from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmar
 
 from cvm_lightning.concepts import DEFAULT_TEMPLATES
 from cvm_lightning.errors import ConfigError, DataError, did_you_mean
-from cvm_lightning.streams.datasets import DIGIT_NAMES, TensorImageDataset, load_digits_split
 
 
 @dataclass(frozen=True)
@@ -121,17 +120,3 @@ def split_by_class(train, test, n_classes: int, n_experiences: int, seed: int):
         num_experiences=n_experiences,
     )
 
-
-@register_benchmark("split-digits", "sklearn's 8x8 digits, 5 experiences of 2 classes (embedded, the default)")
-def split_digits(config: StreamConfig) -> Benchmark:
-    train, test = load_digits_split()
-    keep = subsample_per_class(train.targets, config.train_per_class, config.seed)
-    train = TensorImageDataset(train.images[keep], torch.tensor(train.targets)[keep])
-    return Benchmark(
-        name="split-digits",
-        scenario=split_by_class(train, test, 10, config.n_experiences or 5, config.seed),
-        class_names=list(DIGIT_NAMES),
-        in_chans=1,
-        image_size=8,
-        templates=("a handwritten digit {}.", "the number {}.", "a photo of the digit {}."),
-    )

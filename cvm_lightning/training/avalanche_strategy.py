@@ -30,7 +30,7 @@ class CVMStrategy(SupervisedTemplate):
     def __init__(self, *, model: CVMModule, optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("criterion", nn.CrossEntropyLoss())
         super().__init__(model=model, optimizer=optimizer or model.build_optimizer(), **kwargs)
-        self._embeddings: torch.Tensor | None = None
+        self._loss: torch.Tensor | None = None
 
     def _before_training_exp(self, **kwargs: Any) -> None:
         self.model.start_experience(sorted(self.experience.classes_in_this_experience), self.experience.current_experience)
@@ -46,18 +46,13 @@ class CVMStrategy(SupervisedTemplate):
         # Lightning path starts each experience fresh, and so do we.
         super().make_optimizer(**{**kwargs, "reset_optimizer_state": True})
 
-    def _before_forward(self, **kwargs: Any) -> None:
-        if self.is_training:
-            x, y = self.model.mix_replay(self.mb_x, self.mb_y, offer=self.clock.train_exp_epochs == 0)
-            # Replayed samples belong to task 0, like everything in a class-incremental stream.
-            self.mbatch = [x, y, *([torch.zeros_like(y)] if len(self.mbatch) > 2 else [])]
-        super()._before_forward(**kwargs)
-
     def forward(self) -> torch.Tensor:
-        self._embeddings = self.model.embed(self.mb_x)
-        return self.model.logits(self._embeddings)
+        if not self.is_training:
+            return self.model(self.mb_x)
+        # The module's own training loss (replay included); the output is the
+        # logits of this minibatch, as Avalanche's metrics expect.
+        self._loss, z = self.model.training_loss(self.mb_x, self.mb_y, offer=self.clock.train_exp_epochs == 0)
+        return self.model.logits(z[: len(self.mb_x)])
 
     def criterion(self) -> torch.Tensor:
-        if self.is_training:
-            return self.model.alignment_loss(self._embeddings, self.mb_y)
-        return super().criterion()
+        return self._loss if self.is_training else super().criterion()

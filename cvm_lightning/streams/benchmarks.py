@@ -1,0 +1,170 @@
+"""The registered benchmarks. Each builds a class-incremental Avalanche scenario.
+
+Only split-digits is embedded. The others read ``--data-root``, in the
+standard layouts of torchvision and Avalanche or in an ImageFolder layout
+(``ROOT/train/<class>/*``, ``ROOT/test/<class>/*``), and never download
+unless ``--download`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from pathlib import Path
+
+import torch
+from avalanche.benchmarks.utils import as_taskaware_classification_dataset
+
+from cvm_lightning.concepts import DEFAULT_TEMPLATES
+from cvm_lightning.errors import ConfigError, DataError
+from cvm_lightning.streams.datasets import DIGIT_NAMES, TensorImageDataset, load_digits_split
+from cvm_lightning.streams.images import ImageFileDataset, load_image_folder, read_class_names, scan_split
+from cvm_lightning.streams.registry import Benchmark, StreamConfig, register_benchmark, split_by_class, subsample_per_class
+
+
+def shipped_class_names(name: str) -> dict:
+    """The class list shipped with the package for benchmark data ``name``."""
+    return json.loads(files("cvm_lightning.streams").joinpath(f"class_names/{name}.json").read_text())
+
+
+def class_incremental(
+    name: str,
+    config: StreamConfig,
+    train,
+    test,
+    class_names: list[str],
+    default_experiences: int,
+    *,
+    in_chans: int = 3,
+    image_size: int = 32,
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES,
+    descriptions: dict[str, str] | None = None,
+) -> Benchmark:
+    """A :class:`Benchmark` from train/test datasets, subsampled per ``config``."""
+    if not hasattr(train, "subset"):  # any dataset with .targets: let Avalanche wrap it
+        train = as_taskaware_classification_dataset(train)
+    train = train.subset(subsample_per_class(train.targets, config.train_per_class, config.seed))
+    scenario = split_by_class(train, test, len(class_names), config.n_experiences or default_experiences, config.seed)
+    return Benchmark(name, scenario, class_names, in_chans, image_size, templates, descriptions or {})
+
+
+def require_root(config: StreamConfig, name: str, layout: str) -> Path:
+    if config.data_root is None:
+        raise DataError(f"Benchmark {name} needs --data-root DIR holding {layout}")
+    root = Path(config.data_root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"--data-root {root} is not a folder. Benchmark {name} needs {layout}")
+    return root
+
+
+def _uint8_to_unit(image: torch.Tensor) -> torch.Tensor:
+    return image.float() / 127.5 - 1.0
+
+
+def _torchvision_cifar(kind: str, root: Path, download: bool, layout: str):
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if kind == "cifar10" else CIFAR100
+    try:
+        splits = [cls(str(root), train=train, download=download) for train in (True, False)]
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+        raise DataError(f"{err} Put {layout}") from err
+    return [
+        TensorImageDataset(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), _uint8_to_unit)
+        for ds in splits
+    ]
+
+
+def _cifar(kind: str, name: str, default_experiences: int, config: StreamConfig) -> Benchmark:
+    shipped = shipped_class_names(kind)
+    folder = "cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python"
+    layout = (
+        f"either {folder}/ (torchvision's layout) or train/<class>/*.png and test/<class>/*.png "
+        f"(ImageFolder, class folders named {', '.join(shipped['folders'][:3])}, ...); "
+        "or pass --download on a machine with internet."
+    )
+    root = require_root(config, name, layout)
+    if (root / "train").is_dir():
+        train, test, _, _ = load_image_folder(root, image_size=32, class_names=shipped["folders"])
+    else:
+        train, test = _torchvision_cifar(kind, root, config.download, layout)
+    return class_incremental(name, config, train, test, shipped["names"], default_experiences)
+
+
+@register_benchmark("split-digits", "sklearn's 8x8 digits, 5 experiences of 2 classes (embedded, the default)")
+def split_digits(config: StreamConfig) -> Benchmark:
+    train, test = load_digits_split()
+    return class_incremental(
+        "split-digits", config, train, test, list(DIGIT_NAMES), 5, in_chans=1, image_size=8,
+        templates=("a handwritten digit {}.", "the number {}.", "a photo of the digit {}."),
+    )
+
+
+@register_benchmark("split-cifar10", "CIFAR-10, 5 experiences of 2 classes (--data-root)")
+def split_cifar10(config: StreamConfig) -> Benchmark:
+    return _cifar("cifar10", "split-cifar10", 5, config)
+
+
+@register_benchmark("split-cifar100", "CIFAR-100, 10 experiences of 10 classes; --n-experiences 20 for 20 x 5 (--data-root)")
+def split_cifar100(config: StreamConfig) -> Benchmark:
+    return _cifar("cifar100", "split-cifar100", 10, config)
+
+
+@register_benchmark("split-tinyimagenet", "Tiny-ImageNet (200 classes, 64x64), 10 experiences of 20 classes (--data-root)")
+def split_tinyimagenet(config: StreamConfig) -> Benchmark:
+    layout = (
+        "an ImageFolder layout (train/<wnid>/*, test/<wnid>/*, classes.tsv of wnid<TAB>names) "
+        "or the official tiny-imagenet-200/ layout (train/<wnid>/images/*, val/images/*, "
+        "val/val_annotations.txt, words.txt)."
+    )
+    root = require_root(config, "split-tinyimagenet", layout)
+    for candidate in (root / "tinyimagenet-sub", root / "tiny-imagenet-200"):
+        if (candidate / "train").is_dir():
+            root = candidate
+    if (root / "test").is_dir():
+        train, test, names, descriptions = load_image_folder(root, image_size=64)
+    elif (root / "val" / "val_annotations.txt").is_file():
+        train, test, names, descriptions = _official_tinyimagenet(root)
+    else:
+        raise DataError(f"No Tiny-ImageNet data found in {root}. Put there {layout}")
+    return class_incremental("split-tinyimagenet", config, train, test, names, 10, image_size=64, descriptions=descriptions)
+
+
+def _official_tinyimagenet(root: Path):
+    wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    train_paths, train_targets = scan_split(root / "train", wnids)
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+    test_paths, test_targets = [], []
+    for line in (root / "val" / "val_annotations.txt").read_text().splitlines():
+        file_name, wnid = line.split("\t")[:2]
+        test_paths.append(root / "val" / "images" / file_name)
+        test_targets.append(index[wnid])
+    words = root / "words.txt"
+    names, descriptions = read_class_names(root, wnids, names_file=words if words.is_file() else None)
+    return (ImageFileDataset(train_paths, train_targets, 64), ImageFileDataset(test_paths, test_targets, 64), names, descriptions)
+
+
+@register_benchmark("core50", "CORe50 new-classes scenario: 50 objects, 10 experiences of 5 (--data-root, Avalanche layout)")
+def core50(config: StreamConfig) -> Benchmark:
+    from avalanche.benchmarks.datasets import CORe50Dataset
+
+    layout = "Avalanche's CORe50 layout (core50_128x128/, paths.pkl, labels.pkl, LUP.pkl), or pass --download."
+    root = require_root(config, "core50", layout)
+    try:
+        train, test = (CORe50Dataset(root=root, train=t, download=config.download, object_level=True) for t in (True, False))
+    except Exception as err:  # Avalanche raises several kinds when files are missing
+        raise DataError(f"CORe50 could not be loaded from {root}: {err}. Put there {layout}") from err
+    return class_incremental("core50", config, train, test, shipped_class_names("core50")["names"], 10, image_size=128)
+
+
+@register_benchmark("imagefolder", "your own images: ROOT/train/<class>/*, ROOT/test/<class>/* (--data-root, --n-experiences)")
+def imagefolder(config: StreamConfig) -> Benchmark:
+    layout = (
+        "train/<class>/<image> and test/<class>/<image>; class names are the folder names (underscores become "
+        "spaces) unless classes.txt (folder<TAB>name[<TAB>description]) or classes.json says otherwise."
+    )
+    root = require_root(config, "imagefolder", layout)
+    train, test, names, descriptions = load_image_folder(root, image_size=32)
+    if config.n_experiences is None:
+        raise ConfigError(f"Benchmark imagefolder needs --n-experiences (a divisor of its {len(names)} classes).")
+    return class_incremental("imagefolder", config, train, test, names, config.n_experiences, descriptions=descriptions)

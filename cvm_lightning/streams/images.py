@@ -1,0 +1,143 @@
+"""Image files on disk: ImageFolder layouts and class-name files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from cvm_lightning.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class ImageFileDataset(Dataset):
+    """Image files with integer labels, decoded with Pillow when read.
+
+    ``targets`` is a list, as Avalanche expects. Images are converted to RGB
+    (greyscale files included), resized to ``image_size`` when given, and
+    scaled to [-1, 1].
+    """
+
+    def __init__(self, paths: Sequence[Path], targets: Sequence[int], image_size: int | None = None) -> None:
+        self.paths = list(paths)
+        self.targets = [int(t) for t in targets]
+        steps: list[Callable] = [v2.ToImage()]
+        if image_size is not None:
+            steps.append(v2.Resize((image_size, image_size), antialias=True))
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
+        self.transform = v2.Compose(steps)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int]) -> "ImageFileDataset":
+        """The same dataset restricted to ``indices``."""
+        out = ImageFileDataset.__new__(ImageFileDataset)
+        out.paths = [self.paths[i] for i in indices]
+        out.targets = [self.targets[i] for i in indices]
+        out.transform = self.transform
+        return out
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.paths[index]) as image:
+            return self.transform(image.convert("RGB")), self.targets[index]
+
+
+def list_class_folders(split_dir: Path) -> list[str]:
+    """Sorted sub-folder names of ``split_dir`` (one per class)."""
+    if not split_dir.is_dir():
+        raise DataError(f"Missing folder {split_dir}.")
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan_split(split_dir: Path, folders: Sequence[str]) -> tuple[list[Path], list[int]]:
+    """Image paths under ``split_dir/<folder>/`` (recursively) with the folder's index as label."""
+    paths, targets = [], []
+    for label, folder in enumerate(folders):
+        files = sorted(p for p in (split_dir / folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += files
+        targets += [label] * len(files)
+    return paths, targets
+
+
+def read_class_names(
+    root: Path, folders: Sequence[str], names_file: Path | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """Class names (and descriptions) for ``folders``, in the same order.
+
+    Looks in ``root`` for, in order:
+
+    * ``classes.json``: ``{"folder": "name"}`` or ``{"folder": {"name": ..., "description": ...}}``;
+    * ``classes.txt`` or ``classes.tsv``: lines ``folder<TAB>name[<TAB>description]``;
+      a name with commas (WordNet style, ``"tabby, tabby cat"``) keeps its first part;
+    * otherwise the folder names, underscores turned into spaces.
+
+    ``names_file`` names a tab-separated file to read instead of looking in ``root``.
+    """
+    entries: dict[str, tuple[str, str | None]] = {}
+    if (root / "classes.json").is_file():
+        for folder, value in json.loads((root / "classes.json").read_text()).items():
+            if isinstance(value, dict):
+                entries[folder] = (value["name"], value.get("description"))
+            else:
+                entries[folder] = (str(value), None)
+    else:
+        candidates = [names_file] if names_file else [root / "classes.txt", root / "classes.tsv"]
+        table = next((path for path in candidates if path.is_file()), None)
+        for line in table.read_text().splitlines() if table else []:
+            parts = line.split("\t")
+            if len(parts) >= 2:
+                description = parts[2].strip() if len(parts) > 2 else None
+                entries[parts[0].strip()] = (parts[1].split(",")[0].strip(), description)
+    names, descriptions = [], {}
+    for folder in folders:
+        name, description = entries.get(folder, (folder.replace("_", " "), None))
+        names.append(name)
+        if description:
+            descriptions[name] = description
+    return _disambiguate(names, folders), descriptions
+
+
+def _disambiguate(names: list[str], folders: Sequence[str]) -> list[str]:
+    """Make repeated names unique by adding their folder (two WordNet ids can share a name)."""
+    counts = {name: names.count(name) for name in names}
+    return [f"{name} ({folder})" if counts[name] > 1 else name for name, folder in zip(names, folders)]
+
+
+def load_image_folder(
+    root: Path, image_size: int | None = None, class_names: Sequence[str] | None = None
+) -> tuple[ImageFileDataset, ImageFileDataset, list[str], dict[str, str]]:
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` as datasets, plus class names.
+
+    ``class_names`` fixes the class order (the folder names); otherwise the
+    sorted train folders are the classes.
+    """
+    layout_help = (
+        f"Expected an ImageFolder layout under {root}: train/<class>/<image> and test/<class>/<image>, "
+        "the same class folders in both, and optionally classes.txt or classes.json with the class names."
+    )
+    if not (root / "train").is_dir() or not (root / "test").is_dir():
+        raise DataError(f"No train/ and test/ folders in {root}. {layout_help}")
+    folders = list(class_names) if class_names is not None else list_class_folders(root / "train")
+    test_folders = set(list_class_folders(root / "test"))
+    missing = [f for f in folders if f not in test_folders or not (root / "train" / f).is_dir()]
+    if missing:
+        raise DataError(f"Class folders {missing[:5]} are missing from train/ or test/. {layout_help}")
+    train_paths, train_targets = scan_split(root / "train", folders)
+    test_paths, test_targets = scan_split(root / "test", folders)
+    empty = [folders[c] for c in range(len(folders)) if c not in set(train_targets) or c not in set(test_targets)]
+    if empty:
+        raise DataError(f"Class folders {empty[:5]} hold no images in train/ or test/. {layout_help}")
+    names, descriptions = read_class_names(root, folders)
+    return (
+        ImageFileDataset(train_paths, train_targets, image_size),
+        ImageFileDataset(test_paths, test_targets, image_size),
+        names,
+        descriptions,
+    )
