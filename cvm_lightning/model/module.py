@@ -57,8 +57,11 @@ class CVMModule(pl.LightningModule):
         temperature: softmax temperature of the similarities.
         learn_temperature: make the temperature a trained parameter.
         negatives: ``"seen"`` classes or ``"all"`` concepts of the bank.
-        optimizer, lr, weight_decay, scheduler: the optimiser, recreated at
-            every ``fit`` (each experience starts with fresh moments).
+        optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``; recreated at every
+            ``fit``, so each experience starts with fresh moments.
+        lr: learning rate.
+        weight_decay: weight decay.
+        scheduler: ``"none"`` or ``"cosine"`` (annealed over each ``fit``).
         buffer_size: replay memory size in samples (0 turns replay off).
         replay_batch_size: replayed samples per batch (default: the batch size).
         seed: seed of the replay memory's sampling.

@@ -68,7 +68,7 @@ def _torchvision_cifar(kind: str, root: Path, download: bool, layout: str):
     try:
         splits = [cls(str(root), train=train, download=download) for train in (True, False)]
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-        raise DataError(f"{err} Put {layout}") from err
+        raise DataError(f"No {kind.upper()} data found in {root}. Put there {layout}") from err
     return [
         TensorImageDataset(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), _uint8_to_unit)
         for ds in splits

@@ -1,0 +1,11 @@
+"""Tiny-ImageNet, 10 x 20 classes at 64x64.
+
+    python examples/split_tinyimagenet.py --data-root DIR [any `cvm run` flag, e.g. --epochs 3 --strategies cvm,replay]
+
+Prints the results table and writes results.json, results.md and plots to --out.
+"""
+
+from _common import run_benchmark
+
+if __name__ == "__main__":
+    run_benchmark('split-tinyimagenet', ['--input-size', '64'])
