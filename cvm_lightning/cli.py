@@ -5,9 +5,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from cvm_lightning.errors import CVMError
+
+# Messages that `cvm run` triggers by design (the adapter fits without
+# validation loaders, evaluates with trainer.validate, uses in-memory data
+# without workers); they would bury the table. Library users still see them.
+EXPECTED_WARNINGS = (
+    ".*validation_step.*but have no.*val_dataloader.*",
+    ".*number of training batches.*smaller than the logging interval.*",
+    ".*does not have many workers.*",
+    ".*LeafSpec.*",
+    ".*No loggers specified.*",
+)
 
 
 def _strategies(value: str) -> tuple[str, ...]:
@@ -115,6 +127,8 @@ def _benchmarks() -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cvm`` console script."""
     args = build_parser().parse_args(argv)
+    for message in EXPECTED_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     try:
         return _run(args) if args.command == "run" else _benchmarks()
     except CVMError as err:

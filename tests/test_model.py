@@ -157,3 +157,14 @@ def test_cosine_schedule_anneals_over_each_fit(digit_bank):
     trainer.fit_loop.max_epochs = 4  # the next experience restarts the schedule
     trainer.fit(module, data)
     assert trainer.lr_scheduler_configs[0].scheduler.T_max == 2 * 4
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_reduced_resnet18_is_small_and_trains_on_small_images(digit_bank, size):
+    module = CVMModule(digit_bank, backbone="reduced_resnet18", in_chans=3)
+    backbone_params = sum(p.numel() for p in module.backbone.parameters())
+    assert 1.0e6 < backbone_params < 1.2e6
+    data = TensorDataset(torch.randn(16, 3, size, size), torch.tensor([0, 1] * 8))
+    before = [p.detach().clone() for p in module.backbone.parameters()]
+    quiet_trainer(max_steps=2).fit(module, DataLoader(data, batch_size=8))
+    assert any(not torch.equal(a, b) for a, b in zip(before, module.backbone.parameters()))

@@ -1,5 +1,6 @@
 """The visual side: backbones, alignment head, losses, replay and the LightningModule."""
 
+from cvm_lightning.model import reduced_resnet as _reduced_resnet  # noqa: F401 - registers reduced_resnet18
 from cvm_lightning.model.backbones import BACKBONES, create_backbone, feature_dim, register_backbone
 from cvm_lightning.model.heads import ConceptAlignmentHead
 from cvm_lightning.model.losses import LOSSES

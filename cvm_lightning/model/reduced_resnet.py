@@ -1,0 +1,53 @@
+"""The reduced ResNet-18 of continual-learning papers (GEM, A-GEM, ER), for small images.
+
+Lopez-Paz & Ranzato (2017): a ResNet-18 with a 3x3 stride-1 stem, no
+max-pool and 20 base filters (widths 20, 40, 80, 160), about 1.1M
+parameters. A 32x32 image keeps a 4x4 map before pooling, where timm's
+stock stems (stride 4 or more) leave 1x1; prefer it for 32x32 and 64x64
+inputs trained from scratch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cvm_lightning.model.backbones import register_backbone
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ReducedResNet18(nn.Module):
+    """Pooled features of width ``8 * nf`` (160 for ``nf=20``)."""
+
+    def __init__(self, in_chans: int = 3, nf: int = 20) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, nf, 3, 1, 1, bias=False), nn.BatchNorm2d(nf), nn.ReLU())
+        layers, in_planes = [], nf
+        for mult, stride in ((1, 1), (2, 2), (4, 2), (8, 2)):
+            layers += [BasicBlock(in_planes, nf * mult, stride), BasicBlock(nf * mult, nf * mult, 1)]
+            in_planes = nf * mult
+        self.layers = nn.Sequential(*layers)
+        self.num_features = in_planes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(x)).mean(dim=(2, 3))
+
+
+@register_backbone("reduced_resnet18")
+def reduced_resnet18(in_chans: int = 3) -> ReducedResNet18:
+    return ReducedResNet18(in_chans=in_chans)
