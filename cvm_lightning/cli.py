@@ -73,6 +73,31 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     sub.add_parser("benchmarks", help="list the available benchmarks")
+
+    export = sub.add_parser(
+        "export",
+        help="write a trained model as one self-contained TorchScript or ONNX file",
+        description="The file holds the visual model, the alignment head and the learned concepts, with the class "
+        "names in its metadata; running it needs torch (TorchScript) or onnxruntime (ONNX) only.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    export.add_argument("--checkpoint", type=Path, required=True, help="a CVMModule checkpoint (.ckpt)")
+    export.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
+    export.add_argument("--out", type=Path, required=True, help="output file (.pt or .onnx)")
+    export.add_argument("--image-size", type=int, default=None, help="image side the runtime resizes to (default: the model's input size or 32)")
+
+    predict = sub.add_parser(
+        "predict",
+        help="name the class of image files with an exported model or a checkpoint",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    predict.add_argument("--model", type=Path, required=True, help=".ckpt, TorchScript .pt or .onnx file")
+    predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--output", type=Path, default=None, help="write the predictions to a .csv or .json file")
+    predict.add_argument("--monitor", action="store_true", help="report concept drift against --reference images")
+    predict.add_argument("--reference", type=Path, default=None, help="held-out images of the learned classes (for --monitor)")
+    predict.add_argument("--z-threshold", type=float, default=3.0, help="drift when a batch's mean is this many standard errors away from the reference")
     return parser
 
 
@@ -115,6 +140,72 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from cvm_lightning.deploy import export_model
+    from cvm_lightning.deploy.predict import load_checkpoint
+
+    module = load_checkpoint(args.checkpoint)
+    out = export_model(module, args.out, args.format, image_size=args.image_size or module.hparams["input_size"] or 32)
+    learned = [module.class_names[i] for i in module.seen.nonzero().flatten().tolist()]
+    print(f"Wrote {out} ({args.format}, {len(learned)} classes: {', '.join(learned[:10])})")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from tqdm import tqdm
+
+    from cvm_lightning.deploy import Predictor, image_files
+    from cvm_lightning.deploy.predict import batched
+
+    from cvm_lightning.metrics.drift import ConceptDriftMonitor
+
+    if args.monitor and args.reference is None:
+        raise CVMError("--monitor needs --reference DIR: held-out images of the learned classes to compare with.")
+    predictor = Predictor(args.model)
+    files = image_files(args.paths)
+    monitor = ConceptDriftMonitor(args.z_threshold) if args.monitor else None
+    if monitor is not None:
+        for batch in batched(image_files([args.reference]), args.batch_size):
+            monitor.update(predictor.similarities(predictor.load_images(batch)))
+        reference = monitor.set_reference()
+    rows, flagged = [], []
+    batches = list(batched(files, args.batch_size))
+    for number, batch in enumerate(tqdm(batches, desc="predict", unit="batch", disable=len(batches) < 2)):
+        sims_all = predictor.similarities(predictor.load_images(batch))
+        sims, index = sims_all.max(dim=1)
+        rows += [{"path": str(p), "class_id": predictor.class_ids[i], "class_name": predictor.class_names[i],
+                  "similarity": round(float(s), 4)} for p, i, s in zip(batch, index.tolist(), sims)]
+        if monitor is not None:
+            batch_monitor = ConceptDriftMonitor(args.z_threshold)
+            batch_monitor.reference = reference
+            batch_monitor.update(sims_all)
+            if batch_monitor.compute()["drifted"]:
+                flagged.append(number)
+            monitor.update(sims_all)
+    if args.output is None:
+        for row in rows:
+            print(f"{row['path']}\t{row['class_name']}\t{row['similarity']:.4f}")
+    elif args.output.suffix == ".json":
+        args.output.write_text(json.dumps(rows, indent=2))
+    else:
+        with open(args.output, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    if monitor is not None:
+        report = monitor.compute()
+        (near_mean, near_std), (margin_mean, margin_std) = reference["nearest"], reference["margin"]
+        print(f"drift monitor: reference nearest {near_mean:.3f}±{near_std:.3f}, margin {margin_mean:.3f}±{margin_std:.3f}; "
+              f"these images nearest {report['nearest']:.3f} (z={report['z_nearest']:.1f}), "
+              f"margin {report['margin']:.3f} (z={report['z_margin']:.1f})")
+        print(f"drift monitor: {'DRIFT' if report['drifted'] else 'no drift'}"
+              + (f"; batches flagged: {flagged}" if flagged else ""))
+    return 0
+
+
 def _benchmarks() -> int:
     from cvm_lightning.streams.registry import DESCRIPTIONS
 
@@ -130,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     for message in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     try:
-        return _run(args) if args.command == "run" else _benchmarks()
+        commands = {"run": _run, "export": _export, "predict": _predict, "benchmarks": lambda _: _benchmarks()}
+        return commands[args.command](args)
     except CVMError as err:
         print(f"cvm: error: {err}", file=sys.stderr)
         return 2

@@ -2,6 +2,7 @@
 
 from cvm_lightning.metrics import functional
 from cvm_lightning.metrics.callback import ContinualMetricsCallback
+from cvm_lightning.metrics.drift import ConceptDriftCallback, ConceptDriftMonitor
 from cvm_lightning.metrics.continual import (
     AccuracyMatrix,
     AverageAccuracy,
@@ -14,6 +15,8 @@ __all__ = [
     "AccuracyMatrix",
     "AverageAccuracy",
     "BackwardTransfer",
+    "ConceptDriftCallback",
+    "ConceptDriftMonitor",
     "ContinualMetricsCallback",
     "Forgetting",
     "ForwardTransfer",

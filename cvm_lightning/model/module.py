@@ -281,9 +281,10 @@ class CVMModule(pl.LightningModule):
 
     def _eval_step(self, batch: Sequence[Any], stage: str) -> dict[str, torch.Tensor]:
         x, y = split_batch(batch)
-        preds = self(x).argmax(dim=1)
+        sims = self.similarities(x)
+        preds = self._mask_unseen(sims).argmax(dim=1)
         self.log(f"{stage}/acc", (preds == y).float().mean(), prog_bar=True)
-        return {"preds": preds, "target": y}
+        return {"preds": preds, "target": y, "similarities": sims[:, self.seen]}
 
     def validation_step(self, batch: Sequence[Any], batch_idx: int, dataloader_idx: int = 0) -> dict:
         return self._eval_step(batch, "val")
@@ -292,7 +293,10 @@ class CVMModule(pl.LightningModule):
         return self._eval_step(batch, "test")
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Nearest seen concept per image: ``class_ids``, ``class_names``, ``similarity``."""
+        """Nearest seen concept per image: ``class_ids``, ``class_names``, ``similarity``.
+
+        ``similarities`` holds the similarity to every learned class (B x K).
+        """
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         sims = self.similarities(x)
         best = self._mask_unseen(sims).argmax(dim=1)
@@ -301,6 +305,7 @@ class CVMModule(pl.LightningModule):
             "class_ids": best,
             "class_names": [names[i] for i in best.tolist()],
             "similarity": sims.gather(1, best[:, None]).squeeze(1),
+            "similarities": sims[:, self.seen],
         }
 
     def build_optimizer(self) -> torch.optim.Optimizer:

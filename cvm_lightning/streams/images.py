@@ -16,6 +16,15 @@ from cvm_lightning.errors import DataError
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
+def image_transform(image_size: int | None) -> Callable:
+    """PIL image -> float tensor in [-1, 1], resized to ``image_size`` when given."""
+    steps: list[Callable] = [v2.ToImage()]
+    if image_size is not None:
+        steps.append(v2.Resize((image_size, image_size), antialias=True))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])]
+    return v2.Compose(steps)
+
+
 class ImageFileDataset(Dataset):
     """Image files with integer labels, decoded with Pillow when read.
 
@@ -27,11 +36,7 @@ class ImageFileDataset(Dataset):
     def __init__(self, paths: Sequence[Path], targets: Sequence[int], image_size: int | None = None) -> None:
         self.paths = list(paths)
         self.targets = [int(t) for t in targets]
-        steps: list[Callable] = [v2.ToImage()]
-        if image_size is not None:
-            steps.append(v2.Resize((image_size, image_size), antialias=True))
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
-        self.transform = v2.Compose(steps)
+        self.transform = image_transform(image_size)
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -1,0 +1,164 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from cvm_lightning.cli import main
+from cvm_lightning.concepts import ConceptBank
+from cvm_lightning.errors import DataError
+from cvm_lightning.model import CVMModule
+from cvm_lightning.streams.images import load_image_folder
+
+CLASSES = ["airplane", "automobile", "frog", "ship"]
+
+STANDALONE = r'''
+import json, sys
+import numpy as np
+from PIL import Image
+path, images = sys.argv[1], sys.argv[2:]
+def load(meta):
+    size = meta["image_size"]
+    batch = []
+    for p in images:
+        img = Image.open(p).convert("RGB" if meta["in_chans"] == 3 else "L").resize((size, size), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        batch.append((arr - meta["mean"]) / meta["std"])
+    return np.stack(batch).astype(np.float32)
+if path.endswith(".onnx"):
+    import onnxruntime
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["cvm_meta.json"])
+    sims = session.run(None, {"images": load(meta)})[0]
+else:
+    import torch
+    files = {"cvm_meta.json": ""}
+    model = torch.jit.load(path, _extra_files=files)
+    meta = json.loads(files["cvm_meta.json"])
+    sims = model(torch.from_numpy(load(meta))).detach().numpy()
+assert "cvm_lightning" not in sys.modules and "transformers" not in sys.modules
+print(json.dumps([meta["class_names"][i] for i in sims.argmax(1)]))
+'''
+
+
+@pytest.fixture(scope="module")
+def trained(cifar10_root, tmp_path_factory):
+    """A CVM model trained on 4 real CIFAR-10 classes, saved as a checkpoint."""
+    folder = tmp_path_factory.mktemp("trained")
+    root = folder / "data"
+    for split, count in (("train", 150), ("test", 40)):
+        for name in CLASSES:
+            (root / split / name).mkdir(parents=True)
+            for image in sorted((cifar10_root / split / name).iterdir())[:count]:
+                (root / split / name / image.name).write_bytes(image.read_bytes())
+    train, test, names, _ = load_image_folder(root, image_size=32)
+    pl.seed_everything(0)
+    module = CVMModule(ConceptBank.from_names(names), backbone="reduced_resnet18")
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, default_root_dir=folder)
+    trainer.fit(module, DataLoader(train, batch_size=32, shuffle=True))
+    checkpoint = folder / "model.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    return checkpoint, root, trainer, module
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt,suffix", [("torchscript", ".pt"), ("onnx", ".onnx")])
+def test_exported_model_predicts_like_eager_without_this_package(trained, fmt, suffix, tmp_path, capsys):
+    checkpoint, root, _, _ = trained
+    exported = tmp_path / f"model{suffix}"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(exported)]) == 0
+    images = sorted((root / "test").rglob("*.jpg"))[::4]
+    capsys.readouterr()
+    assert main(["predict", "--model", str(checkpoint), *map(str, images)]) == 0
+    eager = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+    result = subprocess.run([sys.executable, "-c", STANDALONE, str(exported), *map(str, images)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    standalone = json.loads(result.stdout)
+    assert len(standalone) == len(eager) == len(images)
+    agreement = np.mean([a == b for a, b in zip(standalone, eager)])
+    assert agreement >= 0.98, agreement  # resize kernels differ slightly between PIL and torchvision
+    truth = [p.parent.name for p in images]
+    assert np.mean([a == b for a, b in zip(eager, truth)]) > 0.4, "trained on real images: better than chance (0.25)"
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_predict_writes_csv_and_json(trained, tmp_path):
+    checkpoint, root, _, _ = trained
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(checkpoint), str(root / "test" / "frog"), "--output", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "path,class_id,class_name,similarity" and len(lines) == 41
+    assert main(["predict", "--model", str(checkpoint), str(root / "test" / "ship"), "--output", str(tmp_path / "p.json")]) == 0
+    assert {row["class_name"] for row in json.loads((tmp_path / "p.json").read_text())} <= set(CLASSES)
+
+
+def write_noise_images(folder, count, seed=0):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"noise{i}.png")
+    return folder
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_drift_monitor_flags_noise_and_stays_quiet_on_clean_data(trained, tmp_path, capsys):
+    checkpoint, root, _, _ = trained
+    reference = tmp_path / "reference"
+    clean = tmp_path / "clean"
+    for name in CLASSES:  # held-out halves of the test images: one for the reference, one to check
+        images = sorted((root / "test" / name).iterdir())
+        for folder, part in ((reference, images[::2]), (clean, images[1::2])):
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            for image in part:
+                (folder / name / image.name).write_bytes(image.read_bytes())
+    noise = write_noise_images(tmp_path / "noise", 40)
+    base = ["predict", "--model", str(checkpoint), "--monitor", "--reference", str(reference), "--batch-size", "40"]
+    capsys.readouterr()
+    assert main([*base, str(clean)]) == 0
+    assert "drift monitor: no drift" in capsys.readouterr().out
+    assert main([*base, str(noise)]) == 0
+    assert "drift monitor: DRIFT" in capsys.readouterr().out
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_drift_callback_takes_its_reference_from_validation(trained):
+    from cvm_lightning.metrics import ConceptDriftCallback
+
+    checkpoint, root, _, _ = trained
+    module = CVMModule.load_from_checkpoint(checkpoint)
+    _, test, _, _ = load_image_folder(root, image_size=32)
+    noise = torch.rand(64, 3, 32, 32) * 2 - 1
+    callback = ConceptDriftCallback()
+    trainer = pl.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False)
+    trainer.validate(module, DataLoader(test, batch_size=64), verbose=False)
+    assert callback.monitor.reference is not None
+    with pytest.warns(UserWarning, match="Concept drift"):
+        trainer.predict(module, DataLoader(noise, batch_size=64))
+    assert callback.report["drifted"] is True
+
+
+def test_bad_model_files_are_clear_errors(tmp_path, capsys):
+    broken = tmp_path / "model.ckpt"
+    broken.write_bytes(b"truncated")
+    assert main(["predict", "--model", str(broken), str(tmp_path)]) == 2
+    assert "not a readable CVM" in capsys.readouterr().err
+    assert broken.read_bytes() == b"truncated", "the file is left as it was"
+    assert main(["export", "--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "m.pt")]) == 2
+    assert "No checkpoint" in capsys.readouterr().err
+    with pytest.raises(DataError, match="Unknown model file type"):
+        from cvm_lightning.deploy import Predictor
+
+        (tmp_path / "model.bin").write_bytes(b"x")
+        Predictor(tmp_path / "model.bin")
