@@ -86,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="output file (.pt or .onnx)")
     export.add_argument("--image-size", type=int, default=None, help="image side the runtime resizes to (default: the model's input size or 32)")
 
+    learn = sub.add_parser(
+        "learn",
+        help="teach a trained model new classes from a folder of images",
+        description="Continue a checkpoint on one new experience: DATA/train/<class>/* (and DATA/test/<class>/* to "
+        "score it). Only the new concepts are computed; the replay memory keeps the old classes in play. The new "
+        "checkpoint is written beside the old one, which is never overwritten.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    learn.add_argument("--checkpoint", type=Path, required=True)
+    learn.add_argument("--data", type=Path, required=True, help="folder with train/<class>/ and test/<class>/")
+    learn.add_argument("--names", type=Path, default=None, help="folder<TAB>name[<TAB>description] lines (default: folder names)")
+    learn.add_argument("--eval-data", type=Path, default=None, help="test images of the old classes, <class name>/<image>, to report their accuracy")
+    learn.add_argument("--epochs", type=int, default=5)
+    learn.add_argument("--batch-size", type=int, default=64)
+
     predict = sub.add_parser(
         "predict",
         help="name the class of image files with an exported model or a checkpoint",
@@ -148,6 +163,20 @@ def _export(args: argparse.Namespace) -> int:
     out = export_model(module, args.out, args.format, image_size=args.image_size or module.hparams["input_size"] or 32)
     learned = [module.class_names[i] for i in module.seen.nonzero().flatten().tolist()]
     print(f"Wrote {out} ({args.format}, {len(learned)} classes: {', '.join(learned[:10])})")
+    return 0
+
+
+def _learn(args: argparse.Namespace) -> int:
+    from cvm_lightning.deploy.learn import learn_new_classes
+
+    report = learn_new_classes(
+        args.checkpoint, args.data, names_file=args.names, eval_data=args.eval_data, epochs=args.epochs,
+        batch_size=args.batch_size,
+    )
+    print(f"Learned {', '.join(report.new_classes)}; wrote {report.checkpoint} ({args.checkpoint} is unchanged)")
+    print(f"accuracy on the new classes: {report.new_accuracy:.3f}")
+    if report.old_accuracy is not None:
+        print(f"accuracy on the old classes: {report.old_accuracy:.3f}")
     return 0
 
 
@@ -221,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     for message in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     try:
-        commands = {"run": _run, "export": _export, "predict": _predict, "benchmarks": lambda _: _benchmarks()}
+        commands = {"run": _run, "export": _export, "predict": _predict, "learn": _learn, "benchmarks": lambda _: _benchmarks()}
         return commands[args.command](args)
     except CVMError as err:
         print(f"cvm: error: {err}", file=sys.stderr)

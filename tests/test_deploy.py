@@ -162,3 +162,49 @@ def test_bad_model_files_are_clear_errors(tmp_path, capsys):
 
         (tmp_path / "model.bin").write_bytes(b"x")
         Predictor(tmp_path / "model.bin")
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_learn_adds_two_classes_to_a_model_of_eight(cifar10_root, tmp_path, capsys):
+    old_classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse"]
+    new_classes = ["ship", "truck"]
+
+    def copy(classes, split, count, target):
+        for name in classes:
+            (target / name).mkdir(parents=True, exist_ok=True)
+            for image in sorted((cifar10_root / split / name).iterdir())[:count]:
+                (target / name / image.name).write_bytes(image.read_bytes())
+
+    copy(old_classes, "train", 60, tmp_path / "old" / "train")
+    copy(old_classes, "test", 20, tmp_path / "old" / "test")
+    copy(new_classes, "train", 60, tmp_path / "new" / "train")
+    copy(new_classes, "test", 20, tmp_path / "new" / "test")
+    (tmp_path / "names.txt").write_text("ship\tcargo ship\ntruck\tlorry\n")
+
+    train, _, names, _ = load_image_folder(tmp_path / "old", image_size=32)
+    pl.seed_everything(0)
+    module = CVMModule(ConceptBank.from_names(names), backbone="reduced_resnet18", buffer_size=160, input_size=32)
+    module.start_experience(list(range(8)), experience=0)
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer.fit(module, DataLoader(train, batch_size=32, shuffle=True))
+    checkpoint = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    before = checkpoint.read_bytes()
+
+    args = ["learn", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "new"), "--names", str(tmp_path / "names.txt"),
+            "--eval-data", str(tmp_path / "old" / "test"), "--epochs", "2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "Learned cargo ship, lorry" in out
+    print(out)  # the figures, with -s
+    new_accuracy = float(out.split("accuracy on the new classes: ")[1].split()[0])
+    old_accuracy = float(out.split("accuracy on the old classes: ")[1].split()[0])
+    assert new_accuracy > 0.5, new_accuracy  # chance: 0.1 over 10 classes
+    # Old-class accuracy is reported, not asserted: with 60 images a class and a
+    # 160-sample memory it is near chance (see the closing note of issue 8).
+    assert 0.0 <= old_accuracy <= 1.0
+    assert checkpoint.read_bytes() == before, "the old checkpoint is never overwritten"
+    learned = CVMModule.load_from_checkpoint(tmp_path / "model-learned1.ckpt")
+    assert learned.class_names[-2:] == ["cargo ship", "lorry"] and bool(learned.seen.all())
+    assert main(args) == 0 and (tmp_path / "model-learned2.ckpt").exists(), "a second run picks a new name"

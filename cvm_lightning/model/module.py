@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from functools import partial
 from typing import Any, Sequence
 
@@ -47,6 +48,9 @@ class CVMModule(pl.LightningModule):
         concept_bank: the knowledge space. When ``None``, ``class_names`` and
             ``concept_dim`` give its shape and the embeddings come from a
             checkpoint (this is how ``load_from_checkpoint`` works).
+        concept_source: how the concepts were made (text model and
+            templates); filled from ``concept_bank`` and kept in checkpoints
+            so new classes can be added consistently (``cvm learn``).
         backbone: a ``timm`` model name or a registered backbone.
         pretrained: load the backbone's pretrained weights (needs them cached).
         in_chans: image channels.
@@ -80,6 +84,7 @@ class CVMModule(pl.LightningModule):
         *,
         class_names: Sequence[str] | None = None,
         concept_dim: int | None = None,
+        concept_source: dict | None = None,
         backbone: str = "mobilenetv3_small_100",
         pretrained: bool = False,
         in_chans: int = 3,
@@ -107,11 +112,13 @@ class CVMModule(pl.LightningModule):
         _check_choice("negatives", negatives, NEGATIVES)
         if concept_bank is not None:
             class_names, concept_dim = concept_bank.class_names, concept_bank.dim
+            concept_source = {"text_model": asdict(concept_bank.text_model), "templates": list(concept_bank.templates)}
         if class_names is None or concept_dim is None:
             raise ConfigError("CVMModule needs a concept_bank (or class_names and concept_dim with a checkpoint).")
         self.save_hyperparameters(ignore=["concept_bank"])
         self.hparams["class_names"] = list(class_names)
         self.hparams["concept_dim"] = int(concept_dim)
+        self.hparams["concept_source"] = concept_source
 
         self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, img_size=input_size)
         width = feature_dim(self.backbone, in_chans, input_size or 64)

@@ -1,0 +1,106 @@
+"""Adding new classes on site: one more experience for a trained model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from cvm_lightning.atomic import atomic_path
+from cvm_lightning.concepts import ConceptBank, TextModelSpec
+from cvm_lightning.deploy.predict import load_checkpoint
+from cvm_lightning.errors import ConceptError, DataError
+from cvm_lightning.model import CVMModule
+from cvm_lightning.streams.images import list_class_folders, load_image_folder, read_class_names
+
+
+@dataclass
+class LearnReport:
+    """What ``cvm learn`` did: where the new model is and how accurate it is."""
+
+    checkpoint: Path
+    new_classes: list[str]
+    new_accuracy: float
+    old_accuracy: float | None
+
+
+def next_free_path(checkpoint: Path) -> Path:
+    """``NAME-learned1.ckpt``, ``NAME-learned2.ckpt``, ... beside ``checkpoint``; never an existing file."""
+    stem = checkpoint.stem.split("-learned")[0]
+    for n in range(1, 10_000):
+        candidate = checkpoint.with_name(f"{stem}-learned{n}.ckpt")
+        if not candidate.exists():
+            return candidate
+    raise DataError(f"Too many learned checkpoints beside {checkpoint}.")
+
+
+@torch.no_grad()
+def accuracy(module: CVMModule, dataset, batch_size: int = 256) -> float:
+    module.eval()
+    correct = total = 0
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        correct += int((module(x).argmax(dim=1) == y).sum())
+        total += len(y)
+    return correct / max(total, 1)
+
+
+def _relabel(dataset, ids: list[int]):
+    dataset.targets = [ids[t] for t in dataset.targets]
+    return dataset
+
+
+def _old_class_data(module: CVMModule, root: Path, image_size: int):
+    """Test images of already learned classes: ``root/<class>/*`` with known class names."""
+    from cvm_lightning.streams.images import ImageFileDataset, scan_split
+
+    folders = list_class_folders(root)
+    names, _ = read_class_names(root, folders)
+    known = module.class_names
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConceptError(f"--eval-data folders {unknown} are not classes of this model; it knows: {', '.join(known)}.")
+    paths, targets = scan_split(root, folders)
+    return ImageFileDataset(paths, [known.index(names[t]) for t in targets], image_size)
+
+
+def learn_new_classes(
+    checkpoint: Path,
+    data: Path,
+    *,
+    names_file: Path | None = None,
+    eval_data: Path | None = None,
+    epochs: int = 5,
+    batch_size: int = 64,
+) -> LearnReport:
+    """Continue ``checkpoint`` on the new classes in ``data`` (``train/<class>/``, ``test/<class>/``).
+
+    Only the new concepts are computed (with the text model and templates
+    the checkpoint records); the replay memory in the checkpoint mixes old
+    samples into every batch. The result is written beside the checkpoint
+    under a new name; the old checkpoint is never touched.
+    """
+    module = load_checkpoint(checkpoint)
+    source = module.hparams.get("concept_source")
+    if not source:
+        raise DataError(f"{checkpoint} does not record how its concepts were made; retrain it with this version.")
+    image_size = module.hparams["input_size"] or 32
+    folders = list_class_folders(Path(data) / "train")
+    names, descriptions = read_class_names(Path(data), folders, names_file)
+    bank = ConceptBank.from_names(
+        names, text_model=TextModelSpec(**source["text_model"]), templates=source["templates"], descriptions=descriptions
+    )
+    ids = module.add_concepts(names, bank.embeddings)
+    train, test, _, _ = load_image_folder(Path(data), image_size=image_size, class_names=folders)
+    experience = (module.current_experience if module.current_experience is not None else 0) + 1
+    module.start_experience(ids, experience=experience)
+    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                         enable_progress_bar=False, accelerator="cpu")
+    trainer.fit(module, DataLoader(_relabel(train, ids), batch_size=batch_size, shuffle=True))
+    out = next_free_path(Path(checkpoint))
+    with atomic_path(out, suffix=".ckpt") as tmp:
+        trainer.save_checkpoint(tmp)
+    old = accuracy(module, _old_class_data(module, Path(eval_data), image_size)) if eval_data else None
+    return LearnReport(out, names, accuracy(module, _relabel(test, ids)), old)
