@@ -62,11 +62,12 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
     paths = []
     strategies = results["strategies"]
     fig, axes = plt.subplots(1, len(strategies), figsize=(3.2 * len(strategies), 3.2), squeeze=False)
-    for ax, (name, r) in zip(axes[0], strategies.items()):
+    for k, (ax, (name, r)) in enumerate(zip(axes[0], strategies.items())):
         image = ax.imshow(r["accuracy_matrix"], vmin=0, vmax=1, cmap="viridis")
         ax.set_title(name)
         ax.set_xlabel("test experience")
-        ax.set_ylabel("after training experience")
+        if k == 0:  # the rows mean the same in every panel
+            ax.set_ylabel("after training experience")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy")
     paths.append(out_dir / "accuracy_matrices.png")
     fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
@@ -78,6 +79,7 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
         curve = [sum(R[i][: i + 1]) / (i + 1) for i in range(len(R))]
         ax.plot(range(1, len(R) + 1), curve, marker="o", label=name)
     ax.set_xlabel("experiences learned")
+    ax.set_xticks(range(1, results["n_experiences"] + 1))
     ax.set_ylabel("average accuracy on seen experiences")
     ax.set_ylim(0, 1)
     ax.set_title(results["benchmark"])
