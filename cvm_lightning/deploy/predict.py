@@ -24,7 +24,7 @@ def load_checkpoint(path: Path):
     if path.suffix.lower() != ".ckpt" or not path.is_file():
         raise DataError(f"No checkpoint at {path}: pass the .ckpt file a training run wrote.")
     try:
-        return CVMModule.load_from_checkpoint(path, map_location="cpu")
+        return CVMModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch and Lightning raise several kinds on a damaged file
         raise DataError(f"{path} is not a readable CVM checkpoint ({type(err).__name__}: {err}). "
                         "Use an earlier checkpoint of the run, or retrain.") from err
