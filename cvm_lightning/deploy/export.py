@@ -80,7 +80,11 @@ def export_model(module: CVMModule, out: Path, fmt: str = "torchscript", image_s
 
 
 def _export_onnx(deployed: nn.Module, example: torch.Tensor, path: Path, meta: dict) -> None:
-    import onnx
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 - torch's ONNX exporter needs it
+    except ImportError as err:
+        raise ConfigError(f"ONNX export needs {err.name}: pip install 'cvm_lightning[onnx]'.") from err
 
     batch = torch.export.Dim("batch", min=1)
     program = torch.onnx.export(

@@ -74,7 +74,10 @@ class Predictor:
         self._run = lambda x: model(x)
 
     def _load_onnx(self) -> None:
-        import onnxruntime
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise DataError("Running an .onnx model needs onnxruntime: pip install onnxruntime.") from err
 
         session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         self.meta = json.loads(session.get_modelmeta().custom_metadata_map[META_FILE])
