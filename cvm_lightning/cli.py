@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--buffer", type=int, default=defaults.buffer, help="memory budget in samples of every memory-based strategy (0: CVM without replay)"
     )
+    run.add_argument("--loss", default=defaults.loss, help="CVM's alignment loss: ce, cosine, triplet, triplet-hard")
     run.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (AdamW) of every strategy")
     run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights and the class order")
     run.add_argument("--input-size", type=int, default=defaults.input_size, help="smaller images are upsampled to this size")
@@ -132,6 +133,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         buffer=args.buffer,
         lr=args.lr,
+        loss=args.loss,
         seed=args.seed,
         input_size=args.input_size,
         data_root=args.data_root,

@@ -46,6 +46,7 @@ class RunConfig:
     seed: int = 0
     input_size: int = 32
     temperature: float = 0.05
+    loss: str = "ce"
     negatives: str = "seen"
     head: str = "linear"
     recalibrate_bn: bool = True
@@ -114,6 +115,7 @@ def build_cvm_module(config: RunConfig, benchmark: Benchmark) -> CVMModule:
         buffer_size=config.buffer,
         seed=config.seed,
         temperature=config.temperature,
+        loss=config.loss,
         negatives=config.negatives,
         head=config.head,
         recalibrate_bn=config.recalibrate_bn,

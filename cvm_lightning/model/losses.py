@@ -2,7 +2,8 @@
 
 Every loss takes unit image embeddings ``z`` (B x D), the concepts that
 compete (C x D, unit rows), the targets as row indices into those concepts,
-and the temperature, and returns a scalar.
+the temperature and the margin (each loss uses what it needs), and returns
+a scalar. Distances are cosine distances, ``d(a, b) = 1 - cos(a, b)``.
 """
 
 from __future__ import annotations
@@ -12,20 +13,44 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-AlignmentLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+AlignmentLoss = Callable[..., torch.Tensor]
 
 
-def concept_cross_entropy(z: torch.Tensor, concepts: torch.Tensor, target: torch.Tensor, temperature: torch.Tensor):
+def concept_cross_entropy(z, concepts, target, temperature, margin):
     """``CE(softmax(z @ concepts.T / T), target)``: pull to the own concept, push from the others."""
     return F.cross_entropy(z @ concepts.T / temperature, target)
 
 
-def cosine_regression(z: torch.Tensor, concepts: torch.Tensor, target: torch.Tensor, temperature: torch.Tensor):
+def cosine_regression(z, concepts, target, temperature, margin):
     """``mean(1 - cos(z, concept[target]))``: regress onto the own concept only."""
     return (1.0 - (z * concepts[target]).sum(-1)).mean()
+
+
+def _triplet_terms(z, concepts, target, margin) -> torch.Tensor:
+    """``relu(d(z, c_y) - d(z, c_n) + margin)`` for every other concept ``n`` (B x C-1)."""
+    distances = 1.0 - z @ concepts.T
+    positive = distances.gather(1, target[:, None])
+    negatives = distances.masked_select(~F.one_hot(target, len(concepts)).bool()).view(len(z), -1)
+    return F.relu(positive - negatives + margin)
+
+
+def triplet_all(z, concepts, target, temperature, margin):
+    """Triplet loss over all negatives: ``mean_n relu(d(z, c_y) - d(z, c_n) + margin)``."""
+    if len(concepts) < 2:
+        return cosine_regression(z, concepts, target, temperature, margin)
+    return _triplet_terms(z, concepts, target, margin).mean()
+
+
+def triplet_hardest(z, concepts, target, temperature, margin):
+    """Triplet loss with the hardest negative: ``relu(d(z, c_y) - min_n d(z, c_n) + margin)``."""
+    if len(concepts) < 2:
+        return cosine_regression(z, concepts, target, temperature, margin)
+    return _triplet_terms(z, concepts, target, margin).max(dim=1).values.mean()
 
 
 LOSSES: dict[str, AlignmentLoss] = {
     "ce": concept_cross_entropy,
     "cosine": cosine_regression,
+    "triplet": triplet_all,
+    "triplet-hard": triplet_hardest,
 }

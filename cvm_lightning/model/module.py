@@ -57,8 +57,11 @@ class CVMModule(pl.LightningModule):
         input_size: images smaller than this are upsampled to it (timm stems
             shrink 32x32 inputs to 1x1); ``None`` leaves them as they are.
         head: ``"linear"`` or ``"mlp"`` alignment head.
-        loss: ``"ce"`` (cross-entropy over similarities) or ``"cosine"``.
+        loss: ``"ce"`` (cross-entropy over similarities), ``"cosine"``,
+            ``"triplet"`` (all negatives) or ``"triplet-hard"`` (hardest
+            negative); see :mod:`cvm_lightning.model.losses`.
         temperature: softmax temperature of the similarities.
+        margin: cosine-distance margin of the triplet losses.
         learn_temperature: make the temperature a trained parameter.
         negatives: ``"seen"`` classes or ``"all"`` concepts of the bank.
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``; recreated at every
@@ -93,6 +96,7 @@ class CVMModule(pl.LightningModule):
         head_hidden_dim: int = 512,
         loss: str = "ce",
         temperature: float = 0.05,
+        margin: float = 0.2,
         learn_temperature: bool = False,
         negatives: str = "seen",
         optimizer: str = "adamw",
@@ -260,7 +264,7 @@ class CVMModule(pl.LightningModule):
         ids = competing.nonzero().flatten()
         local = torch.full_like(self.seen, -1, dtype=torch.long)
         local[ids] = torch.arange(len(ids), device=ids.device)
-        loss = self.loss_fn(z, self.concepts[ids], local[y], self.temperature)
+        loss = self.loss_fn(z, self.concepts[ids], local[y], self.temperature, self.hparams["margin"])
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"Loss is {loss.item()} at experience {self.current_experience}, step {self.global_step}. "

@@ -1,0 +1,44 @@
+import math
+
+import pytest
+import torch
+
+from cvm_lightning.cli import main
+from cvm_lightning.model.losses import LOSSES
+
+# Three unit concepts on the axes; one image between concepts 0 and 1, labelled 0.
+CONCEPTS = torch.eye(3)
+Z = torch.tensor([[math.cos(0.7), math.sin(0.7), 0.0]])
+TARGET = torch.tensor([0])
+T, MARGIN = torch.tensor(0.1), 0.2
+
+
+def test_triplet_losses_by_hand():
+    d_pos = 1 - math.cos(0.7)
+    d_neg = [1 - math.sin(0.7), 1.0]  # to concept 1 and to concept 2
+    terms = [max(0.0, d_pos - d + MARGIN) for d in d_neg]
+    assert terms[0] > 0 and terms[1] == 0, "one active and one satisfied triplet"
+    assert LOSSES["triplet"](Z, CONCEPTS, TARGET, T, MARGIN).item() == pytest.approx(sum(terms) / 2, abs=1e-6)
+    assert LOSSES["triplet-hard"](Z, CONCEPTS, TARGET, T, MARGIN).item() == pytest.approx(max(terms), abs=1e-6)
+
+
+def test_cross_entropy_and_cosine_by_hand():
+    logits = (Z @ CONCEPTS.T / T)[0]
+    expected_ce = -torch.log_softmax(logits, 0)[0].item()
+    assert LOSSES["ce"](Z, CONCEPTS, TARGET, T, MARGIN).item() == pytest.approx(expected_ce, abs=1e-5)
+    assert LOSSES["cosine"](Z, CONCEPTS, TARGET, T, MARGIN).item() == pytest.approx(1 - math.cos(0.7), abs=1e-6)
+
+
+def test_every_loss_has_a_gradient_towards_the_own_concept():
+    for name, loss_fn in LOSSES.items():
+        z = Z.clone().requires_grad_(True)
+        loss_fn(z, CONCEPTS, TARGET, T, MARGIN).backward()
+        assert z.grad[0, 0] < 0, f"{name}: moving towards concept 0 lowers the loss"
+
+
+def test_loss_flag_reaches_the_model_and_bad_names_are_errors(tmp_path, capsys):
+    fast = ["--epochs", "1", "--backbone", "mobilenetv3_small_050", "--input-size", "16", "--no-progress", "--strategies", "cvm"]
+    assert main(["run", "--loss", "triplet-huge", "--out", str(tmp_path / "bad"), *fast]) == 2
+    assert "Unknown loss 'triplet-huge'" in capsys.readouterr().err
+    assert main(["run", "--loss", "triplet-hard", "--n-experiences", "2", "--out", str(tmp_path / "ok"), *fast]) == 0
+    assert '"loss": "triplet-hard"' in (tmp_path / "ok" / "results.json").read_text()
