@@ -47,3 +47,9 @@ def cifar10_root(tmp_path_factory) -> Path:
 def tinyimagenet_root(tmp_path_factory) -> Path:
     """The real Tiny-ImageNet subset from ../shared/data, unpacked."""
     return _unpack("tinyimagenet-sub-jpg.tar.gz", tmp_path_factory.mktemp("tin")) / "tinyimagenet-sub"
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """Trainers and runs write relative files (checkpoints/, runs/): keep them out of the repository."""
+    monkeypatch.chdir(tmp_path)

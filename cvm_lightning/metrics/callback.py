@@ -26,8 +26,8 @@ class ContinualMetricsCallback(pl.Callback):
     before any ``fit`` records the reference accuracies for forward transfer.
 
     After each validation run it logs ``{prefix}avg_acc``, ``avg_inc_acc``,
-    ``forgetting``, ``bwt`` (and ``fwt``) through the Trainer's loggers and
-    writes ``accuracy_matrix.json`` into the Trainer's ``log_dir``. Counts are
+    ``forgetting``, ``bwt`` (and ``fwt``) through the Trainer's loggers and,
+    when the Trainer has a logger, writes ``accuracy_matrix.json`` into its ``log_dir``. Counts are
     summed across processes, so the numbers are exact under DDP.
     """
 
@@ -105,8 +105,8 @@ class ContinualMetricsCallback(pl.Callback):
 
     @rank_zero_only
     def _write_matrix(self, trainer: pl.Trainer, R: torch.Tensor) -> None:
-        if trainer.log_dir is None:
-            return
+        if trainer.logger is None or trainer.log_dir is None:
+            return  # no logger: nowhere the user asked for files
         path = Path(trainer.log_dir) / "accuracy_matrix.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = [[None if v != v else round(float(v), 6) for v in row] for row in R.tolist()]
