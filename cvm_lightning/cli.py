@@ -26,10 +26,74 @@ def _strategies(value: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in value.split(",") if s.strip())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of one stream run (shared by ``cvm run`` and ``benchmarks/quality.py``)."""
     from cvm_lightning.runner import DEFAULT_STRATEGIES, RunConfig
 
     defaults = RunConfig()
+    parser.add_argument("--benchmark", default=defaults.benchmark, help="benchmark name (see `cvm benchmarks`)")
+    parser.add_argument(
+        "--strategies",
+        type=_strategies,
+        default=",".join(DEFAULT_STRATEGIES),
+        help="comma-separated strategies: cvm and Avalanche's naive, replay, lwf, ewc, der, gdumb",
+    )
+    parser.add_argument("--backbone", default=defaults.backbone, help="timm model name, for every strategy")
+    parser.add_argument(
+        "--text-model",
+        default=defaults.text_model,
+        help="Hugging Face model name or local folder for the concepts; 'random' for random unit vectors",
+    )
+    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs per experience")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch size")
+    parser.add_argument(
+        "--buffer", type=int, default=defaults.buffer, help="memory budget in samples of every memory-based strategy (0: CVM without replay)"
+    )
+    parser.add_argument("--loss", default=defaults.loss, help="CVM's alignment loss: ce, cosine, triplet, triplet-hard")
+    parser.add_argument(
+        "--negatives", default=defaults.negatives, help="concepts competing in CVM's loss: seen (classes so far) or all"
+    )
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="CVM's softmax temperature")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (AdamW) of every strategy")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights and the class order")
+    parser.add_argument("--input-size", type=int, default=defaults.input_size, help="smaller images are upsampled to this size")
+    parser.add_argument("--data-root", type=Path, default=None, help="folder holding the benchmark's data")
+    parser.add_argument("--train-per-class", type=int, default=None, help="keep at most N training images per class")
+    parser.add_argument("--n-experiences", type=int, default=None, help="number of experiences (benchmark default if unset)")
+    parser.add_argument("--download", action="store_true", help="allow downloading data and text models (needs internet)")
+    parser.add_argument("--devices", type=int, default=defaults.devices, help="CPU processes for CVM's training (Lightning devices)")
+    parser.add_argument("--strategy", default=defaults.strategy, help="Lightning strategy for CVM, e.g. ddp (gloo on CPU)")
+
+
+def config_from_args(args: argparse.Namespace):
+    """The :class:`RunConfig` of parsed :func:`add_run_arguments` flags."""
+    from cvm_lightning.runner import RunConfig
+
+    return RunConfig(
+        benchmark=args.benchmark,
+        strategies=args.strategies,
+        backbone=args.backbone,
+        text_model=args.text_model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        buffer=args.buffer,
+        lr=args.lr,
+        loss=args.loss,
+        negatives=args.negatives,
+        temperature=args.temperature,
+        seed=args.seed,
+        input_size=args.input_size,
+        data_root=args.data_root,
+        train_per_class=args.train_per_class,
+        n_experiences=args.n_experiences,
+        download=args.download,
+        devices=args.devices,
+        strategy=args.strategy,
+        progress=not getattr(args, "no_progress", False),
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cvm",
         description="Continual Visual Mapping: learn a stream of experiences by mapping images to "
@@ -44,33 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         "optimiser and memory budget); print a table and write results.json, results.md and plots to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    run.add_argument("--benchmark", default=defaults.benchmark, help="benchmark name (see `cvm benchmarks`)")
-    run.add_argument(
-        "--strategies",
-        type=_strategies,
-        default=",".join(DEFAULT_STRATEGIES),
-        help="comma-separated strategies: cvm and Avalanche's naive, replay, lwf, ewc, der, gdumb",
-    )
-    run.add_argument("--backbone", default=defaults.backbone, help="timm model name, for every strategy")
-    run.add_argument(
-        "--text-model",
-        default=defaults.text_model,
-        help="Hugging Face model name or local folder for the concepts; 'random' for random unit vectors",
-    )
-    run.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs per experience")
-    run.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch size")
-    run.add_argument(
-        "--buffer", type=int, default=defaults.buffer, help="memory budget in samples of every memory-based strategy (0: CVM without replay)"
-    )
-    run.add_argument("--loss", default=defaults.loss, help="CVM's alignment loss: ce, cosine, triplet, triplet-hard")
-    run.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (AdamW) of every strategy")
-    run.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights and the class order")
-    run.add_argument("--input-size", type=int, default=defaults.input_size, help="smaller images are upsampled to this size")
-    run.add_argument("--data-root", type=Path, default=None, help="folder holding the benchmark's data")
-    run.add_argument("--train-per-class", type=int, default=None, help="keep at most N training images per class")
-    run.add_argument("--n-experiences", type=int, default=None, help="number of experiences (benchmark default if unset)")
-    run.add_argument("--download", action="store_true", help="allow downloading data and text models (needs internet)")
+    add_run_arguments(run)
     run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
+    run.add_argument(
+        "--resume", type=Path, default=None, metavar="DIR",
+        help="continue the interrupted run in DIR with its saved configuration (other run flags are ignored)",
+    )
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     sub.add_parser("benchmarks", help="list the available benchmarks")
@@ -118,30 +161,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import json
+    import os
+
     from cvm_lightning.reporting import text_table, write_results
     from cvm_lightning.runner import RunConfig, run
 
-    out = args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if args.resume is not None:
+        out = args.resume
+        saved = out / "run_config.json"
+        if not saved.is_file():
+            raise CVMError(f"{out} holds no run to resume (no run_config.json); start one with `cvm run --out {out}`.")
+        try:
+            config = RunConfig.from_json({**json.loads(saved.read_text()), "progress": not args.no_progress})
+        except (ValueError, TypeError) as err:
+            raise CVMError(f"{saved} cannot be read ({err}); start a new run with another --out.") from err
+    else:
+        # DDP's extra processes rerun this command: they must use the same folder.
+        out = args.out or Path(os.environ.get("_CVM_RUN_OUT") or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+        config = config_from_args(args)
+    os.environ["_CVM_RUN_OUT"] = str(out)
     if (out / "results.json").exists():
         raise CVMError(f"{out} already holds results.json; pass another --out so earlier results are kept.")
-    config = RunConfig(
-        benchmark=args.benchmark,
-        strategies=args.strategies,
-        backbone=args.backbone,
-        text_model=args.text_model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        buffer=args.buffer,
-        lr=args.lr,
-        loss=args.loss,
-        seed=args.seed,
-        input_size=args.input_size,
-        data_root=args.data_root,
-        train_per_class=args.train_per_class,
-        n_experiences=args.n_experiences,
-        download=args.download,
-        progress=not args.no_progress,
-    )
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -150,6 +191,10 @@ def _run(args: argparse.Namespace) -> int:
     except OSError as err:
         raise CVMError(f"Cannot write to output folder {out}: {err}. Pass a writable --out.") from err
     results = run(config, out)
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return 0
     paths = write_results(results, out)
     print()
     print(text_table(results))

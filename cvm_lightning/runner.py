@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+from cvm_lightning.atomic import atomic_write_text
 
 from cvm_lightning.concepts import DEFAULT_TEXT_MODEL, ConceptBank, TextModelSpec
 from cvm_lightning.errors import ConfigError
@@ -36,11 +40,11 @@ class RunConfig:
 
     benchmark: str = "split-digits"
     strategies: tuple[str, ...] = DEFAULT_STRATEGIES
-    backbone: str = "mobilenetv3_small_100"
+    backbone: str = "reduced_resnet18"
     text_model: str = DEFAULT_TEXT_MODEL
     epochs: int = 5
     batch_size: int = 64
-    buffer: int = 200
+    buffer: int = 100
     lr: float = 1e-3
     weight_decay: float = 1e-4
     seed: int = 0
@@ -55,6 +59,8 @@ class RunConfig:
     train_per_class: int | None = None
     n_experiences: int | None = None
     download: bool = False
+    devices: int = 1
+    strategy: str = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -68,6 +74,28 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
         if self.buffer < 0:
             raise ConfigError(f"--buffer must be >= 0, got {self.buffer}.")
+        if self.devices < 1:
+            raise ConfigError(f"--devices must be >= 1, got {self.devices}.")
+
+    def to_json(self) -> dict:
+        """The settings as JSON values (paths as strings, tuples as lists)."""
+        return json.loads(json.dumps(asdict(self), default=str))
+
+    @classmethod
+    def from_json(cls, values: dict) -> "RunConfig":
+        """The inverse of :meth:`to_json`."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in values.items() if k in known}
+        values["strategies"] = tuple(values.get("strategies", DEFAULT_STRATEGIES))
+        if values.get("data_root") is not None:
+            values["data_root"] = Path(values["data_root"])
+        return cls(**values)
+
+    def same_run(self, other: "RunConfig") -> bool:
+        """Whether two configurations give the same results (progress display aside)."""
+        a, b = self.to_json(), other.to_json()
+        a.pop("progress"), b.pop("progress")
+        return a == b
 
 
 @dataclass
@@ -123,8 +151,12 @@ def build_cvm_module(config: RunConfig, benchmark: Benchmark) -> CVMModule:
     )
 
 
-def run_cvm(config: RunConfig, benchmark: Benchmark, log_dir: Path) -> StrategyResult:
-    """CVM through the Lightning stream adapter."""
+def run_cvm(config: RunConfig, benchmark: Benchmark, out_dir: Path) -> StrategyResult:
+    """CVM through the Lightning stream adapter, checkpointed in ``out_dir/checkpoints/cvm``.
+
+    If that folder holds checkpoints of an interrupted run, training resumes
+    after the newest readable one.
+    """
     pl.seed_everything(config.seed, verbose=False)
     with PeakRSS() as peak:
         module = build_cvm_module(config, benchmark)
@@ -133,11 +165,14 @@ def run_cvm(config: RunConfig, benchmark: Benchmark, log_dir: Path) -> StrategyR
             module,
             epochs=config.epochs,
             batch_size=config.batch_size,
+            checkpoint_dir=out_dir / "checkpoints" / "cvm",
             callbacks=[metrics],
-            logger=CSVLogger(log_dir, name="cvm"),
+            logger=CSVLogger(out_dir / "logs", name="cvm"),
             enable_checkpointing=False,
             enable_progress_bar=config.progress,
             accelerator="cpu",
+            devices=config.devices,
+            strategy=config.strategy,
         )
         adapter.fit_stream(benchmark.train_stream, benchmark.test_stream)
     return _result(metrics.matrix.compute(), adapter.train_seconds, module, peak.peak_mb)
@@ -166,8 +201,33 @@ def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Cal
     return _result(recorder.matrix.compute(), train_seconds, model, peak.peak_mb)
 
 
+def _check_out_dir(config: RunConfig, out_dir: Path) -> None:
+    saved = out_dir / "run_config.json"
+    if saved.exists():
+        try:
+            previous = RunConfig.from_json(json.loads(saved.read_text()))
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{saved} cannot be read ({err}); pass another --out.") from err
+        if not previous.same_run(config):
+            raise ConfigError(
+                f"{out_dir} holds a run with another configuration. Continue it with `cvm run --resume {out_dir}` "
+                "or pass another --out; nothing there was changed."
+            )
+    elif rank_zero_only.rank == 0:
+        atomic_write_text(saved, json.dumps(config.to_json(), indent=2))
+
+
 def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print) -> dict:
-    """Run every strategy of ``config`` on its benchmark; returns the results dictionary."""
+    """Run every strategy of ``config`` on its benchmark; returns the results dictionary.
+
+    ``out_dir`` keeps the configuration, each finished strategy's numbers
+    (``state/NAME.json``) and CVM's experience checkpoints, so calling this
+    again on the same folder after a crash skips what was finished and
+    resumes CVM from its newest checkpoint. Under DDP, processes other than
+    rank 0 only join CVM's training and write nothing.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_out_dir(config, out_dir)
     benchmark = build_benchmark(
         config.benchmark,
         StreamConfig(
@@ -183,15 +243,24 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
         "seed": config.seed,
         "n_experiences": benchmark.n_experiences,
         "classes_per_experience": benchmark.classes_per_experience,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "config": config.to_json(),
         "strategies": {},
     }
     for name in config.strategies:
+        finished = out_dir / "state" / f"{name}.json"
+        if finished.exists():
+            results["strategies"][name] = json.loads(finished.read_text())
+            report(f"== {name}: finished earlier, kept from {finished}")
+            continue
+        if name != "cvm" and rank_zero_only.rank != 0:
+            continue
         report(f"== {name} on {benchmark.name} ({benchmark.n_experiences} experiences)")
         if name == "cvm":
-            result = run_cvm(config, benchmark, out_dir / "logs")
+            result = run_cvm(config, benchmark, out_dir)
         else:
             result = run_baseline(name, config, benchmark, report)
         results["strategies"][name] = asdict(result)
+        if rank_zero_only.rank == 0:
+            atomic_write_text(finished, json.dumps(results["strategies"][name], indent=2))
         report(f"   final average accuracy {result.final_avg_accuracy:.3f}, forgetting {result.forgetting:.3f}")
     return results

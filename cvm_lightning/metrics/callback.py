@@ -50,6 +50,27 @@ class ContinualMetricsCallback(pl.Callback):
         current = getattr(pl_module, "current_experience", None)
         return int(current) if current is not None else self._fits - 1
 
+    def state_dict(self) -> dict[str, Any]:
+        """Counts so far, so a resumed stream keeps its earlier rows."""
+        return {
+            "correct": self.matrix.correct.cpu(),
+            "total": self.matrix.total.cpu(),
+            "reference_correct": self._reference.correct.cpu(),
+            "reference_total": self._reference.total.cpu(),
+            "fits": self._fits,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for metric, prefix in ((self.matrix, ""), (self._reference, "reference_")):
+            if state_dict[prefix + "total"].shape != metric.total.shape:
+                raise ValueError(
+                    f"The saved accuracy matrix is {tuple(state_dict[prefix + 'total'].shape)}, "
+                    f"this callback's is {tuple(metric.total.shape)}: it belongs to another stream."
+                )
+            metric.correct = state_dict[prefix + "correct"].to(metric.correct)
+            metric.total = state_dict[prefix + "total"].to(metric.total)
+        self._fits = int(state_dict["fits"])
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.matrix.to(pl_module.device)
         self._reference.to(pl_module.device)
@@ -101,13 +122,14 @@ class ContinualMetricsCallback(pl.Callback):
             torch.nan_to_num(seen), None if reference is None else reference.cpu(), self.forgetting_mode
         )
         pl_module.log_dict({self.prefix + key: value for key, value in self.summary.items()}, sync_dist=False)
-        self._write_matrix(trainer, R)
+        # trainer.log_dir is a collective call under DDP: every process asks, rank 0 writes.
+        log_dir = trainer.log_dir if trainer.logger is not None else None
+        if log_dir is not None:  # no logger: nowhere the user asked for files
+            self._write_matrix(Path(log_dir), R)
 
     @rank_zero_only
-    def _write_matrix(self, trainer: pl.Trainer, R: torch.Tensor) -> None:
-        if trainer.logger is None or trainer.log_dir is None:
-            return  # no logger: nowhere the user asked for files
-        path = Path(trainer.log_dir) / "accuracy_matrix.json"
+    def _write_matrix(self, log_dir: Path, R: torch.Tensor) -> None:
+        path = log_dir / "accuracy_matrix.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = [[None if v != v else round(float(v), 6) for v in row] for row in R.tolist()]
         path.write_text(json.dumps({"accuracy_matrix": rows, **self.summary}, indent=2))

@@ -283,6 +283,17 @@ class CVMModule(pl.LightningModule):
     def on_train_end(self) -> None:
         if self.hparams["recalibrate_bn"]:
             recalibrate_on_batches(self, self.trainer.train_dataloader, self.device)
+            self._average_batchnorm_across_processes()
+
+    def _average_batchnorm_across_processes(self) -> None:
+        # Under DDP each process recalibrated on its own shard; all must predict alike.
+        if self.trainer.world_size < 2:
+            return
+        for module in self.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+                for name in ("running_mean", "running_var"):
+                    buffer = getattr(module, name)
+                    buffer.copy_(self.trainer.strategy.reduce(buffer.clone(), reduce_op="mean"))
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         x, y = split_batch(batch)

@@ -74,7 +74,8 @@ class ReplayBuffer:
 
     def _shrink_to_quota(self) -> None:
         quota = self._quota()
-        for c, stored in self._samples.items():
+        for c in self.classes:
+            stored = self._samples[c]
             if len(stored[0]) > quota:
                 keep = torch.randperm(len(stored[0]), generator=self.generator)[:quota].sort().values
                 self._samples[c] = [s[keep] for s in stored]
@@ -85,7 +86,8 @@ class ReplayBuffer:
         Returns ``None`` when nothing is stored outside ``exclude``.
         """
         excluded = set(exclude)
-        parts = [(stored, c) for c, stored in self._samples.items() if c not in excluded and len(stored[0])]
+        # Sorted, not insertion order: a memory restored from a checkpoint must sample the same.
+        parts = [(self._samples[c], c) for c in self.classes if c not in excluded and len(self._samples[c][0])]
         if not parts or n <= 0:
             return None
         fields = [torch.cat([stored[k] for stored, _ in parts]) for k in range(len(parts[0][0]))]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, RandomSampler
 
-from cvm_lightning.errors import DataError
+from cvm_lightning.errors import ConfigError, DataError
 from cvm_lightning.model import CVMModule
+from cvm_lightning.training.checkpoints import ExperienceCheckpoints, StreamPosition, set_rng_state
 
 
 class LightningStreamAdapter:
@@ -24,6 +27,10 @@ class LightningStreamAdapter:
     ``configure_optimizers`` runs at every ``fit``: each experience starts
     with fresh optimiser moments, as in Avalanche's strategies.
 
+    With ``checkpoint_dir``, the run is checkpointed atomically after each
+    experience's evaluation (see :mod:`cvm_lightning.training.checkpoints`)
+    and :meth:`fit_stream` resumes from the newest readable checkpoint there.
+
     Extra keyword arguments go to ``pl.Trainer`` (callbacks, logger,
     accelerator, devices, strategy, ...).
     """
@@ -36,6 +43,7 @@ class LightningStreamAdapter:
         batch_size: int = 64,
         eval_batch_size: int = 256,
         num_workers: int = 0,
+        checkpoint_dir: Path | None = None,
         **trainer_kwargs: Any,
     ) -> None:
         if epochs < 1:
@@ -47,14 +55,26 @@ class LightningStreamAdapter:
         self.num_workers = num_workers
         trainer_kwargs.setdefault("num_sanity_val_steps", 0)
         trainer_kwargs.setdefault("enable_model_summary", False)
+        self.position = StreamPosition()
+        trainer_kwargs["callbacks"] = [*trainer_kwargs.get("callbacks", []), self.position]
         self.trainer = pl.Trainer(max_epochs=0, **trainer_kwargs)
-        self.train_seconds = 0.0
+        self.checkpoints = ExperienceCheckpoints(checkpoint_dir) if checkpoint_dir is not None else None
 
-    def _loader(self, dataset, train: bool) -> DataLoader:
+    @property
+    def train_seconds(self) -> float:
+        """Seconds spent in ``trainer.fit`` so far (carried over on resume)."""
+        return self.position.train_seconds
+
+    def _loader(self, dataset, train: bool, experience: int = 0) -> DataLoader:
+        # Shuffling draws from generators of its own, seeded per experience: Lightning
+        # creates a different number of iterators on a fresh Trainer than on a reused
+        # one, so drawing from the global generator would make resumed runs differ.
+        seed = int(self.module.hparams.get("seed", 0)) * 100_003 + experience
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if train else None,
+            generator=torch.Generator().manual_seed(seed),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
@@ -67,8 +87,8 @@ class LightningStreamAdapter:
         self.module.start_experience(sorted(experience.classes_in_this_experience), index)
         self.trainer.fit_loop.max_epochs = self.trainer.current_epoch + self.epochs
         start = time.perf_counter()
-        self.trainer.fit(self.module, self._loader(experience.dataset.train(), train=True))
-        self.train_seconds += time.perf_counter() - start
+        self.trainer.fit(self.module, self._loader(experience.dataset.train(), train=True, experience=index))
+        self.position.train_seconds += time.perf_counter() - start
 
     def evaluate(self, test_stream: Sequence) -> list[dict[str, float]]:
         """Validate on every test experience (one dataloader each)."""
@@ -76,7 +96,31 @@ class LightningStreamAdapter:
         return self.trainer.validate(self.module, loaders, verbose=False)
 
     def fit_stream(self, train_stream: Sequence, test_stream: Sequence) -> None:
-        """Learn each training experience in turn, evaluating after each."""
-        for index, experience in enumerate(train_stream):
-            self.fit_experience(experience, index)
+        """Learn each training experience in turn, evaluating (and checkpointing) after each."""
+        for index in range(self.resume(), len(train_stream)):
+            self.fit_experience(train_stream[index], index)
             self.evaluate(test_stream)
+            self.position.next_experience = index + 1
+            if self.checkpoints is not None:
+                self.checkpoints.save(self.trainer, index)
+
+    def resume(self) -> int:
+        """Restore the newest checkpoint of ``checkpoint_dir``; returns the next experience to train."""
+        checkpoint = self.checkpoints.latest() if self.checkpoints is not None else None
+        if checkpoint is None:
+            return 0
+        try:
+            self.module.load_state_dict(checkpoint["state_dict"])
+        except RuntimeError as err:
+            raise ConfigError(
+                f"{checkpoint['cvm_path']} was saved by a model with another backbone or concept bank "
+                f"({str(err).splitlines()[0]}). Resume with the configuration that made it, or use a new output folder."
+            ) from err
+        self.module.on_load_checkpoint(checkpoint)
+        saved = checkpoint.get("callbacks", {})
+        for callback in self.trainer.callbacks:
+            if callback.state_key in saved:
+                callback.load_state_dict(saved[callback.state_key])
+        if self.position.saved_rng is not None:
+            set_rng_state(self.position.saved_rng)
+        return self.position.next_experience
