@@ -53,6 +53,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--negatives", default=defaults.negatives, help="concepts competing in CVM's loss: seen (classes so far) or all"
     )
+    parser.add_argument(
+        "--semantic", type=float, default=defaults.semantic,
+        help="weight of CVM's semantic-distance term (image-to-concept similarities follow the language model's)",
+    )
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help="CVM's softmax temperature")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (AdamW) of every strategy")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights and the class order")
@@ -81,6 +85,7 @@ def config_from_args(args: argparse.Namespace):
         loss=args.loss,
         negatives=args.negatives,
         temperature=args.temperature,
+        semantic=args.semantic,
         seed=args.seed,
         input_size=args.input_size,
         data_root=args.data_root,

@@ -55,6 +55,7 @@ class RunConfig:
     head: str = "linear"
     recalibrate_bn: bool = True
     distill: float = 0.0
+    semantic: float = 0.0
     data_root: Path | None = None
     train_per_class: int | None = None
     n_experiences: int | None = None
@@ -148,6 +149,7 @@ def build_cvm_module(config: RunConfig, benchmark: Benchmark) -> CVMModule:
         head=config.head,
         recalibrate_bn=config.recalibrate_bn,
         distill=config.distill,
+        semantic=config.semantic,
     )
 
 

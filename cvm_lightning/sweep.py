@@ -28,6 +28,8 @@ ABLATIONS: dict[str, dict] = {
     "temperature x2": {"temperature_scale": 2.0},
     "triplet loss (--loss triplet)": {"loss": "triplet"},
     "hardest-negative triplet (--loss triplet-hard)": {"loss": "triplet-hard"},
+    "semantic-distance term added (--semantic 1)": {"semantic": 1.0},
+    "triplet + semantic distance (--loss triplet --semantic 1)": {"loss": "triplet", "semantic": 1.0},
 }
 
 

@@ -7,11 +7,12 @@ import torch
 from cvm_lightning.cli import main
 from cvm_lightning.errors import ConfigError, DataError
 from cvm_lightning.streams import BENCHMARKS, StreamConfig, build_benchmark
+from cvm_lightning.streams.benchmarks import FASHION_MNIST_DEBIAN
 from cvm_lightning.streams.images import read_class_names
 
 
 def test_every_listed_benchmark_is_registered():
-    assert {"split-digits", "split-cifar10", "split-cifar100", "split-tinyimagenet", "core50", "imagefolder"} <= set(BENCHMARKS)
+    assert {"split-digits", "split-cifar10", "split-cifar100", "split-tinyimagenet", "split-fashion-mnist", "core50", "imagefolder"} <= set(BENCHMARKS)
 
 
 @pytest.mark.parametrize(
@@ -81,3 +82,39 @@ def test_imagefolder_of_real_cifar_images_runs_through_the_cli(cifar10_root, tmp
     results = json.loads((out / "results.json").read_text())
     assert results["benchmark"] == "imagefolder" and results["classes_per_experience"] == [2, 2]
     assert torch.tensor(results["strategies"]["cvm"]["accuracy_matrix"]).shape == (2, 2)
+
+
+def _write_idx(path, array):
+    dims = array.shape
+    header = bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    path.write_bytes(header + array.astype("uint8").tobytes())
+
+
+def test_split_fashion_mnist_reads_idx_files_from_data_root(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 60), ("t10k", 20)):
+        labels = np.arange(n) % 10
+        images = rng.integers(0, 256, (n, 28, 28))
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte", images)
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", labels)
+    benchmark = build_benchmark("split-fashion-mnist", StreamConfig(data_root=tmp_path))
+    assert benchmark.n_experiences == 5 and benchmark.in_chans == 1
+    assert "ankle boot" in benchmark.class_names
+    x, y, _ = benchmark.train_stream[0].dataset[0]
+    assert x.shape == (1, 28, 28) and -1.0 <= float(x.min()) <= float(x.max()) <= 1.0
+    assert sum(len(e.dataset) for e in benchmark.test_stream) == 20
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        build_benchmark("split-fashion-mnist", StreamConfig(data_root=tmp_path))
+
+
+@pytest.mark.skipif(
+    not (FASHION_MNIST_DEBIAN / "train-labels-idx1-ubyte.gz").exists(),
+    reason="Debian's dataset-fashion-mnist package is not installed (apt-get install dataset-fashion-mnist)",
+)
+def test_split_fashion_mnist_from_the_debian_package():
+    benchmark = build_benchmark("split-fashion-mnist", StreamConfig(train_per_class=50))
+    assert [len(e.dataset) for e in benchmark.train_stream] == [100] * 5
+    assert sum(len(e.dataset) for e in benchmark.test_stream) == 10_000

@@ -43,7 +43,7 @@ def test_split_digits_example(tmp_path):
     assert (tmp_path / "o" / "results.json").is_file() and "final avg acc" in result.stdout
 
 
-@pytest.mark.parametrize("script", ["split_cifar10.py", "split_cifar100.py", "split_tinyimagenet.py", "core50.py", "own_images.py"])
+@pytest.mark.parametrize("script", ["split_cifar10.py", "split_cifar100.py", "split_tinyimagenet.py", "split_fashion_mnist.py", "core50.py", "own_images.py"])
 def test_data_examples_without_data_say_where_to_put_it(script, tmp_path):
     result = run_example(script, "--data-root", str(tmp_path), "--out", str(tmp_path / "o"))
     assert result.returncode == 2

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cvm_lightning.cli import main
-from cvm_lightning.model.losses import LOSSES
+from cvm_lightning.model.losses import LOSSES, semantic_distance
 
 # Three unit concepts on the axes; one image between concepts 0 and 1, labelled 0.
 CONCEPTS = torch.eye(3)
@@ -42,3 +42,17 @@ def test_loss_flag_reaches_the_model_and_bad_names_are_errors(tmp_path, capsys):
     assert "Unknown loss 'triplet-huge'" in capsys.readouterr().err
     assert main(["run", "--loss", "triplet-hard", "--n-experiences", "2", "--out", str(tmp_path / "ok"), *fast]) == 0
     assert '"loss": "triplet-hard"' in (tmp_path / "ok" / "results.json").read_text()
+
+
+def test_semantic_distance_by_hand():
+    # Concepts 0 and 1 are close (cos 0.8), concept 2 is far: an image of class 0
+    # should be as similar to each concept as concept 0 itself is.
+    concepts = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]]), dim=1)
+    target = torch.tensor([0])
+    q = torch.softmax(concepts[0] @ concepts.T / T, 0)
+    for z in (concepts[:1], concepts[2:3], Z):
+        p = torch.softmax((z @ concepts.T / T)[0], 0)
+        expected = (q * (q.log() - p.log())).sum().item()
+        assert semantic_distance(z, concepts, target, T).item() == pytest.approx(expected, abs=1e-5)
+    assert semantic_distance(concepts[:1], concepts, target, T).item() == pytest.approx(0.0, abs=1e-6)
+    assert semantic_distance(concepts[2:3], concepts, target, T) > semantic_distance(Z, concepts, target, T) > 0

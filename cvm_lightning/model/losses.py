@@ -48,6 +48,18 @@ def triplet_hardest(z, concepts, target, temperature, margin):
     return _triplet_terms(z, concepts, target, margin).max(dim=1).values.mean()
 
 
+def semantic_distance(z, concepts, target, temperature):
+    """``KL(softmax(c_y @ C.T / T) || softmax(z @ C.T / T))``: keep the language model's geometry.
+
+    An image of class ``y`` should be as similar to each other concept as the
+    concept ``c_y`` itself is in the language model's space, so images of
+    "cat" stay closer to "dog" than to "truck". Added to any loss with weight
+    ``semantic`` (an auxiliary term, not a loss of its own).
+    """
+    target_distribution = F.softmax(concepts[target] @ concepts.T / temperature, dim=-1)
+    return F.kl_div(F.log_softmax(z @ concepts.T / temperature, dim=-1), target_distribution, reduction="batchmean")
+
+
 LOSSES: dict[str, AlignmentLoss] = {
     "ce": concept_cross_entropy,
     "cosine": cosine_regression,

@@ -17,7 +17,7 @@ from cvm_lightning.errors import ConceptError, ConfigError, DataError, TrainingD
 from cvm_lightning.model.backbones import create_backbone, feature_dim, upsample_small
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
 from cvm_lightning.model.heads import ConceptAlignmentHead
-from cvm_lightning.model.losses import LOSSES
+from cvm_lightning.model.losses import LOSSES, semantic_distance
 from cvm_lightning.model.replay import ReplayBuffer
 
 OPTIMIZERS = {
@@ -79,6 +79,10 @@ class CVMModule(pl.LightningModule):
             ``mean(1 - cos(z_now, z_stored))``, where ``z_stored`` is the
             embedding the sample had when it entered the memory. The concept
             space is fixed, so stored embeddings stay comparable (0 turns it off).
+        semantic: weight of the semantic-distance term added to ``loss``
+            (:func:`~cvm_lightning.model.losses.semantic_distance`): each
+            image's similarities to the competing concepts should follow its
+            own concept's similarities to them (0 turns it off).
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class CVMModule(pl.LightningModule):
         seed: int = 0,
         recalibrate_bn: bool = True,
         distill: float = 0.0,
+        semantic: float = 0.0,
     ) -> None:
         super().__init__()
         _check_choice("loss", loss, LOSSES)
@@ -264,7 +269,10 @@ class CVMModule(pl.LightningModule):
         ids = competing.nonzero().flatten()
         local = torch.full_like(self.seen, -1, dtype=torch.long)
         local[ids] = torch.arange(len(ids), device=ids.device)
-        loss = self.loss_fn(z, self.concepts[ids], local[y], self.temperature, self.hparams["margin"])
+        concepts, target = self.concepts[ids], local[y]
+        loss = self.loss_fn(z, concepts, target, self.temperature, self.hparams["margin"])
+        if self.hparams["semantic"] > 0:
+            loss = loss + self.hparams["semantic"] * semantic_distance(z, concepts, target, self.temperature)
         if not torch.isfinite(loss):
             raise TrainingDivergedError(
                 f"Loss is {loss.item()} at experience {self.current_experience}, step {self.global_step}. "

@@ -100,6 +100,49 @@ def split_digits(config: StreamConfig) -> Benchmark:
     )
 
 
+FASHION_MNIST_NAMES = (
+    "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)
+FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def _read_idx(path: Path) -> torch.Tensor:
+    """An IDX file (optionally gzipped) as a uint8 tensor: MNIST's format."""
+    import gzip
+
+    with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f:
+        data = f.read()
+    n_dims = data[3]
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(n_dims)]
+    return torch.frombuffer(bytearray(data[4 + 4 * n_dims :]), dtype=torch.uint8).view(shape)
+
+
+@register_benchmark("split-fashion-mnist", "Fashion-MNIST (28x28 grey), 5 experiences of 2 classes (Debian dataset-fashion-mnist or --data-root)")
+def split_fashion_mnist(config: StreamConfig) -> Benchmark:
+    layout = (
+        f"the four Fashion-MNIST files ({', '.join(sum(FASHION_MNIST_FILES.values(), ()))}), "
+        "optionally without .gz. Debian and Ubuntu ship them: `apt-get install dataset-fashion-mnist` "
+        f"puts them in {FASHION_MNIST_DEBIAN}, which is used when --data-root is not given."
+    )
+    root = require_root(config, "split-fashion-mnist", layout) if config.data_root else FASHION_MNIST_DEBIAN
+    splits = []
+    for images_name, labels_name in FASHION_MNIST_FILES.values():
+        found = [root / n if (root / n).exists() else root / n.removesuffix(".gz") for n in (images_name, labels_name)]
+        missing = [str(p) for p in found if not p.exists()]
+        if missing:
+            raise DataError(f"Fashion-MNIST files missing: {', '.join(missing)}. split-fashion-mnist needs {layout}")
+        images, labels = (_read_idx(p) for p in found)
+        splits.append(TensorImageDataset(images.unsqueeze(1), labels.long(), _uint8_to_unit))
+    return class_incremental(
+        "split-fashion-mnist", config, *splits, list(FASHION_MNIST_NAMES), 5, in_chans=1, image_size=28,
+        templates=("a photo of a {}.", "a black and white photo of a {}.", "a product photo of a {}, an item of clothing."),
+    )
+
+
 @register_benchmark("split-cifar10", "CIFAR-10, 5 experiences of 2 classes (--data-root)")
 def split_cifar10(config: StreamConfig) -> Benchmark:
     return _cifar("cifar10", "split-cifar10", 5, config)
