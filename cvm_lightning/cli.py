@@ -165,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DDP_OUT_VARIABLE = "_CVM_RUN_OUT"
+
+
+def _default_out() -> Path:
+    import os
+
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    # DDP's extra processes rerun this command: they take the folder rank 0 chose.
+    if rank_zero_only.rank > 0 and DDP_OUT_VARIABLE in os.environ:
+        return Path(os.environ[DDP_OUT_VARIABLE])
+    return Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+
+
 def _run(args: argparse.Namespace) -> int:
     import json
     import os
@@ -182,10 +196,10 @@ def _run(args: argparse.Namespace) -> int:
         except (ValueError, TypeError) as err:
             raise CVMError(f"{saved} cannot be read ({err}); start a new run with another --out.") from err
     else:
-        # DDP's extra processes rerun this command: they must use the same folder.
-        out = args.out or Path(os.environ.get("_CVM_RUN_OUT") or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
+        out = args.out or _default_out()
         config = config_from_args(args)
-    os.environ["_CVM_RUN_OUT"] = str(out)
+    if config.devices > 1:
+        os.environ[DDP_OUT_VARIABLE] = str(out)
     if (out / "results.json").exists():
         raise CVMError(f"{out} already holds results.json; pass another --out so earlier results are kept.")
     try:

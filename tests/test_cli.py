@@ -57,3 +57,11 @@ def test_existing_results_are_never_overwritten(tmp_path, capsys):
     assert main(["run", "--out", str(tmp_path), *FAST]) == 2
     assert "another --out" in capsys.readouterr().err
     assert json.loads((tmp_path / "results.json").read_text()) == {"kept": True}
+
+
+def test_output_folder_that_cannot_be_written_is_a_clear_error(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(["run", "--out", str(blocker / "out"), *FAST]) == 2
+    assert "Cannot write to output folder" in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"

@@ -62,3 +62,12 @@ def test_extras_travel_with_their_samples_through_shrinking_and_checkpoints():
     xs, ys, extras = restored.sample(50)
     assert torch.equal(extras, xs * 10)
     assert set(ys.tolist()) == {0, 1}
+
+
+def test_memory_larger_than_the_data_keeps_everything():
+    buffer = ReplayBuffer(capacity=10_000, seed=0)
+    x, y = torch.randn(50, 3), torch.arange(50) % 5
+    buffer.add(x, y)
+    assert len(buffer) == 50 and buffer.classes == [0, 1, 2, 3, 4]
+    replayed_x, replayed_y = buffer.sample(64)
+    assert len(replayed_y) == 50 and set(replayed_y.tolist()) == {0, 1, 2, 3, 4}

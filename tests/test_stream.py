@@ -81,3 +81,45 @@ def test_empty_experience_is_a_clear_error(digit_bank, digits):
     adapter = LightningStreamAdapter(CVMModule(digit_bank, **SMALL), epochs=1, logger=False, enable_progress_bar=False)
     with pytest.raises(DataError, match="empty"):
         adapter.fit_experience(empty, index=0)
+
+
+def _nan_experience(digits):
+    """Experience 1's data with every image NaN: the loss diverges at its first step."""
+    from types import SimpleNamespace
+
+    experience = digits.train_stream[1]
+    dataset = experience.dataset.replace_current_transform_group(lambda x: torch.full_like(x, float("nan")))
+    return SimpleNamespace(dataset=dataset, classes_in_this_experience=experience.classes_in_this_experience)
+
+
+def test_nan_loss_keeps_the_last_checkpoint_and_names_the_step(digit_bank, digits, tmp_path):
+    from cvm_lightning.errors import TrainingDivergedError
+
+    adapter = LightningStreamAdapter(
+        CVMModule(digit_bank, **SMALL), epochs=1, checkpoint_dir=tmp_path, logger=False, enable_progress_bar=False
+    )
+    adapter.fit_experience(digits.train_stream[0], 0)
+    adapter.evaluate(digits.test_stream)
+    adapter.position.next_experience = 1
+    saved = adapter.checkpoints.save(adapter.trainer, 0)
+    before = saved.read_bytes()
+    with pytest.raises(TrainingDivergedError, match="experience 1, step"):
+        adapter.fit_experience(_nan_experience(digits), 1)
+    assert saved.read_bytes() == before, "the last good checkpoint is untouched"
+    resumed = LightningStreamAdapter(
+        CVMModule(digit_bank, **SMALL), epochs=1, checkpoint_dir=tmp_path, logger=False, enable_progress_bar=False
+    )
+    assert resumed.resume() == 1
+
+
+def test_checkpoint_of_another_backbone_is_refused(digit_bank, digits, tmp_path):
+    adapter = LightningStreamAdapter(
+        CVMModule(digit_bank, **SMALL), epochs=1, checkpoint_dir=tmp_path, logger=False, enable_progress_bar=False
+    )
+    adapter.fit_experience(digits.train_stream[0], 0)
+    adapter.checkpoints.save(adapter.trainer, 0)
+    other = CVMModule(digit_bank, **{**SMALL, "backbone": "reduced_resnet18"})
+    mismatched = LightningStreamAdapter(other, epochs=1, checkpoint_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match="another backbone or concept bank"):
+        mismatched.resume()
+    assert (tmp_path / "experience-0.ckpt").is_file()

@@ -1,0 +1,86 @@
+"""Peak memory while training, with the language model released (the default) vs held.
+
+    python benchmarks/memory.py [--json out.json]
+
+Each variant runs in a fresh process: build the concept bank from an empty
+cache (this loads the bundled all-MiniLM-L6-v2), then train CVM on
+split-digits for one experience while sampling the resident memory. In
+"released", the bank frees the language model after encoding, as it always
+does; in "held", the script keeps a reference to a loaded copy, as a design
+that encodes on the fly would. Target: the released run's training peak does
+not include the language model (held - released ~ the model's size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import warnings
+
+from _report import table, write_json
+
+
+def child(variant: str) -> dict:
+    import gc
+
+    import psutil
+    import torch
+
+    from cvm_lightning.concepts import ConceptBank, TextModelSpec
+    from cvm_lightning.concepts.text_models import load_text_encoder
+    from cvm_lightning.resources import PeakRSS
+    from cvm_lightning.runner import RunConfig, build_cvm_module
+    from cvm_lightning.streams import StreamConfig, build_benchmark
+    from cvm_lightning.training import LightningStreamAdapter
+
+    warnings.filterwarnings("ignore")
+    rss = lambda: psutil.Process().memory_info().rss / 2**20  # noqa: E731
+    start = rss()
+    held = load_text_encoder(TextModelSpec()) if variant == "held" else None
+    if held is not None:
+        held.encode(["a photo of a cat."])  # its weights are memory-mapped: touch them, as real use would
+    lm_mb = sum(p.numel() * p.element_size() for p in held.model.parameters()) / 2**20 if held else None
+    with tempfile.TemporaryDirectory() as cache:
+        ConceptBank.from_names(["warm-up"], cache_dir=cache)  # the LM is loaded and released here
+    gc.collect()
+    config = RunConfig(epochs=1, progress=False)
+    benchmark = build_benchmark(config.benchmark, StreamConfig(seed=0))
+    module = build_cvm_module(config, benchmark)
+    adapter = LightningStreamAdapter(module, epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                                     enable_progress_bar=False)
+    before = rss()
+    with PeakRSS() as peak:
+        adapter.fit_experience(benchmark.train_stream[0], 0)
+    return {"variant": variant, "start_mb": start, "before_training_mb": before, "training_peak_mb": peak.peak_mb,
+            "lm_parameters_mb": lm_mb, "torch_threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", default=None)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(args.child)))
+        return
+    results = []
+    for variant in ("released", "held"):
+        out = subprocess.run([sys.executable, __file__, "--child", variant], capture_output=True, text=True, check=True)
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    released, held = results
+    rows = [
+        {"variant": r["variant"], "RSS before training MB": f"{r['before_training_mb']:.0f}",
+         "training peak MB": f"{r['training_peak_mb']:.0f}"}
+        for r in results
+    ]
+    print(table(rows, list(rows[0])))
+    print(f"held - released at peak: {held['training_peak_mb'] - released['training_peak_mb']:.0f} MB; "
+          f"the language model's parameters: {held['lm_parameters_mb']:.0f} MB")
+    write_json(args.json, {"runs": results})
+
+
+if __name__ == "__main__":
+    main()
