@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import gc
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -136,21 +135,12 @@ class ConceptBank:
             # The language model is only needed here: free it before training.
             del encoder
             gc.collect()
-            _return_freed_memory()
         out, start = {}, 0
         for name in names:
             count = len(sentences[name])
             out[concept_key(sentences[name])] = F.normalize(vectors[start : start + count].mean(0), dim=-1)
             start += count
         return out
-
-
-def _return_freed_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise), so RSS drops with the model."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
 
 
 def _check_unique(names: Sequence[str]) -> None:
