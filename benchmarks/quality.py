@@ -19,7 +19,7 @@ import json
 import sys
 import time
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from cvm_lightning.atomic import atomic_write_text
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, changes in ABLATIONS.items()
             if not args.only_ablations or any(word in name for word in args.only_ablations)
         }
-        cvm_only = base.__class__(**{**asdict(base), "strategies": ("cvm",)})
+        cvm_only = replace(base, strategies=("cvm",))
         table = run_cells(cvm_only, args.seeds, {"CVM defaults": {}, **chosen}, args.out / "ablations")
         ablation_rows = summary_rows(table)
 

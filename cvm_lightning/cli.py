@@ -70,32 +70,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`RunConfig` of parsed :func:`add_run_arguments` flags."""
+    """The :class:`RunConfig` of parsed :func:`add_run_arguments` flags (flag names are its field names)."""
+    from dataclasses import fields
+
     from cvm_lightning.runner import RunConfig
 
-    return RunConfig(
-        benchmark=args.benchmark,
-        strategies=args.strategies,
-        backbone=args.backbone,
-        text_model=args.text_model,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        buffer=args.buffer,
-        lr=args.lr,
-        loss=args.loss,
-        negatives=args.negatives,
-        temperature=args.temperature,
-        semantic=args.semantic,
-        seed=args.seed,
-        input_size=args.input_size,
-        data_root=args.data_root,
-        train_per_class=args.train_per_class,
-        n_experiences=args.n_experiences,
-        download=args.download,
-        devices=args.devices,
-        strategy=args.strategy,
-        progress=not getattr(args, "no_progress", False),
-    )
+    values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
+    return RunConfig(**values, progress=not getattr(args, "no_progress", False))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,21 +161,17 @@ def _default_out() -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import json
     import os
+    from dataclasses import replace
 
     from cvm_lightning.reporting import text_table, write_results
     from cvm_lightning.runner import RunConfig, run
 
     if args.resume is not None:
         out = args.resume
-        saved = out / "run_config.json"
-        if not saved.is_file():
+        if not (out / "run_config.json").is_file():
             raise CVMError(f"{out} holds no run to resume (no run_config.json); start one with `cvm run --out {out}`.")
-        try:
-            config = RunConfig.from_json({**json.loads(saved.read_text()), "progress": not args.no_progress})
-        except (ValueError, TypeError) as err:
-            raise CVMError(f"{saved} cannot be read ({err}); start a new run with another --out.") from err
+        config = replace(RunConfig.load(out / "run_config.json"), progress=not args.no_progress)
     else:
         out = args.out or _default_out()
         config = config_from_args(args)

@@ -92,6 +92,14 @@ class RunConfig:
             values["data_root"] = Path(values["data_root"])
         return cls(**values)
 
+    @classmethod
+    def load(cls, path: Path) -> "RunConfig":
+        """The configuration saved by a run in ``path`` (its ``run_config.json``)."""
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{path} cannot be read ({err}); start a new run with another --out.") from err
+
     def same_run(self, other: "RunConfig") -> bool:
         """Whether two configurations give the same results (progress display aside)."""
         a, b = self.to_json(), other.to_json()
@@ -206,11 +214,7 @@ def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Cal
 def _check_out_dir(config: RunConfig, out_dir: Path) -> None:
     saved = out_dir / "run_config.json"
     if saved.exists():
-        try:
-            previous = RunConfig.from_json(json.loads(saved.read_text()))
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{saved} cannot be read ({err}); pass another --out.") from err
-        if not previous.same_run(config):
+        if not RunConfig.load(saved).same_run(config):
             raise ConfigError(
                 f"{out_dir} holds a run with another configuration. Continue it with `cvm run --resume {out_dir}` "
                 "or pass another --out; nothing there was changed."
