@@ -51,11 +51,21 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--loss", default=defaults.loss, help="CVM's alignment loss: ce, cosine, triplet, triplet-hard")
     parser.add_argument(
-        "--negatives", default=defaults.negatives, help="concepts competing in CVM's loss: seen (classes so far) or all"
+        "--negatives", default=defaults.negatives,
+        help="concepts competing in CVM's loss: seen (classes so far), all, or asymmetric (ER-ACE: new samples "
+        "compete among their batch's classes, replayed ones among all seen)",
+    )
+    parser.add_argument(
+        "--center-concepts", action=argparse.BooleanOptionalAction, default=defaults.center_concepts,
+        help="subtract the concepts' mean before normalising (spreads prompt-sentence embeddings apart)",
     )
     parser.add_argument(
         "--semantic", type=float, default=defaults.semantic,
         help="weight of CVM's semantic-distance term (image-to-concept similarities follow the language model's)",
+    )
+    parser.add_argument(
+        "--distill", type=float, default=defaults.distill,
+        help="weight of CVM's drift penalty on replayed samples (their embedding stays near the stored one)",
     )
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help="CVM's softmax temperature")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (AdamW) of every strategy")

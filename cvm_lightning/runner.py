@@ -51,11 +51,12 @@ class RunConfig:
     input_size: int = 32
     temperature: float = 0.05
     loss: str = "ce"
-    negatives: str = "seen"
+    negatives: str = "asymmetric"
     head: str = "linear"
     recalibrate_bn: bool = True
-    distill: float = 0.0
+    distill: float = 1.0
     semantic: float = 0.0
+    center_concepts: bool = True
     data_root: Path | None = None
     train_per_class: int | None = None
     n_experiences: int | None = None
@@ -158,6 +159,7 @@ def build_cvm_module(config: RunConfig, benchmark: Benchmark) -> CVMModule:
         recalibrate_bn=config.recalibrate_bn,
         distill=config.distill,
         semantic=config.semantic,
+        center_concepts=config.center_concepts,
     )
 
 

@@ -78,7 +78,7 @@ def test_nan_loss_stops_with_experience_and_step(digit_bank):
 def test_digits_iid_accuracy_with_a_plain_trainer(digit_bank):
     pl.seed_everything(0)
     train, test = load_digits_split()
-    module = CVMModule(digit_bank, backbone="mobilenetv3_small_100", in_chans=1, input_size=32)
+    module = CVMModule(digit_bank, backbone="reduced_resnet18", in_chans=1, input_size=32)
     trainer = quiet_trainer(max_epochs=5)
     trainer.fit(module, DataLoader(train, batch_size=64, shuffle=True))
     accuracy = trainer.validate(module, DataLoader(test, batch_size=256), verbose=False)[0]["val/acc"]
@@ -168,3 +168,37 @@ def test_reduced_resnet18_is_small_and_trains_on_small_images(digit_bank, size):
     before = [p.detach().clone() for p in module.backbone.parameters()]
     quiet_trainer(max_steps=2).fit(module, DataLoader(data, batch_size=8))
     assert any(not torch.equal(a, b) for a, b in zip(before, module.backbone.parameters()))
+
+
+def test_centred_concepts_spread_apart_and_added_ones_share_the_centre(digit_bank):
+    raw = small_module(digit_bank, center_concepts=False)
+    centred = small_module(digit_bank)
+    off_diagonal = ~torch.eye(10, dtype=torch.bool)
+    assert torch.allclose(raw.concepts, digit_bank.embeddings)
+    assert (centred.concepts @ centred.concepts.T)[off_diagonal].mean() < (raw.concepts @ raw.concepts.T)[off_diagonal].mean() - 0.2
+    assert torch.allclose(centred.concepts.norm(dim=1), torch.ones(10))
+    new = torch.nn.functional.normalize(torch.randn(1, digit_bank.dim), dim=-1)
+    centred.add_concepts(["ten"], new)
+    expected = torch.nn.functional.normalize(new[0] - digit_bank.embeddings.mean(0), dim=0)
+    assert torch.allclose(centred.concepts[10], expected, atol=1e-6)
+
+
+def test_asymmetric_loss_keeps_new_samples_off_old_concepts(digit_bank):
+    module = small_module(digit_bank, buffer_size=10)  # negatives="asymmetric" is the default
+    module.start_experience([0, 1], experience=0)
+    module.start_experience([2, 3], experience=1)
+    y = torch.tensor([2, 3, 2, 0, 1, 2])  # 3 new samples, then 3 replayed (current class 2 included)
+    z = torch.nn.functional.normalize(torch.randn(6, digit_bank.dim), dim=-1).requires_grad_()
+    module.batch_loss(z, y, n_new=3).backward()
+    # CE's gradient on an embedding is a combination of the concepts that compete for it.
+    new_span = module.concepts[[2, 3]]
+    residual = z.grad[:3] - z.grad[:3] @ torch.linalg.pinv(new_span) @ new_span
+    assert residual.abs().max() < 1e-5, "new samples are pushed only among their batch's classes"
+    old_part = z.grad[3:] - z.grad[3:] @ torch.linalg.pinv(new_span) @ new_span
+    assert old_part.abs().max() > 1e-3, "replayed samples compete with the old concepts too"
+    module.replay.add(torch.randn(4, 1, 8, 8), torch.tensor([0, 0, 2, 2]), torch.randn(4, digit_bank.dim))
+    _, mixed_y, _ = module.mix_replay(torch.randn(32, 1, 8, 8), torch.full((32,), 2))
+    assert 2 in mixed_y[32:].tolist(), "the replayed part holds current classes, where they meet old ones"
+    symmetric = small_module(digit_bank, negatives="seen")
+    symmetric.start_experience([0, 1, 2, 3])
+    assert torch.allclose(module.batch_loss(z, y, n_new=6), symmetric.batch_loss(z, y, n_new=6)), "no replay: plain loss"

@@ -26,7 +26,7 @@ OPTIMIZERS = {
     "sgd": partial(torch.optim.SGD, momentum=0.9),
 }
 SCHEDULERS = ("none", "cosine")
-NEGATIVES = ("seen", "all")
+NEGATIVES = ("seen", "all", "asymmetric")
 
 
 def split_batch(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,10 +39,12 @@ class CVMModule(pl.LightningModule):
 
     A ``timm`` backbone and a concept-alignment head embed each image as a
     unit vector; its logits are cosine similarities to the class concepts
-    divided by a temperature. Only classes seen so far compete (their concepts
-    are the negatives of the loss, and prediction is the nearest seen
-    concept), unless ``negatives="all"``. An optional class-balanced replay
-    memory mixes old samples into every training batch.
+    divided by a temperature. Only classes seen so far compete: prediction is
+    the nearest seen concept, and the loss pushes each image away from the
+    other seen concepts (with ``negatives="asymmetric"``, the default, new
+    samples compete only among their own batch's classes). An optional
+    class-balanced replay memory mixes stored samples into every training
+    batch and keeps their embeddings from drifting (``distill``).
 
     Args:
         concept_bank: the knowledge space. When ``None``, ``class_names`` and
@@ -63,7 +65,9 @@ class CVMModule(pl.LightningModule):
         temperature: softmax temperature of the similarities.
         margin: cosine-distance margin of the triplet losses.
         learn_temperature: make the temperature a trained parameter.
-        negatives: ``"seen"`` classes or ``"all"`` concepts of the bank.
+        negatives: the concepts that compete in the loss: ``"seen"`` classes,
+            ``"all"`` concepts of the bank, or ``"asymmetric"`` (see
+            :meth:`batch_loss`; replay then also draws the current classes).
         optimizer: ``"adamw"``, ``"adam"`` or ``"sgd"``; recreated at every
             ``fit``, so each experience starts with fresh moments.
         lr: learning rate.
@@ -83,6 +87,10 @@ class CVMModule(pl.LightningModule):
             (:func:`~cvm_lightning.model.losses.semantic_distance`): each
             image's similarities to the competing concepts should follow its
             own concept's similarities to them (0 turns it off).
+        center_concepts: subtract the mean of the bank's concepts before
+            normalising. Prompt-template sentences share much of their
+            embedding (CIFAR-10's concepts have pairwise cosines of 0.4-0.8);
+            centring spreads them apart and keeps their relative geometry.
     """
 
     def __init__(
@@ -102,7 +110,7 @@ class CVMModule(pl.LightningModule):
         temperature: float = 0.05,
         margin: float = 0.2,
         learn_temperature: bool = False,
-        negatives: str = "seen",
+        negatives: str = "asymmetric",
         optimizer: str = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
@@ -111,8 +119,9 @@ class CVMModule(pl.LightningModule):
         replay_batch_size: int | None = None,
         seed: int = 0,
         recalibrate_bn: bool = True,
-        distill: float = 0.0,
+        distill: float = 1.0,
         semantic: float = 0.0,
+        center_concepts: bool = True,
     ) -> None:
         super().__init__()
         _check_choice("loss", loss, LOSSES)
@@ -138,7 +147,10 @@ class CVMModule(pl.LightningModule):
         else:
             self.register_buffer("log_temperature", log_t)
         embeddings = concept_bank.embeddings if concept_bank is not None else torch.zeros(len(class_names), concept_dim)
-        self.register_buffer("concepts", embeddings.clone())
+        center = embeddings.mean(0) if center_concepts and len(embeddings) > 1 else torch.zeros(concept_dim)
+        # Kept so concepts added later (add_concepts) are centred the same way.
+        self.register_buffer("concept_center", center)
+        self.register_buffer("concepts", F.normalize(embeddings - center, dim=-1))
         self.register_buffer("seen", torch.zeros(len(class_names), dtype=torch.bool))
         self.loss_fn = LOSSES[loss]
         self.replay = ReplayBuffer(buffer_size, seed=seed)
@@ -188,7 +200,8 @@ class CVMModule(pl.LightningModule):
         merged = [*self.class_names, *names]
         if len(set(merged)) != len(merged):
             raise ConceptError(f"Some of {list(names)} are already concepts of this model.")
-        self.concepts = torch.cat([self.concepts, F.normalize(embeddings.to(self.concepts), dim=-1)])
+        new = F.normalize(embeddings.to(self.concepts), dim=-1) - self.concept_center
+        self.concepts = torch.cat([self.concepts, F.normalize(new, dim=-1)])
         self.seen = torch.cat([self.seen, torch.zeros(len(names), dtype=torch.bool, device=self.seen.device)])
         self.hparams["class_names"] = merged
         return list(range(first, len(merged)))
@@ -241,7 +254,9 @@ class CVMModule(pl.LightningModule):
         Returns the mixed ``(x, y)`` and the stored embeddings of the replayed
         part (``None`` when nothing was replayed).
         """
-        replayed = self.replay.sample(self.hparams["replay_batch_size"] or len(x), exclude=self._fit_classes)
+        # The asymmetric loss needs current classes in the replayed part too: it is where they meet old ones.
+        exclude = () if self.hparams["negatives"] == "asymmetric" else self._fit_classes
+        replayed = self.replay.sample(self.hparams["replay_batch_size"] or len(x), exclude=exclude)
         if replayed is None:
             return x, y, None
         return torch.cat([x, replayed[0].to(x)]), torch.cat([y, replayed[1].to(y)]), replayed[2].to(x)
@@ -256,16 +271,34 @@ class CVMModule(pl.LightningModule):
         n = len(x)
         mixed_x, mixed_y, stored = self.mix_replay(x, y)
         z = self.embed(mixed_x)
-        loss = self.alignment_loss(z, mixed_y)
+        loss = self.batch_loss(z, mixed_y, n)
         if stored is not None and self.hparams["distill"] > 0:
             loss = loss + self.hparams["distill"] * (1.0 - (z[n:] * stored).sum(dim=-1)).mean()
         if offer:
             self.replay.add(x, y, z[:n].detach())
         return loss, z
 
-    def alignment_loss(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss of unit embeddings ``z`` with class ids ``y``."""
-        competing = torch.ones_like(self.seen) if self.hparams["negatives"] == "all" else self.seen
+    def batch_loss(self, z: torch.Tensor, y: torch.Tensor, n_new: int) -> torch.Tensor:
+        """The alignment loss of a batch whose first ``n_new`` samples are new and the rest replayed.
+
+        With ``negatives="asymmetric"`` (ER-ACE, Caccia et al. 2022) the new
+        samples compete only among the classes of their own batch, so they never
+        push old concepts' samples away; the replayed samples (current classes
+        included) compete among all seen classes. The two parts weigh equally.
+        """
+        if self.hparams["negatives"] != "asymmetric" or len(y) == n_new:
+            return self.alignment_loss(z, y)
+        among = torch.zeros_like(self.seen)
+        among[y[:n_new].unique()] = True
+        return (self.alignment_loss(z[:n_new], y[:n_new], among) + self.alignment_loss(z[n_new:], y[n_new:])) / 2
+
+    def alignment_loss(self, z: torch.Tensor, y: torch.Tensor, competing: torch.Tensor | None = None) -> torch.Tensor:
+        """The training loss of unit embeddings ``z`` with class ids ``y`` against the ``competing`` concepts.
+
+        ``competing`` (a mask over classes) defaults to the seen classes, or all with ``negatives="all"``.
+        """
+        if competing is None:
+            competing = torch.ones_like(self.seen) if self.hparams["negatives"] == "all" else self.seen
         ids = competing.nonzero().flatten()
         local = torch.full_like(self.seen, -1, dtype=torch.long)
         local[ids] = torch.arange(len(ids), device=ids.device)
@@ -361,6 +394,8 @@ class CVMModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
+        if "concepts" in state:
+            state.setdefault("concept_center", torch.zeros(state["concepts"].shape[1]))  # saved before centring existed
         if "concepts" in state and state["concepts"].shape != self.concepts.shape:
             raise ConceptError(
                 f"The checkpoint has {tuple(state['concepts'].shape)} concepts but this model has "
