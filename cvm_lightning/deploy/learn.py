@@ -83,6 +83,8 @@ def learn_new_classes(
     under a new name; the old checkpoint is never touched.
     """
     module = load_checkpoint(checkpoint)
+    # A few epochs on a few images: with the asymmetric loss the new concepts never catch up with the old ones.
+    module.hparams["negatives"] = "seen"
     source = module.hparams.get("concept_source")
     if not source:
         raise DataError(f"{checkpoint} does not record how its concepts were made; retrain it with this version.")
