@@ -49,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.only_ablations or any(word in name for word in args.only_ablations)
         }
         cvm_only = replace(base, strategies=("cvm",))
-        table = run_cells(cvm_only, args.seeds, {"CVM defaults": {}, **chosen}, args.out / "ablations")
+        # The defaults' row comes from the strategy table when CVM is in it, rather than a second run.
+        defaults = {"CVM defaults": {"cvm": strategies["cvm"]}} if "cvm" in strategies else {}
+        variants = chosen if defaults else {"CVM defaults": {}, **chosen}
+        table = {**defaults, **run_cells(cvm_only, args.seeds, variants, args.out / "ablations")}
         ablation_rows = summary_rows(table)
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(base).items() if k != "seed"}

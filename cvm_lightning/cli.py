@@ -73,6 +73,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-size", type=int, default=defaults.input_size, help="smaller images are upsampled to this size")
     parser.add_argument("--data-root", type=Path, default=None, help="folder holding the benchmark's data")
     parser.add_argument("--train-per-class", type=int, default=None, help="keep at most N training images per class")
+    parser.add_argument("--test-per-class", type=int, default=None, help="keep at most N test images per class")
     parser.add_argument("--n-experiences", type=int, default=None, help="number of experiences (benchmark default if unset)")
     parser.add_argument("--download", action="store_true", help="allow downloading data and text models (needs internet)")
     parser.add_argument("--devices", type=int, default=defaults.devices, help="CPU processes for CVM's training (Lightning devices)")

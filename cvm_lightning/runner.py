@@ -59,6 +59,7 @@ class RunConfig:
     center_concepts: bool = True
     data_root: Path | None = None
     train_per_class: int | None = None
+    test_per_class: int | None = None
     n_experiences: int | None = None
     download: bool = False
     devices: int = 1
@@ -242,6 +243,7 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
             seed=config.seed,
             data_root=config.data_root,
             train_per_class=config.train_per_class,
+            test_per_class=config.test_per_class,
             n_experiences=config.n_experiences,
             download=config.download,
         ),

@@ -27,6 +27,15 @@ def test_missing_data_says_what_to_put_where(name, layout, tmp_path):
         build_benchmark(name, StreamConfig(data_root=tmp_path, n_experiences=2))
 
 
+def test_train_and_test_per_class_subsample_each_class():
+    bench = build_benchmark("split-digits", StreamConfig(train_per_class=30, test_per_class=7, seed=1))
+    for stream, per_class in ((bench.train_stream, 30), (bench.test_stream, 7)):
+        targets = [int(t) for exp in stream for t in exp.dataset.targets]
+        assert sorted(torch.bincount(torch.tensor(targets)).tolist()) == [per_class] * 10
+    with pytest.raises(ConfigError, match="--test-per-class"):
+        build_benchmark("split-digits", StreamConfig(test_per_class=0))
+
+
 def test_class_names_from_folders_and_files(tmp_path):
     folders = ["sports_car", "n01", "n02"]
     assert read_class_names(tmp_path, folders)[0] == ["sports car", "n01", "n02"]

@@ -41,11 +41,18 @@ def class_incremental(
     descriptions: dict[str, str] | None = None,
 ) -> Benchmark:
     """A :class:`Benchmark` from train/test datasets, subsampled per ``config``."""
-    if not hasattr(train, "subset"):  # any dataset with .targets: let Avalanche wrap it
-        train = as_taskaware_classification_dataset(train)
-    train = train.subset(subsample_per_class(train.targets, config.train_per_class, config.seed))
+    train = _keep_per_class(train, config.train_per_class, config.seed, "--train-per-class")
+    test = _keep_per_class(test, config.test_per_class, config.seed, "--test-per-class")
     scenario = split_by_class(train, test, len(class_names), config.n_experiences or default_experiences, config.seed)
     return Benchmark(name, scenario, class_names, in_chans, image_size, templates, descriptions or {})
+
+
+def _keep_per_class(dataset, per_class: int | None, seed: int, flag: str):
+    if per_class is None:
+        return dataset
+    if not hasattr(dataset, "subset"):  # any dataset with .targets: let Avalanche wrap it
+        dataset = as_taskaware_classification_dataset(dataset)
+    return dataset.subset(subsample_per_class(list(dataset.targets), per_class, seed, flag))
 
 
 def require_root(config: StreamConfig, name: str, layout: str) -> Path:

@@ -17,13 +17,15 @@ from cvm_lightning.errors import ConfigError, DataError, did_you_mean
 class StreamConfig:
     """What every benchmark builder takes.
 
-    ``seed`` shuffles the class order; ``train_per_class`` keeps at most that
-    many training images per class (for CPU-scaled runs).
+    ``seed`` shuffles the class order; ``train_per_class`` and
+    ``test_per_class`` keep at most that many training and test images per
+    class (for CPU-scaled runs).
     """
 
     seed: int = 0
     data_root: Path | None = None
     train_per_class: int | None = None
+    test_per_class: int | None = None
     n_experiences: int | None = None
     download: bool = False
 
@@ -87,12 +89,12 @@ def class_order(n_classes: int, seed: int) -> list[int]:
     return torch.randperm(n_classes, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def subsample_per_class(targets: list[int], per_class: int | None, seed: int) -> list[int]:
-    """Indices keeping at most ``per_class`` random samples of each class."""
+def subsample_per_class(targets: list[int], per_class: int | None, seed: int, flag: str = "--train-per-class") -> list[int]:
+    """Indices keeping at most ``per_class`` random samples of each class (``flag`` names it in errors)."""
     if per_class is None:
         return list(range(len(targets)))
     if per_class < 1:
-        raise ConfigError(f"--train-per-class must be >= 1, got {per_class}.")
+        raise ConfigError(f"{flag} must be >= 1, got {per_class}.")
     order = torch.randperm(len(targets), generator=torch.Generator().manual_seed(seed)).tolist()
     kept: dict[int, int] = {}
     chosen = []
