@@ -9,7 +9,8 @@ every strategy. ``--ablations`` adds CVM runs with each option off or swapped,
 one at a time (see ``cvm_lightning.sweep.ABLATIONS``), including the control
 with random concept vectors instead of language-model concepts. Writes
 ``quality.json`` and ``quality.md`` into ``--out``; finished cells are kept in
-``--out/cells``, so running the same command again after a crash continues.
+``--out/cells``, so running the same command again after a crash continues,
+and changing a CVM-only option reruns CVM alone.
 """
 
 from __future__ import annotations
@@ -48,12 +49,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, changes in ABLATIONS.items()
             if not args.only_ablations or any(word in name for word in args.only_ablations)
         }
+        # Same cells folder: the defaults' CVM cells from the strategy table are reused, not rerun.
         cvm_only = replace(base, strategies=("cvm",))
-        # The defaults' row comes from the strategy table when CVM is in it, rather than a second run.
-        defaults = {"CVM defaults": {"cvm": strategies["cvm"]}} if "cvm" in strategies else {}
-        variants = chosen if defaults else {"CVM defaults": {}, **chosen}
-        table = {**defaults, **run_cells(cvm_only, args.seeds, variants, args.out / "ablations")}
-        ablation_rows = summary_rows(table)
+        ablation_rows = summary_rows(run_cells(cvm_only, args.seeds, {"CVM defaults": {}, **chosen}, args.out))
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(base).items() if k != "seed"}
     report = f"# Quality: {base.benchmark}, seeds {args.seeds}\n\n" + markdown(rows, "strategy") + "\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -32,6 +32,12 @@ from cvm_lightning.training import (
 )
 
 DEFAULT_STRATEGIES = ("cvm", "replay", "naive", "lwf", "ewc", "der")
+
+
+# Settings that only CVM reads: the Avalanche baselines' results do not depend on them.
+CVM_ONLY_SETTINGS = (
+    "text_model", "temperature", "loss", "negatives", "head", "distill", "semantic", "center_concepts", "devices", "strategy",
+)
 
 
 @dataclass
@@ -101,6 +107,15 @@ class RunConfig:
             return cls.from_json(json.loads(Path(path).read_text()))
         except (ValueError, TypeError) as err:
             raise ConfigError(f"{path} cannot be read ({err}); start a new run with another --out.") from err
+
+    def settings_of(self, strategy: str) -> dict:
+        """The settings that decide ``strategy``'s results (a cache key: display options left out)."""
+        values = replace(self, strategies=(strategy,)).to_json()
+        del values["progress"]
+        if strategy != "cvm":
+            for name in CVM_ONLY_SETTINGS:
+                del values[name]
+        return values
 
     def same_run(self, other: "RunConfig") -> bool:
         """Whether two configurations give the same results (progress display aside)."""

@@ -1,14 +1,16 @@
 """Strategies x seeds, and CVM ablations: mean ± std tables of a benchmark.
 
-Each (variant, seed) cell is one :func:`cvm_lightning.runner.run` whose
-numbers are saved as soon as it ends, so a killed sweep run again with the
-same ``out`` folder only runs the missing cells.
+Each (variant, seed, strategy) cell is one :func:`cvm_lightning.runner.run`
+whose numbers are saved as soon as it ends, under a name derived from the
+settings that strategy reads. A killed sweep run again with the same ``out``
+folder only runs the missing cells, and a change to a CVM-only option (say a
+new default) reruns CVM but keeps the baselines' cells.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -44,10 +46,6 @@ def _variant_config(base: RunConfig, overrides: dict, seed: int) -> RunConfig:
     return replace(base, seed=seed, progress=False, **overrides)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 def run_cells(
     base: RunConfig,
     seeds: Sequence[int],
@@ -59,26 +57,36 @@ def run_cells(
 
     A variant is a name and the :class:`RunConfig` fields it changes (``{}``
     is the base itself). Finished cells found in ``out_dir/cells`` are reused
-    when their configuration is the same.
+    when the settings their strategy reads are the same.
     """
-    cells_dir = out_dir / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
     table: dict[str, dict[str, list[dict]]] = {}
     for variant, overrides in variants.items():
         for seed in seeds:
             config = _variant_config(base, overrides, seed)
-            name = f"{_slug(variant)}-seed{seed}"
-            path = cells_dir / f"{name}.json"
-            cell = json.loads(path.read_text()) if path.exists() else None
-            if cell is None or cell["config"] != config.to_json():
-                report(f"== {variant}, seed {seed}")
-                cell = run(config, out_dir / "runs" / name, report=report)
-                atomic_write_text(path, json.dumps({"variant": variant, **cell}, indent=2))
-            for strategy, result in cell["strategies"].items():
+            for strategy in config.strategies:
+                result = run_cell(config, strategy, out_dir, report, label=f"{variant}, seed {seed}")
                 table.setdefault(variant, {}).setdefault(strategy, []).append(
                     {"seed": seed, **{m: result[m] for m in METRICS}}
                 )
     return table
+
+
+def run_cell(config: RunConfig, strategy: str, out_dir: Path, report: Callable[[str], None], label: str = "") -> dict:
+    """``strategy``'s results under ``config``: from ``out_dir/cells`` when run before, else run now and saved."""
+    settings = config.settings_of(strategy)
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    name = f"{strategy}-seed{config.seed}-{digest}"
+    path = out_dir / "cells" / f"{name}.json"
+    if path.exists():
+        cell = json.loads(path.read_text())
+        if cell["settings"] == settings:
+            return cell["result"]
+    report(f"== {label}: {strategy}")
+    results = run(replace(config, strategies=(strategy,)), out_dir / "runs" / name, report=report)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cell = {"strategy": strategy, "settings": settings, "result": results["strategies"][strategy]}
+    atomic_write_text(path, json.dumps(cell, indent=2))
+    return cell["result"]
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
