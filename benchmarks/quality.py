@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 import warnings
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     report = f"# Quality: {base.benchmark}, seeds {args.seeds}\n\n" + markdown(rows, "strategy") + "\n"
     if ablation_rows:
         report += "\n## CVM ablations (one option changed at a time)\n\n" + markdown(ablation_rows, "variant") + "\n"
-    report += f"\nCommand: `python benchmarks/quality.py {' '.join(sys.argv[1:] if argv is None else argv)}`\n"
+    report += f"\nCommand: `python benchmarks/quality.py {shlex.join(sys.argv[1:] if argv is None else argv)}`\n"
     atomic_write_text(args.out / "quality.md", report)
     atomic_write_text(
         args.out / "quality.json",
