@@ -251,7 +251,6 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
     rank 0 only join CVM's training and write nothing.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_out_dir(config, out_dir)
     benchmark = build_benchmark(
         config.benchmark,
         StreamConfig(
@@ -263,6 +262,8 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
             download=config.download,
         ),
     )
+    # After the build: a rejected benchmark or data flag must not leave a configuration that blocks the fix.
+    _check_out_dir(config, out_dir)
     results = {
         "benchmark": benchmark.name,
         "seed": config.seed,

@@ -52,6 +52,13 @@ def test_bad_input_exits_non_zero_with_a_message(tmp_path, capsys):
     assert "resnet18" in capsys.readouterr().err
 
 
+def test_a_rejected_run_leaves_the_out_folder_free_for_the_fixed_command(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--test-per-class", "0", "--out", str(out), *FAST]) == 2
+    assert "--test-per-class must be >= 1" in capsys.readouterr().err
+    assert not (out / "run_config.json").exists()
+
+
 def test_existing_results_are_never_overwritten(tmp_path, capsys):
     (tmp_path / "results.json").write_text('{"kept": true}')
     assert main(["run", "--out", str(tmp_path), *FAST]) == 2
