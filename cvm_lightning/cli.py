@@ -28,6 +28,8 @@ def _strategies(value: str) -> tuple[str, ...]:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of one stream run (shared by ``cvm run`` and ``benchmarks/quality.py``)."""
+    from cvm_lightning.model.augment import AUGMENTATIONS
+    from cvm_lightning.model.heads import HEADS
     from cvm_lightning.runner import DEFAULT_STRATEGIES, RunConfig
 
     defaults = RunConfig()
@@ -67,9 +69,19 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--distill", type=float, default=defaults.distill,
         help="weight of CVM's drift penalty on replayed samples (their embedding stays near the stored one)",
     )
+    parser.add_argument("--head", default=defaults.head, choices=list(HEADS), help="CVM's concept-alignment head")
+    parser.add_argument(
+        "--recalibrate-bn", action=argparse.BooleanOptionalAction, default=defaults.recalibrate_bn,
+        help="re-estimate BatchNorm statistics after each experience (every strategy)",
+    )
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help="CVM's softmax temperature")
     parser.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (AdamW) of every strategy")
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay of every strategy")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights and the class order")
+    parser.add_argument(
+        "--augment", default=defaults.augment, choices=list(AUGMENTATIONS),
+        help="training augmentation of every strategy, replayed samples included (crop: pad-and-crop shifts)",
+    )
     parser.add_argument("--input-size", type=int, default=defaults.input_size, help="smaller images are upsampled to this size")
     parser.add_argument("--data-root", type=Path, default=None, help="folder holding the benchmark's data")
     parser.add_argument("--train-per-class", type=int, default=None, help="keep at most N training images per class")

@@ -21,6 +21,7 @@ from cvm_lightning.metrics import ContinualMetricsCallback
 from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
 from cvm_lightning.metrics.functional import summarize
 from cvm_lightning.model import CVMModule
+from cvm_lightning.model.augment import AUGMENTATIONS
 from cvm_lightning.resources import PeakRSS
 from cvm_lightning.streams import Benchmark, StreamConfig, build_benchmark
 from cvm_lightning.training import (
@@ -55,6 +56,7 @@ class RunConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     input_size: int = 32
+    augment: str = "none"
     temperature: float = 0.05
     loss: str = "ce"
     negatives: str = "asymmetric"
@@ -83,6 +85,8 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
         if self.buffer < 0:
             raise ConfigError(f"--buffer must be >= 0, got {self.buffer}.")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"Unknown --augment {self.augment!r}; choose one of {', '.join(AUGMENTATIONS)}.")
         if self.devices < 1:
             raise ConfigError(f"--devices must be >= 1, got {self.devices}.")
 
@@ -164,6 +168,7 @@ def build_cvm_module(config: RunConfig, benchmark: Benchmark) -> CVMModule:
         backbone=config.backbone,
         in_chans=benchmark.in_chans,
         input_size=config.input_size,
+        augment=config.augment,
         lr=config.lr,
         weight_decay=config.weight_decay,
         buffer_size=config.buffer,
@@ -211,7 +216,11 @@ def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Cal
     pl.seed_everything(config.seed, verbose=False)
     with PeakRSS() as peak:
         model = ClassifierNet(
-            config.backbone, len(benchmark.class_names), in_chans=benchmark.in_chans, input_size=config.input_size
+            config.backbone,
+            len(benchmark.class_names),
+            in_chans=benchmark.in_chans,
+            input_size=config.input_size,
+            augment=config.augment,
         )
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         recorder = AccuracyMatrixPlugin(benchmark.n_experiences)

@@ -21,6 +21,16 @@ def test_help_documents_every_flag():
         assert flag in out
 
 
+def test_every_run_setting_has_a_flag():
+    from dataclasses import fields
+
+    from cvm_lightning.cli import build_parser
+    from cvm_lightning.runner import RunConfig
+
+    parsed = vars(build_parser().parse_args(["run"]))
+    assert {f.name for f in fields(RunConfig)} - {"progress"} <= set(parsed)
+
+
 @pytest.mark.slow
 def test_run_writes_results_and_repeats_with_the_same_seed(tmp_path, capsys):
     runs = []

@@ -7,6 +7,8 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from cvm_lightning.model.augment import BatchAugment
+
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, images: Iterable[torch.Tensor], forward: Callable | None = None) -> int:
@@ -16,7 +18,7 @@ def recalibrate_batchnorm(model: nn.Module, images: Iterable[torch.Tensor], forw
     its running statistics (momentum 0.1) follow, so in eval mode it can fall
     to chance although it is accurate in train mode. One pass with cumulative
     averaging over the experience's data fixes the statistics without
-    changing any weight. Returns the number of BatchNorm layers reset.
+    changing any weight. Training augmentation is off during the pass. Returns the number of BatchNorm layers reset.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
@@ -27,6 +29,9 @@ def recalibrate_batchnorm(model: nn.Module, images: Iterable[torch.Tensor], forw
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the pass
     model.train()
+    for m in model.modules():
+        if isinstance(m, BatchAugment):
+            m.eval()  # statistics of the images the model will be tested on
     try:
         for x in images:
             (forward or model)(x)

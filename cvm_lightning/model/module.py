@@ -14,6 +14,7 @@ from torch import nn
 
 from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.errors import ConceptError, ConfigError, DataError, TrainingDivergedError
+from cvm_lightning.model.augment import BatchAugment
 from cvm_lightning.model.backbones import create_backbone, feature_dim, upsample_small
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
 from cvm_lightning.model.heads import ConceptAlignmentHead
@@ -58,6 +59,9 @@ class CVMModule(pl.LightningModule):
         in_chans: image channels.
         input_size: images smaller than this are upsampled to it (timm stems
             shrink 32x32 inputs to 1x1); ``None`` leaves them as they are.
+        augment: training-batch augmentation, replayed samples included:
+            ``"none"``, ``"crop"`` or ``"crop-flip"`` (see
+            :mod:`cvm_lightning.model.augment`).
         head: ``"linear"`` or ``"mlp"`` alignment head.
         loss: ``"ce"`` (cross-entropy over similarities), ``"cosine"``,
             ``"triplet"`` (all negatives) or ``"triplet-hard"`` (hardest
@@ -104,6 +108,7 @@ class CVMModule(pl.LightningModule):
         pretrained: bool = False,
         in_chans: int = 3,
         input_size: int | None = None,
+        augment: str = "none",
         head: str = "linear",
         head_hidden_dim: int = 512,
         loss: str = "ce",
@@ -138,6 +143,7 @@ class CVMModule(pl.LightningModule):
         self.hparams["concept_dim"] = int(concept_dim)
         self.hparams["concept_source"] = concept_source
 
+        self.augment = BatchAugment(augment)
         self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, img_size=input_size)
         width = feature_dim(self.backbone, in_chans, input_size or 64)
         self.head = ConceptAlignmentHead(width, concept_dim, kind=head, hidden_dim=head_hidden_dim)
@@ -219,7 +225,7 @@ class CVMModule(pl.LightningModule):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Unit vectors in concept space for images ``x`` (B x C x H x W)."""
         self._check_images(x)
-        return self.head(self.backbone(upsample_small(x, self.hparams["input_size"])))
+        return self.head(self.backbone(upsample_small(self.augment(x), self.hparams["input_size"])))
 
     def similarities(self, x: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each image to every concept (B x n_classes)."""

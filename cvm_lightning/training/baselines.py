@@ -15,21 +15,25 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from cvm_lightning.errors import ConfigError, did_you_mean
+from cvm_lightning.model.augment import BatchAugment
 from cvm_lightning.model.backbones import create_backbone, feature_dim, upsample_small
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
 
 
 class ClassifierNet(nn.Module):
-    """The baselines' model: the same backbone as CVM with a linear head over all classes."""
+    """The baselines' model: the same backbone (and training augmentation) as CVM with a linear head over all classes."""
 
-    def __init__(self, backbone: str, n_classes: int, *, in_chans: int = 3, input_size: int | None = None) -> None:
+    def __init__(
+        self, backbone: str, n_classes: int, *, in_chans: int = 3, input_size: int | None = None, augment: str = "none"
+    ) -> None:
         super().__init__()
         self.input_size = input_size
+        self.augment = BatchAugment(augment)
         self.backbone = create_backbone(backbone, in_chans=in_chans, img_size=input_size)
         self.classifier = nn.Linear(feature_dim(self.backbone, in_chans, input_size or 64), n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone(upsample_small(x, self.input_size)))
+        return self.classifier(self.backbone(upsample_small(self.augment(x), self.input_size)))
 
 
 @dataclass(frozen=True)
