@@ -80,7 +80,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights and the class order")
     parser.add_argument(
         "--augment", default=defaults.augment, choices=list(AUGMENTATIONS),
-        help="training augmentation of every strategy, replayed samples included (crop: pad-and-crop shifts)",
+        help="training augmentation of every strategy, replayed samples included (crop: pad-and-crop shifts); "
+        "default: the benchmark's (see `cvm benchmarks`)",
     )
     parser.add_argument("--input-size", type=int, default=defaults.input_size, help="smaller images are upsampled to this size")
     parser.add_argument("--data-root", type=Path, default=None, help="folder holding the benchmark's data")
@@ -302,11 +303,11 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _benchmarks() -> int:
-    from cvm_lightning.streams.registry import DESCRIPTIONS
+    from cvm_lightning.streams.registry import DEFAULT_AUGMENT, DESCRIPTIONS
 
     width = max(map(len, DESCRIPTIONS))
     for name, description in sorted(DESCRIPTIONS.items()):
-        print(f"{name.ljust(width)}  {description}")
+        print(f"{name.ljust(width)}  {description}; --augment {DEFAULT_AUGMENT[name]}")
     return 0
 
 

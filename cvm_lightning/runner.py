@@ -24,6 +24,7 @@ from cvm_lightning.model import CVMModule
 from cvm_lightning.model.augment import AUGMENTATIONS
 from cvm_lightning.resources import PeakRSS
 from cvm_lightning.streams import Benchmark, StreamConfig, build_benchmark
+from cvm_lightning.streams.registry import DEFAULT_AUGMENT
 from cvm_lightning.training import (
     BASELINES,
     BaselineSettings,
@@ -56,7 +57,7 @@ class RunConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     input_size: int = 32
-    augment: str = "none"
+    augment: str | None = None  # None: the benchmark's default (DEFAULT_AUGMENT)
     temperature: float = 0.05
     loss: str = "ce"
     negatives: str = "asymmetric"
@@ -85,6 +86,8 @@ class RunConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
         if self.buffer < 0:
             raise ConfigError(f"--buffer must be >= 0, got {self.buffer}.")
+        if self.augment is None:
+            self.augment = DEFAULT_AUGMENT.get(self.benchmark, "none")
         if self.augment not in AUGMENTATIONS:
             raise ConfigError(f"Unknown --augment {self.augment!r}; choose one of {', '.join(AUGMENTATIONS)}.")
         if self.devices < 1:
@@ -100,6 +103,7 @@ class RunConfig:
         known = {f.name for f in fields(cls)}
         values = {k: v for k, v in values.items() if k in known}
         values["strategies"] = tuple(values.get("strategies", DEFAULT_STRATEGIES))
+        values.setdefault("augment", "none")  # saved before --augment existed: trained without
         if values.get("data_root") is not None:
             values["data_root"] = Path(values["data_root"])
         return cls(**values)

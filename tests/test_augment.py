@@ -72,3 +72,11 @@ def test_batchnorm_recalibration_sees_unaugmented_images():
     # Zero padding would pull the mean towards 0: the pass used the images as they are.
     assert torch.allclose(net[1].running_mean, torch.cat(data).mean().view(1), atol=1e-4)
     assert net[0].training, "the augmentation's mode is restored with the model's"
+
+
+def test_the_default_augmentation_is_the_benchmarks():
+    assert RunConfig().augment == "none", "8x8 digits: shifts and mirror images change digits"
+    assert RunConfig(benchmark="split-cifar10").augment == "crop-flip"
+    assert RunConfig(benchmark="split-cifar10", augment="crop").augment == "crop"
+    # A configuration saved before --augment existed describes a run without augmentation.
+    assert RunConfig.from_json({"benchmark": "split-cifar10"}).augment == "none"

@@ -98,7 +98,7 @@ def _cifar(kind: str, name: str, default_experiences: int, config: StreamConfig)
     return class_incremental(name, config, train, test, shipped["names"], default_experiences)
 
 
-@register_benchmark("split-digits", "sklearn's 8x8 digits, 5 experiences of 2 classes (embedded, the default)")
+@register_benchmark("split-digits", "sklearn's 8x8 digits, 5 experiences of 2 classes (embedded, the default)", augment="none")
 def split_digits(config: StreamConfig) -> Benchmark:
     train, test = load_digits_split()
     return class_incremental(
@@ -128,7 +128,7 @@ def _read_idx(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(data[4 + 4 * n_dims :]), dtype=torch.uint8).view(shape)
 
 
-@register_benchmark("split-fashion-mnist", "Fashion-MNIST (28x28 grey), 5 experiences of 2 classes (Debian dataset-fashion-mnist or --data-root)")
+@register_benchmark("split-fashion-mnist", "Fashion-MNIST (28x28 grey), 5 experiences of 2 classes (Debian dataset-fashion-mnist or --data-root)", augment="none")
 def split_fashion_mnist(config: StreamConfig) -> Benchmark:
     layout = (
         f"the four Fashion-MNIST files ({', '.join(sum(FASHION_MNIST_FILES.values(), ()))}), "

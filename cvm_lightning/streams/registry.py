@@ -62,14 +62,22 @@ class Benchmark:
 BenchmarkBuilder = Callable[[StreamConfig], Benchmark]
 BENCHMARKS: dict[str, BenchmarkBuilder] = {}
 DESCRIPTIONS: dict[str, str] = {}
+DEFAULT_AUGMENT: dict[str, str] = {}
 
 
-def register_benchmark(name: str, description: str) -> Callable[[BenchmarkBuilder], BenchmarkBuilder]:
-    """Decorator: make ``builder`` available as ``--benchmark name``."""
+def register_benchmark(
+    name: str, description: str, augment: str = "crop-flip"
+) -> Callable[[BenchmarkBuilder], BenchmarkBuilder]:
+    """Decorator: make ``builder`` available as ``--benchmark name``.
+
+    ``augment`` is the training augmentation runs on it use unless told
+    otherwise (see :mod:`cvm_lightning.model.augment`).
+    """
 
     def wrap(builder: BenchmarkBuilder) -> BenchmarkBuilder:
         BENCHMARKS[name] = builder
         DESCRIPTIONS[name] = description
+        DEFAULT_AUGMENT[name] = augment
         return builder
 
     return wrap
