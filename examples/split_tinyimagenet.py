@@ -5,7 +5,7 @@
 The CPU-scaled protocol of docs/results.md (about 10 minutes a strategy on 2 cores):
 
     python examples/split_tinyimagenet.py --data-root DIR --train-per-class 20 --test-per-class 10 \
-        --epochs 2 --batch-size 32 --buffer 500 --strategies cvm,replay,der
+        --epochs 2 --batch-size 32 --buffer 500 --augment none --strategies cvm,replay,der
 
 Prints the results table and writes results.json, results.md and plots to --out.
 """
