@@ -79,7 +79,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay of every strategy")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights and the class order")
     parser.add_argument(
-        "--augment", default=defaults.augment, choices=list(AUGMENTATIONS),
+        "--augment", default=None, choices=list(AUGMENTATIONS),
         help="training augmentation of every strategy, replayed samples included (crop: pad-and-crop shifts); "
         "default: the benchmark's (see `cvm benchmarks`)",
     )

@@ -78,5 +78,9 @@ def test_the_default_augmentation_is_the_benchmarks():
     assert RunConfig().augment == "none", "8x8 digits: shifts and mirror images change digits"
     assert RunConfig(benchmark="split-cifar10").augment == "crop-flip"
     assert RunConfig(benchmark="split-cifar10", augment="crop").augment == "crop"
+    from cvm_lightning.cli import build_parser, config_from_args
+
+    args = build_parser().parse_args(["run", "--benchmark", "split-cifar10"])
+    assert config_from_args(args).augment == "crop-flip", "the command line leaves the choice to the benchmark"
     # A configuration saved before --augment existed describes a run without augmentation.
     assert RunConfig.from_json({"benchmark": "split-cifar10"}).augment == "none"
