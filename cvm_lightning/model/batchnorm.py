@@ -18,7 +18,8 @@ def recalibrate_batchnorm(model: nn.Module, images: Iterable[torch.Tensor], forw
     its running statistics (momentum 0.1) follow, so in eval mode it can fall
     to chance although it is accurate in train mode. One pass with cumulative
     averaging over the experience's data fixes the statistics without
-    changing any weight. Training augmentation is off during the pass. Returns the number of BatchNorm layers reset.
+    changing any weight. Training augmentation is off during the pass.
+    Returns the number of BatchNorm layers reset.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
