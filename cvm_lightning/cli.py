@@ -81,7 +81,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--augment", default=None, choices=list(AUGMENTATIONS),
         help="training augmentation of every strategy, replayed samples included (crop: pad-and-crop shifts); "
-        "default: the benchmark's (see `cvm benchmarks`)",
+        "default %(default)s: the benchmark's own, listed by `cvm benchmarks`",
     )
     parser.add_argument("--input-size", type=int, default=defaults.input_size, help="smaller images are upsampled to this size")
     parser.add_argument("--data-root", type=Path, default=None, help="folder holding the benchmark's data")
