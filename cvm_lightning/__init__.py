@@ -5,8 +5,10 @@ embeddings, and learn from a stream of experiences without a drifting
 classifier head.
 """
 
-from cvm_lightning.concepts import ConceptBank, TextModelSpec
-from cvm_lightning.model import CVMModule, ReplayBuffer
+from cvm_lightning._lazy import lazy_exports
 
 __version__ = "0.1.0"
 __all__ = ["CVMModule", "ConceptBank", "ReplayBuffer", "TextModelSpec", "__version__"]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "CVMModule": ".model", "ReplayBuffer": ".model", "ConceptBank": ".concepts", "TextModelSpec": ".concepts",
+})

@@ -1,4 +1,11 @@
-"""The ``cvm`` command line: ``cvm run`` and ``cvm benchmarks``."""
+"""The ``cvm`` command line: ``run``, ``benchmarks``, ``export``, ``predict`` and ``learn``.
+
+Parsing and validation import nothing heavy, so ``--help`` and bad input
+answer at once. Every command's values go through one validation layer
+(:func:`cvm_lightning.settings.check_settings`, then the path checks of
+:mod:`cvm_lightning.paths`) before any model is loaded or any file written;
+each command imports torch and the rest only after that.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,8 @@ import warnings
 from pathlib import Path
 
 from cvm_lightning.errors import CVMError
+from cvm_lightning.paths import check_input_file, check_input_folder, check_output_file, check_output_folder
+from cvm_lightning.settings import CHOICES, MODEL_SUFFIXES, PREDICTION_SUFFIXES, STRATEGIES, check_settings
 
 # Messages that `cvm run` triggers by design (the adapter fits without
 # validation loaders, evaluates with trainer.validate, uses in-memory data
@@ -20,6 +29,7 @@ EXPECTED_WARNINGS = (
     ".*LeafSpec.*",
     ".*No loggers specified.*",
 )
+CHECKPOINT_HELP = "pass the .ckpt file a training run wrote (`cvm run` writes OUT/final.ckpt)."
 
 
 def _strategies(value: str) -> tuple[str, ...]:
@@ -28,9 +38,7 @@ def _strategies(value: str) -> tuple[str, ...]:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of one stream run (shared by ``cvm run`` and ``benchmarks/quality.py``)."""
-    from cvm_lightning.model.augment import AUGMENTATIONS
-    from cvm_lightning.model.heads import HEADS
-    from cvm_lightning.runner import DEFAULT_STRATEGIES, RunConfig
+    from cvm_lightning.run_config import DEFAULT_STRATEGIES, RunConfig
 
     defaults = RunConfig()
     parser.add_argument("--benchmark", default=defaults.benchmark, help="benchmark name (see `cvm benchmarks`)")
@@ -38,7 +46,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--strategies",
         type=_strategies,
         default=",".join(DEFAULT_STRATEGIES),
-        help="comma-separated strategies: cvm and Avalanche's naive, replay, lwf, ewc, der, gdumb",
+        help=f"comma-separated strategies: {', '.join(STRATEGIES)} (cvm, then Avalanche's)",
     )
     parser.add_argument("--backbone", default=defaults.backbone, help="timm model name, for every strategy")
     parser.add_argument(
@@ -51,9 +59,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--buffer", type=int, default=defaults.buffer, help="memory budget in samples of every memory-based strategy (0: CVM without replay)"
     )
-    parser.add_argument("--loss", default=defaults.loss, help="CVM's alignment loss: ce, cosine, triplet, triplet-hard")
+    parser.add_argument("--loss", default=defaults.loss, choices=CHOICES["loss"], help="CVM's alignment loss")
     parser.add_argument(
-        "--negatives", default=defaults.negatives,
+        "--negatives", default=defaults.negatives, choices=CHOICES["negatives"],
         help="concepts competing in CVM's loss: seen (classes so far), all, or asymmetric (ER-ACE: new samples "
         "compete among their batch's classes, replayed ones among all seen)",
     )
@@ -69,21 +77,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--distill", type=float, default=defaults.distill,
         help="weight of CVM's drift penalty on replayed samples (their embedding stays near the stored one)",
     )
-    parser.add_argument("--head", default=defaults.head, choices=list(HEADS), help="CVM's concept-alignment head")
+    parser.add_argument("--head", default=defaults.head, choices=CHOICES["head"], help="CVM's concept-alignment head")
     parser.add_argument(
         "--recalibrate-bn", action=argparse.BooleanOptionalAction, default=defaults.recalibrate_bn,
         help="re-estimate BatchNorm statistics after each experience (every strategy)",
     )
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="CVM's softmax temperature")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (AdamW) of every strategy")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="CVM's softmax temperature (> 0)")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (AdamW) of every strategy (> 0)")
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay of every strategy")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights and the class order")
     parser.add_argument(
-        "--augment", default=None, choices=list(AUGMENTATIONS),
+        "--augment", default=None, choices=CHOICES["augment"],
         help="training augmentation of every strategy, replayed samples included (crop: pad-and-crop shifts); "
         "default %(default)s: the benchmark's own, listed by `cvm benchmarks`",
     )
-    parser.add_argument("--input-size", type=int, default=defaults.input_size, help="smaller images are upsampled to this size")
+    parser.add_argument(
+        "--input-size", type=int, default=defaults.input_size,
+        help="smallest image side the backbone sees: smaller images are upsampled to it inside the model",
+    )
     parser.add_argument("--data-root", type=Path, default=None, help="folder holding the benchmark's data")
     parser.add_argument("--train-per-class", type=int, default=None, help="keep at most N training images per class")
     parser.add_argument("--test-per-class", type=int, default=None, help="keep at most N test images per class")
@@ -97,10 +108,14 @@ def config_from_args(args: argparse.Namespace):
     """The :class:`RunConfig` of parsed :func:`add_run_arguments` flags (flag names are its field names)."""
     from dataclasses import fields
 
-    from cvm_lightning.runner import RunConfig
+    from cvm_lightning.run_config import RunConfig
 
     values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
     return RunConfig(**values, progress=not getattr(args, "no_progress", False))
+
+
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file (never an input)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="train CVM and baselines on a stream, print and save the results",
         description="Train every strategy on the same stream (same backbone, epochs, batch size, "
-        "optimiser and memory budget); print a table and write results.json, results.md and plots to --out.",
+        "optimiser and memory budget); print a table and write results.json, results.md, plots and "
+        "CVM's final.ckpt to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_run_arguments(run)
@@ -132,20 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="write a trained model as one self-contained TorchScript or ONNX file",
         description="The file holds the visual model, the alignment head and the learned concepts, with the class "
-        "names in its metadata; running it needs torch (TorchScript) or onnxruntime (ONNX) only.",
+        "names in its metadata; running it needs torch (TorchScript) or onnxruntime (ONNX) only. It takes "
+        "images in [0, 1] and normalises them itself.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     export.add_argument("--checkpoint", type=Path, required=True, help="a CVMModule checkpoint (.ckpt)")
-    export.add_argument("--format", choices=("torchscript", "onnx"), default="torchscript")
-    export.add_argument("--out", type=Path, required=True, help="output file (.pt or .onnx)")
-    export.add_argument("--image-size", type=int, default=None, help="image side the runtime resizes to (default: the model's input size or 32)")
+    export.add_argument("--format", choices=CHOICES["format"], default="torchscript")
+    export.add_argument(
+        "--out", type=Path, required=True,
+        help="output file: " + "; ".join(f"{fmt} {', '.join(s)}" for fmt, s in MODEL_SUFFIXES.items()),
+    )
+    export.add_argument(
+        "--image-size", type=int, default=None,
+        help="image side the runtime resizes to (default: the size the model was trained on)",
+    )
+    _add_overwrite(export)
 
     learn = sub.add_parser(
         "learn",
         help="teach a trained model new classes from a folder of images",
         description="Continue a checkpoint on one new experience: DATA/train/<class>/* (and DATA/test/<class>/* to "
         "score it). Only the new concepts are computed; the replay memory keeps the old classes in play. The new "
-        "checkpoint is written beside the old one, which is never overwritten.",
+        "checkpoint is written beside the old one (NAME-learnedN.ckpt, or --out); the old one is never overwritten.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     learn.add_argument("--checkpoint", type=Path, required=True)
@@ -154,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     learn.add_argument("--eval-data", type=Path, default=None, help="test images of the old classes, <class name>/<image>, to report their accuracy")
     learn.add_argument("--epochs", type=int, default=5)
     learn.add_argument("--batch-size", type=int, default=64)
+    learn.add_argument("--out", type=Path, default=None, help="the new checkpoint (default: NAME-learnedN.ckpt beside --checkpoint)")
+    _add_overwrite(learn)
 
     predict = sub.add_parser(
         "predict",
@@ -162,11 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--model", type=Path, required=True, help=".ckpt, TorchScript .pt or .onnx file")
     predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
-    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--batch-size", type=int, default=64, help="images per batch (also the drift monitor's unit)")
     predict.add_argument("--output", type=Path, default=None, help="write the predictions to a .csv or .json file")
     predict.add_argument("--monitor", action="store_true", help="report concept drift against --reference images")
-    predict.add_argument("--reference", type=Path, default=None, help="held-out images of the learned classes (for --monitor)")
+    predict.add_argument("--reference", type=Path, default=None, help="held-out images of the learned classes (turns on --monitor)")
     predict.add_argument("--z-threshold", type=float, default=3.0, help="drift when a batch's mean is this many standard errors away from the reference")
+    _add_overwrite(predict)
     return parser
 
 
@@ -188,8 +215,7 @@ def _run(args: argparse.Namespace) -> int:
     import os
     from dataclasses import replace
 
-    from cvm_lightning.reporting import text_table, write_results
-    from cvm_lightning.runner import RunConfig, run
+    from cvm_lightning.run_config import RunConfig
 
     if args.resume is not None:
         out = args.resume
@@ -197,48 +223,62 @@ def _run(args: argparse.Namespace) -> int:
             raise CVMError(f"{out} holds no run to resume (no run_config.json); start one with `cvm run --out {out}`.")
         config = replace(RunConfig.load(out / "run_config.json"), progress=not args.no_progress)
     else:
-        out = args.out or _default_out()
         config = config_from_args(args)
-    if config.devices > 1:
-        os.environ[DDP_OUT_VARIABLE] = str(out)
+        out = args.out or _default_out()
+    check_output_folder(out, flag="--out")
     if (out / "results.json").exists():
         raise CVMError(f"{out} already holds results.json; pass another --out so earlier results are kept.")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.touch()
-        probe.unlink()
-    except OSError as err:
-        raise CVMError(f"Cannot write to output folder {out}: {err}. Pass a writable --out.") from err
-    results = run(config, out)
+    if config.devices > 1:
+        os.environ[DDP_OUT_VARIABLE] = str(out)
+
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+    from cvm_lightning.reporting import text_table, write_results
+    from cvm_lightning.runner import run
+
+    results = run(config, out)
     if rank_zero_only.rank != 0:
         return 0
     paths = write_results(results, out)
     print()
     print(text_table(results))
     print(f"\nWrote {', '.join(str(p) for p in paths)}")
+    if "cvm" in results["strategies"]:
+        final = out / "final.ckpt"
+        print(f"CVM's trained model: {final} (use it with `cvm export --checkpoint {final}` or `cvm predict --model {final}`)")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
+    check_input_file(args.checkpoint, "checkpoint", {".ckpt"}, fix=CHECKPOINT_HELP)
+    check_output_file(
+        args.out, inputs=[args.checkpoint], overwrite=args.overwrite, suffixes=MODEL_SUFFIXES[args.format],
+        what=f"{args.format} file",
+    )
     from cvm_lightning.deploy import export_model
     from cvm_lightning.deploy.predict import load_checkpoint
 
     module = load_checkpoint(args.checkpoint)
-    out = export_model(module, args.out, args.format, image_size=args.image_size or module.hparams["input_size"] or 32)
+    out = export_model(module, args.out, args.format, image_size=args.image_size, overwrite=args.overwrite)
     learned = [module.class_names[i] for i in module.seen.nonzero().flatten().tolist()]
     print(f"Wrote {out} ({args.format}, {len(learned)} classes: {', '.join(learned[:10])})")
     return 0
 
 
 def _learn(args: argparse.Namespace) -> int:
+    check_input_file(args.checkpoint, "checkpoint", {".ckpt"}, fix=CHECKPOINT_HELP)
+    check_input_folder(args.data, "folder of new classes", fix="It needs train/<class>/<image> and test/<class>/<image>.")
+    if args.names is not None:
+        check_input_file(args.names, "class-names file", fix="It holds folder<TAB>name[<TAB>description] lines.")
+    if args.eval_data is not None:
+        check_input_folder(args.eval_data, "--eval-data folder", fix="It holds <class name>/<image> of the old classes.")
+    if args.out is not None:
+        check_output_file(args.out, inputs=[args.checkpoint], overwrite=args.overwrite, suffixes=(".ckpt",), what="checkpoint")
     from cvm_lightning.deploy.learn import learn_new_classes
 
     report = learn_new_classes(
         args.checkpoint, args.data, names_file=args.names, eval_data=args.eval_data, epochs=args.epochs,
-        batch_size=args.batch_size,
+        batch_size=args.batch_size, out=args.out,
     )
     print(f"Learned {', '.join(report.new_classes)}; wrote {report.checkpoint} ({args.checkpoint} is unchanged)")
     print(f"accuracy on the new classes: {report.new_accuracy:.3f}")
@@ -248,61 +288,39 @@ def _learn(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import csv
-    import json
-
-    from tqdm import tqdm
-
-    from cvm_lightning.deploy import Predictor, image_files
-    from cvm_lightning.deploy.predict import batched
-
-    from cvm_lightning.metrics.drift import ConceptDriftMonitor
-
-    if args.monitor and args.reference is None:
+    monitor = args.monitor or args.reference is not None
+    if monitor and args.reference is None:
         raise CVMError("--monitor needs --reference DIR: held-out images of the learned classes to compare with.")
-    predictor = Predictor(args.model)
+    check_input_file(
+        args.model, "model file", {".ckpt", ".onnx", *MODEL_SUFFIXES["torchscript"]},
+        fix="Pass a .ckpt checkpoint, a TorchScript (.pt) or an .onnx file from `cvm export`.",
+    )
+    if args.reference is not None:
+        check_input_folder(args.reference, "--reference folder")
+    if args.output is not None:
+        check_output_file(
+            args.output, inputs=[args.model, *args.paths], overwrite=args.overwrite, suffixes=PREDICTION_SUFFIXES,
+            what="predictions file", flag="--output",
+        )
+    from cvm_lightning.deploy.predict import image_files, predict_files
+
     files = image_files(args.paths)
-    monitor = ConceptDriftMonitor(args.z_threshold) if args.monitor else None
-    if monitor is not None:
-        for batch in batched(image_files([args.reference]), args.batch_size):
-            monitor.update(predictor.similarities(predictor.load_images(batch)))
-        reference = monitor.set_reference()
-    rows, flagged = [], []
-    batches = list(batched(files, args.batch_size))
-    for number, batch in enumerate(tqdm(batches, desc="predict", unit="batch", disable=len(batches) < 2)):
-        sims_all = predictor.similarities(predictor.load_images(batch))
-        sims, index = sims_all.max(dim=1)
-        rows += [{"path": str(p), "class_id": predictor.class_ids[i], "class_name": predictor.class_names[i],
-                  "similarity": round(float(s), 4)} for p, i, s in zip(batch, index.tolist(), sims)]
-        if monitor is not None:
-            batch_monitor = ConceptDriftMonitor(args.z_threshold)
-            batch_monitor.reference = reference
-            batch_monitor.update(sims_all)
-            if batch_monitor.compute()["drifted"]:
-                flagged.append(number)
-            monitor.update(sims_all)
+    report = predict_files(
+        args.model, files, batch_size=args.batch_size, reference=args.reference if monitor else None,
+        z_threshold=args.z_threshold,
+    )
     if args.output is None:
-        for row in rows:
+        for row in report.rows:
             print(f"{row['path']}\t{row['class_name']}\t{row['similarity']:.4f}")
-    elif args.output.suffix == ".json":
-        args.output.write_text(json.dumps(rows, indent=2))
     else:
-        with open(args.output, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-    if monitor is not None:
-        report = monitor.compute()
-        (near_mean, near_std), (margin_mean, margin_std) = reference["nearest"], reference["margin"]
-        print(f"drift monitor: reference nearest {near_mean:.3f}±{near_std:.3f}, margin {margin_mean:.3f}±{margin_std:.3f}; "
-              f"these images nearest {report['nearest']:.3f} (z={report['z_nearest']:.1f}), "
-              f"margin {report['margin']:.3f} (z={report['z_margin']:.1f})")
-        print(f"drift monitor: {'DRIFT' if report['drifted'] else 'no drift'}"
-              + (f"; batches flagged: {flagged}" if flagged else ""))
+        report.write(args.output)
+        print(f"Wrote {len(report.rows)} predictions to {args.output}")
+    for line in report.drift_lines():
+        print(line)
     return 0
 
 
-def _benchmarks() -> int:
+def _benchmarks(args: argparse.Namespace) -> int:
     from cvm_lightning.streams.registry import DEFAULT_AUGMENT, DESCRIPTIONS
 
     width = max(map(len, DESCRIPTIONS))
@@ -311,16 +329,19 @@ def _benchmarks() -> int:
     return 0
 
 
+COMMANDS = {"run": _run, "export": _export, "predict": _predict, "learn": _learn, "benchmarks": _benchmarks}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cvm`` console script."""
     args = build_parser().parse_args(argv)
     for message in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     try:
-        commands = {"run": _run, "export": _export, "predict": _predict, "learn": _learn, "benchmarks": lambda _: _benchmarks()}
-        return commands[args.command](args)
+        check_settings(vars(args))
+        return COMMANDS[args.command](args)
     except CVMError as err:
-        print(f"cvm: error: {err}", file=sys.stderr)
+        print(f"cvm: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -15,122 +15,22 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cvm_lightning.atomic import atomic_write_text
 
-from cvm_lightning.concepts import DEFAULT_TEXT_MODEL, ConceptBank, TextModelSpec
-from cvm_lightning.errors import ConfigError
+from cvm_lightning.concepts import ConceptBank, TextModelSpec
+from cvm_lightning.errors import ConfigError, did_you_mean
 from cvm_lightning.metrics import ContinualMetricsCallback
 from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
 from cvm_lightning.metrics.functional import summarize
 from cvm_lightning.model import CVMModule
-from cvm_lightning.model.augment import AUGMENTATIONS
+from cvm_lightning.model.backbones import check_backbone
 from cvm_lightning.resources import PeakRSS
+from cvm_lightning.run_config import DEFAULT_STRATEGIES, RunConfig
 from cvm_lightning.streams import Benchmark, StreamConfig, build_benchmark
-from cvm_lightning.streams.registry import DEFAULT_AUGMENT
 from cvm_lightning.training import (
-    BASELINES,
     BaselineSettings,
     ClassifierNet,
     LightningStreamAdapter,
     build_baseline,
 )
-
-DEFAULT_STRATEGIES = ("cvm", "replay", "naive", "lwf", "ewc", "der")
-
-
-# Settings that only CVM reads: the Avalanche baselines' results do not depend on them.
-CVM_ONLY_SETTINGS = (
-    "text_model", "temperature", "loss", "negatives", "head", "distill", "semantic", "center_concepts", "devices", "strategy",
-)
-
-
-@dataclass
-class RunConfig:
-    """Everything ``cvm run`` takes; the same settings apply to every strategy."""
-
-    benchmark: str = "split-digits"
-    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
-    backbone: str = "reduced_resnet18"
-    text_model: str = DEFAULT_TEXT_MODEL
-    epochs: int = 5
-    batch_size: int = 64
-    buffer: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    input_size: int = 32
-    augment: str | None = None  # None: the benchmark's default (DEFAULT_AUGMENT)
-    temperature: float = 0.05
-    loss: str = "ce"
-    negatives: str = "asymmetric"
-    head: str = "linear"
-    recalibrate_bn: bool = True
-    distill: float = 1.0
-    semantic: float = 0.0
-    center_concepts: bool = True
-    data_root: Path | None = None
-    train_per_class: int | None = None
-    test_per_class: int | None = None
-    n_experiences: int | None = None
-    download: bool = False
-    devices: int = 1
-    strategy: str = "auto"
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        unknown = [s for s in self.strategies if s != "cvm" and s not in BASELINES]
-        if unknown or not self.strategies:
-            raise ConfigError(
-                f"Unknown strategies {unknown or '(none given)'}; choose from cvm, {', '.join(BASELINES)}."
-            )
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}.")
-        if self.buffer < 0:
-            raise ConfigError(f"--buffer must be >= 0, got {self.buffer}.")
-        if self.augment is None:
-            self.augment = DEFAULT_AUGMENT.get(self.benchmark, "none")
-        if self.augment not in AUGMENTATIONS:
-            raise ConfigError(f"Unknown --augment {self.augment!r}; choose one of {', '.join(AUGMENTATIONS)}.")
-        if self.devices < 1:
-            raise ConfigError(f"--devices must be >= 1, got {self.devices}.")
-
-    def to_json(self) -> dict:
-        """The settings as JSON values (paths as strings, tuples as lists)."""
-        return json.loads(json.dumps(asdict(self), default=str))
-
-    @classmethod
-    def from_json(cls, values: dict) -> "RunConfig":
-        """The inverse of :meth:`to_json`."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in values.items() if k in known}
-        values["strategies"] = tuple(values.get("strategies", DEFAULT_STRATEGIES))
-        values.setdefault("augment", "none")  # saved before --augment existed: trained without
-        if values.get("data_root") is not None:
-            values["data_root"] = Path(values["data_root"])
-        return cls(**values)
-
-    @classmethod
-    def load(cls, path: Path) -> "RunConfig":
-        """The configuration saved by a run in ``path`` (its ``run_config.json``)."""
-        try:
-            return cls.from_json(json.loads(Path(path).read_text()))
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{path} cannot be read ({err}); start a new run with another --out.") from err
-
-    def settings_of(self, strategy: str) -> dict:
-        """The settings that decide ``strategy``'s results (a cache key: display options left out)."""
-        values = replace(self, strategies=(strategy,)).to_json()
-        del values["progress"]
-        if strategy != "cvm":
-            for name in CVM_ONLY_SETTINGS:
-                del values[name]
-        return values
-
-    def same_run(self, other: "RunConfig") -> bool:
-        """Whether two configurations give the same results (progress display aside)."""
-        a, b = self.to_json(), other.to_json()
-        a.pop("progress"), b.pop("progress")
-        return a == b
-
 
 @dataclass
 class StrategyResult:
@@ -159,14 +59,19 @@ def _result(R: torch.Tensor, train_seconds: float, model: torch.nn.Module, peak_
     )
 
 
-def build_cvm_module(config: RunConfig, benchmark: Benchmark) -> CVMModule:
-    """The CVM model for ``benchmark``: its concept bank plus the configured backbone."""
-    bank = ConceptBank.from_names(
+def build_concept_bank(config: RunConfig, benchmark: Benchmark) -> ConceptBank:
+    """The concepts of ``benchmark``'s classes with the configured text model (cached on disk)."""
+    return ConceptBank.from_names(
         benchmark.class_names,
         text_model=TextModelSpec(name=config.text_model, allow_download=config.download),
         templates=benchmark.templates,
         descriptions=benchmark.descriptions,
     )
+
+
+def build_cvm_module(config: RunConfig, benchmark: Benchmark, bank: ConceptBank | None = None) -> CVMModule:
+    """The CVM model for ``benchmark``: its concept bank plus the configured backbone."""
+    bank = bank if bank is not None else build_concept_bank(config, benchmark)
     return CVMModule(
         bank,
         backbone=config.backbone,
@@ -188,15 +93,15 @@ def build_cvm_module(config: RunConfig, benchmark: Benchmark) -> CVMModule:
     )
 
 
-def run_cvm(config: RunConfig, benchmark: Benchmark, out_dir: Path) -> StrategyResult:
+def run_cvm(config: RunConfig, benchmark: Benchmark, out_dir: Path, bank: ConceptBank | None = None) -> StrategyResult:
     """CVM through the Lightning stream adapter, checkpointed in ``out_dir/checkpoints/cvm``.
 
     If that folder holds checkpoints of an interrupted run, training resumes
-    after the newest readable one.
+    after the newest readable one. The trained model is ``out_dir/final.ckpt``.
     """
     pl.seed_everything(config.seed, verbose=False)
     with PeakRSS() as peak:
-        module = build_cvm_module(config, benchmark)
+        module = build_cvm_module(config, benchmark, bank)
         metrics = ContinualMetricsCallback(benchmark.n_experiences)
         adapter = LightningStreamAdapter(
             module,
@@ -212,6 +117,7 @@ def run_cvm(config: RunConfig, benchmark: Benchmark, out_dir: Path) -> StrategyR
             strategy=config.strategy,
         )
         adapter.fit_stream(benchmark.train_stream, benchmark.test_stream)
+        adapter.save_final(out_dir / FINAL_CHECKPOINT)
     return _result(metrics.matrix.compute(), adapter.train_seconds, module, peak.peak_mb)
 
 
@@ -242,6 +148,18 @@ def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Cal
     return _result(recorder.matrix.compute(), train_seconds, model, peak.peak_mb)
 
 
+def check_lightning_strategy(name: str) -> None:
+    """``name`` must be one of Lightning's registered strategies (or ``auto``)."""
+    from pytorch_lightning.strategies import StrategyRegistry
+
+    known = ["auto", *StrategyRegistry.available_strategies()]
+    if name not in known:
+        raise ConfigError(
+            f"Unknown --strategy {name!r}.{did_you_mean(name, known)} It is Lightning's strategy for CVM's "
+            "training: auto, ddp (several --devices), or another of Lightning's."
+        )
+
+
 def _check_out_dir(config: RunConfig, out_dir: Path) -> None:
     saved = out_dir / "run_config.json"
     if saved.exists():
@@ -254,6 +172,9 @@ def _check_out_dir(config: RunConfig, out_dir: Path) -> None:
         atomic_write_text(saved, json.dumps(config.to_json(), indent=2))
 
 
+FINAL_CHECKPOINT = "final.ckpt"
+
+
 def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print) -> dict:
     """Run every strategy of ``config`` on its benchmark; returns the results dictionary.
 
@@ -263,7 +184,9 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
     resumes CVM from its newest checkpoint. Under DDP, processes other than
     rank 0 only join CVM's training and write nothing.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # Everything is checked (names, data, text model) before the first file is written.
+    check_backbone(config.backbone)
+    check_lightning_strategy(config.strategy)
     benchmark = build_benchmark(
         config.benchmark,
         StreamConfig(
@@ -275,7 +198,8 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
             download=config.download,
         ),
     )
-    # After the build: a rejected benchmark or data flag must not leave a configuration that blocks the fix.
+    bank = build_concept_bank(config, benchmark) if "cvm" in config.strategies else None
+    out_dir.mkdir(parents=True, exist_ok=True)
     _check_out_dir(config, out_dir)
     results = {
         "benchmark": benchmark.name,
@@ -295,7 +219,7 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
             continue
         report(f"== {name} on {benchmark.name} ({benchmark.n_experiences} experiences)")
         if name == "cvm":
-            result = run_cvm(config, benchmark, out_dir)
+            result = run_cvm(config, benchmark, out_dir, bank)
         else:
             result = run_baseline(name, config, benchmark, report)
         results["strategies"][name] = asdict(result)

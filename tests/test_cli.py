@@ -65,7 +65,7 @@ def test_bad_input_exits_non_zero_with_a_message(tmp_path, capsys):
 def test_a_rejected_run_leaves_the_out_folder_free_for_the_fixed_command(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--test-per-class", "0", "--out", str(out), *FAST]) == 2
-    assert "--test-per-class must be >= 1" in capsys.readouterr().err
+    assert "--test-per-class must be an integer >= 1" in capsys.readouterr().err
     assert not (out / "run_config.json").exists()
 
 

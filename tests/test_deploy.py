@@ -139,7 +139,7 @@ def test_drift_callback_takes_its_reference_from_validation(trained):
     checkpoint, root, _, _ = trained
     module = CVMModule.load_from_checkpoint(checkpoint)
     _, test, _, _ = load_image_folder(root, image_size=32)
-    noise = torch.rand(64, 3, 32, 32) * 2 - 1
+    noise = torch.rand(64, 3, 32, 32)
     callback = ConceptDriftCallback()
     trainer = pl.Trainer(callbacks=[callback], logger=False, enable_progress_bar=False)
     trainer.validate(module, DataLoader(test, batch_size=64), verbose=False)
@@ -152,7 +152,8 @@ def test_drift_callback_takes_its_reference_from_validation(trained):
 def test_bad_model_files_are_clear_errors(tmp_path, capsys):
     broken = tmp_path / "model.ckpt"
     broken.write_bytes(b"truncated")
-    assert main(["predict", "--model", str(broken), str(tmp_path)]) == 2
+    write_noise_images(tmp_path / "images", 1)
+    assert main(["predict", "--model", str(broken), str(tmp_path / "images")]) == 2
     assert "not a readable CVM" in capsys.readouterr().err
     assert broken.read_bytes() == b"truncated", "the file is left as it was"
     assert main(["export", "--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "m.pt")]) == 2

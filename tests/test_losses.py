@@ -38,8 +38,9 @@ def test_every_loss_has_a_gradient_towards_the_own_concept():
 
 def test_loss_flag_reaches_the_model_and_bad_names_are_errors(tmp_path, capsys):
     fast = ["--epochs", "1", "--backbone", "mobilenetv3_small_050", "--input-size", "16", "--no-progress", "--strategies", "cvm"]
-    assert main(["run", "--loss", "triplet-huge", "--out", str(tmp_path / "bad"), *fast]) == 2
-    assert "Unknown loss 'triplet-huge'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["run", "--loss", "triplet-huge", "--out", str(tmp_path / "bad"), *fast])
+    assert stop.value.code == 2 and "invalid choice: 'triplet-huge'" in capsys.readouterr().err
     assert main(["run", "--loss", "triplet-hard", "--n-experiences", "2", "--out", str(tmp_path / "ok"), *fast]) == 0
     assert '"loss": "triplet-hard"' in (tmp_path / "ok" / "results.json").read_text()
 

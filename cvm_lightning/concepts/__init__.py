@@ -1,8 +1,7 @@
 """The knowledge space: concept embeddings from a frozen language model."""
 
-from cvm_lightning.concepts.bank import DEFAULT_TEMPLATES, ConceptBank, concept_sentences
-from cvm_lightning.concepts.cache import EmbeddingCache, default_cache_dir
-from cvm_lightning.concepts.text_models import DEFAULT_TEXT_MODEL, TextModelSpec, load_text_encoder
+from cvm_lightning._lazy import lazy_exports
+from cvm_lightning.concepts.defaults import DEFAULT_TEMPLATES, DEFAULT_TEXT_MODEL
 
 __all__ = [
     "DEFAULT_TEMPLATES",
@@ -14,3 +13,7 @@ __all__ = [
     "default_cache_dir",
     "load_text_encoder",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "ConceptBank": ".bank", "concept_sentences": ".bank", "EmbeddingCache": ".cache", "default_cache_dir": ".cache",
+    "TextModelSpec": ".text_models", "load_text_encoder": ".text_models",
+})

@@ -10,15 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from cvm_lightning.concepts.cache import EmbeddingCache, concept_key
+from cvm_lightning.concepts.defaults import DEFAULT_TEMPLATES
 from cvm_lightning.concepts.text_models import TextModelSpec, load_text_encoder, text_model_identity
 from cvm_lightning.errors import ConceptError
+from cvm_lightning.settings import check_class_names
 
-DEFAULT_TEMPLATES: tuple[str, ...] = (
-    "a photo of a {}.",
-    "a blurry photo of a {}.",
-    "a close-up photo of a {}.",
-    "a low resolution photo of a {}.",
-)
 
 
 def concept_sentences(name: str, templates: Sequence[str], description: str | None = None) -> list[str]:
@@ -55,7 +51,7 @@ class ConceptBank:
         descriptions: Mapping[str, str] | None = None,
         cache_dir: str | Path | None = None,
     ) -> None:
-        _check_unique(class_names)
+        class_names = check_class_names(class_names) if len(class_names) else []
         if embeddings.shape[0] != len(class_names):
             raise ConceptError(f"{len(class_names)} class names but {embeddings.shape[0]} embeddings.")
         self.class_names = list(class_names)
@@ -76,6 +72,7 @@ class ConceptBank:
         cache_dir: str | Path | None = None,
     ) -> "ConceptBank":
         """Embed ``class_names`` (class id = position) with the text model."""
+        class_names = check_class_names(class_names)
         spec = TextModelSpec(name=text_model) if isinstance(text_model, str) else (text_model or TextModelSpec())
         bank = cls(
             [], torch.empty(0, 0), text_model=spec, templates=templates, descriptions=descriptions, cache_dir=cache_dir
@@ -106,10 +103,8 @@ class ConceptBank:
         Only concepts missing from the disk cache are encoded; existing
         concepts are never recomputed.
         """
-        _check_unique([*self.class_names, *new_names])
+        new_names = check_class_names(new_names, known=self.class_names, what="new class names")
         self.descriptions.update(descriptions or {})
-        if not new_names:
-            return []
         new = self._embed(new_names)
         self.embeddings = new if len(self) == 0 else torch.cat([self.embeddings, new])
         first = len(self.class_names)
@@ -141,13 +136,3 @@ class ConceptBank:
             out[concept_key(sentences[name])] = F.normalize(vectors[start : start + count].mean(0), dim=-1)
             start += count
         return out
-
-
-def _check_unique(names: Sequence[str]) -> None:
-    seen: set[str] = set()
-    duplicates = sorted({name for name in names if name in seen or seen.add(name)})
-    if duplicates:
-        raise ConceptError(
-            f"Duplicate class names {duplicates}: each class needs its own concept text. "
-            "Rename them (for example add the super-class) or give them descriptions."
-        )

@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from cvm_lightning.atomic import atomic_path
+from cvm_lightning.errors import ConfigError
 
 FORMAT_VERSION = "1"
 
@@ -51,8 +52,15 @@ class EmbeddingCache:
     def __init__(self, identity: str, cache_dir: str | Path | None = None) -> None:
         self.identity = identity
         folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        where = "cache_dir" if cache_dir is not None else "CVM_CACHE_DIR"
+        blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise ConfigError(f"The concept cache folder {folder} ({where}) is blocked by the file {blocker}; "
+                              "set it to a folder (or unset CVM_CACHE_DIR).")
         name = hashlib.sha256(identity.encode()).hexdigest()[:24]
         self.path = folder / f"concepts-{name}.safetensors"
+        if self.path.is_dir():
+            raise ConfigError(f"The concept cache file {self.path} is a folder; remove it or choose another {where}.")
 
     def load(self) -> dict[str, torch.Tensor]:
         """All cached embeddings; empty when the file is missing or corrupt."""
@@ -79,5 +87,9 @@ class EmbeddingCache:
         """Write ``tensors`` atomically (temporary file, then rename)."""
         tensors = {key: value.detach().cpu().float().contiguous() for key, value in tensors.items()}
         metadata = {"format": FORMAT_VERSION, "identity": self.identity, "checksum": _checksum(tensors)}
-        with atomic_path(self.path, suffix=".safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata=metadata)
+        try:
+            with atomic_path(self.path, suffix=".safetensors") as tmp:
+                save_file(tensors, str(tmp), metadata=metadata)
+        except PermissionError as err:
+            raise ConfigError(f"Cannot write the concept cache in {self.path.parent} ({err.strerror}); "
+                              "set CVM_CACHE_DIR to a writable folder.") from err

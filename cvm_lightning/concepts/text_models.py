@@ -18,9 +18,8 @@ from typing import Callable, Protocol, Sequence
 
 import torch
 
+from cvm_lightning.concepts.defaults import DEFAULT_TEXT_MODEL
 from cvm_lightning.errors import ConfigError, TextModelNotFoundError
-
-DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 POOLINGS = ("auto", "mean", "cls", "last")
 
 

@@ -6,14 +6,15 @@ the classes learned so far; its metadata (``cvm_meta.json`` for TorchScript,
 Running it needs ``torch`` (TorchScript) or ``onnxruntime`` (ONNX) only:
 neither this package, nor ``transformers``, nor the text model.
 
-The exported graph maps images (B x C x H x W, float, scaled to [-1, 1]) to
-cosine similarities (B x K) with the K learned concepts; the prediction is
-the argmax, its similarity the max.
+The exported graph maps images (B x C x H x W, float in [0, 1]) to cosine
+similarities (B x K) with the K learned concepts; the prediction is the
+argmax, its similarity the max. The pixel normalisation is inside the graph.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,54 +24,79 @@ from cvm_lightning.atomic import atomic_path
 from cvm_lightning.errors import ConfigError
 from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import upsample_small
+from cvm_lightning.paths import check_output_file
+from cvm_lightning.settings import CHOICES, MODEL_SUFFIXES, check_settings
 
-FORMATS = ("torchscript", "onnx")
+FORMATS = CHOICES["format"]
 META_FILE = "cvm_meta.json"
 
 
 class DeployedCVM(nn.Module):
-    """Backbone + head + learned concepts: images -> similarities over learned classes."""
+    """Pixel normalisation + backbone + head + learned concepts: images in [0, 1] -> similarities over learned classes.
 
-    def __init__(self, module: CVMModule) -> None:
+    With ``image_size`` (an exported graph, whose images always have that
+    side) the upsampling to the model's input size is decided here, so a
+    trace records no shape test.
+    """
+
+    def __init__(self, module: CVMModule, image_size: int | None = None) -> None:
         super().__init__()
+        self.normalize = module.normalize
         self.backbone = module.backbone
         self.head = module.head
-        self.input_size = int(module.hparams["input_size"] or 0)
+        input_size = int(module.hparams["input_size"] or 0)
+        self.input_size = input_size if image_size is None or image_size < input_size else 0
         learned = module.seen.nonzero().flatten()
         self.register_buffer("concepts", module.concepts[learned].clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = self.normalize(images)
         if self.input_size:
             images = upsample_small(images, self.input_size)
         return self.head(self.backbone(images)) @ self.concepts.T
 
 
-def deployment_metadata(module: CVMModule, image_size: int) -> dict:
-    """What a runtime needs besides the graph: class names and preprocessing."""
+def trained_image_size(module: CVMModule) -> int:
+    """The side of the images ``module`` was trained on (recorded at training), else its input size, else 32."""
+    return int(module.hparams.get("image_size") or module.hparams["input_size"] or 32)
+
+
+def deployment_metadata(module: CVMModule, image_size: int | None = None) -> dict:
+    """What a runtime needs besides the graph: class names and preprocessing (``image_size``: the trained one)."""
+    image_size = image_size or trained_image_size(module)
     learned = module.seen.nonzero().flatten().tolist()
     names = module.class_names
     return {
-        "format_version": 1,
+        "format_version": 2,
         "class_ids": learned,
         "class_names": [names[i] for i in learned],
         "in_chans": int(module.hparams["in_chans"]),
         "image_size": int(image_size),
-        "mean": 0.5,
-        "std": 0.5,
+        # Scale pixels to [0, 1], then (x - mean) / std: the graph normalises the rest itself.
+        "mean": 0.0,
+        "std": 1.0,
         "output": "cosine similarity to each learned class concept; prediction = argmax",
     }
 
 
-def export_model(module: CVMModule, out: Path, fmt: str = "torchscript", image_size: int = 32) -> Path:
-    """Write ``module`` as a self-contained TorchScript or ONNX file at ``out`` (atomically)."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"Unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+def export_model(
+    module: CVMModule, out: Path, fmt: str = "torchscript", image_size: int | None = None, *, overwrite: bool = False
+) -> Path:
+    """Write ``module`` as a self-contained TorchScript or ONNX file at ``out`` (atomically).
+
+    ``image_size`` is the side a runtime resizes images to (default: the size
+    the model was trained on). An existing ``out`` is replaced only with ``overwrite``.
+    """
+    check_settings({"format": fmt, "image_size": image_size})
+    out = check_output_file(Path(out), overwrite=overwrite, suffixes=MODEL_SUFFIXES[fmt], what=f"{fmt} file")
     if not bool(module.seen.any()):
         raise ConfigError("The model has learned no class yet: train it before exporting.")
     meta = deployment_metadata(module, image_size)
-    deployed = DeployedCVM(module).eval()
-    example = torch.zeros(2, meta["in_chans"], image_size, image_size)
-    with torch.no_grad(), atomic_path(out, suffix=out.suffix) as tmp:
+    deployed = DeployedCVM(module, meta["image_size"]).eval()
+    example = torch.zeros(2, meta["in_chans"], meta["image_size"], meta["image_size"])
+    with torch.no_grad(), atomic_path(out, suffix=out.suffix) as tmp, warnings.catch_warnings():
+        # torch marks TorchScript deprecated; it is still the one format that runs on torch alone.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*")
         if fmt == "torchscript":
             traced = torch.jit.trace(deployed, example)
             torch.jit.save(traced, str(tmp), _extra_files={META_FILE: json.dumps(meta)})

@@ -11,9 +11,12 @@ from torch.utils.data import DataLoader
 
 from cvm_lightning.atomic import atomic_path
 from cvm_lightning.concepts import ConceptBank, TextModelSpec
+from cvm_lightning.deploy.export import trained_image_size
 from cvm_lightning.deploy.predict import load_checkpoint
 from cvm_lightning.errors import ConceptError, DataError
 from cvm_lightning.model import CVMModule
+from cvm_lightning.paths import check_output_file
+from cvm_lightning.settings import check_class_names, check_settings
 from cvm_lightning.streams.images import list_class_folders, load_image_folder, read_class_names
 
 
@@ -66,6 +69,13 @@ def _old_class_data(module: CVMModule, root: Path, image_size: int):
     return ImageFileDataset(paths, [known.index(names[t]) for t in targets], image_size)
 
 
+def _image_size(module: CVMModule) -> int:
+    """The side new images must have: the size the replay memory holds, else the size trained on."""
+    for c in module.replay.classes:
+        return int(module.replay.samples_of(c).shape[-1])
+    return trained_image_size(module)
+
+
 def learn_new_classes(
     checkpoint: Path,
     data: Path,
@@ -74,35 +84,45 @@ def learn_new_classes(
     eval_data: Path | None = None,
     epochs: int = 5,
     batch_size: int = 64,
+    out: Path | None = None,
+    overwrite: bool = False,
 ) -> LearnReport:
     """Continue ``checkpoint`` on the new classes in ``data`` (``train/<class>/``, ``test/<class>/``).
 
     Only the new concepts are computed (with the text model and templates
     the checkpoint records); the replay memory in the checkpoint mixes old
-    samples into every batch. The result is written beside the checkpoint
-    under a new name; the old checkpoint is never touched.
+    samples into every batch. The result is written to ``out`` (default: a
+    new ``NAME-learnedN.ckpt`` beside the checkpoint); the old checkpoint is
+    never touched. Every input is checked before training starts.
     """
+    check_settings({"epochs": epochs, "batch_size": batch_size})
+    out = next_free_path(Path(checkpoint)) if out is None else Path(out)
+    check_output_file(out, inputs=[checkpoint], overwrite=overwrite, suffixes=(".ckpt",), what="checkpoint")
     module = load_checkpoint(checkpoint)
-    # A few epochs on a few images: with the asymmetric loss the new concepts never catch up with the old ones.
-    module.hparams["negatives"] = "seen"
     source = module.hparams.get("concept_source")
     if not source:
         raise DataError(f"{checkpoint} does not record how its concepts were made; retrain it with this version.")
-    image_size = module.hparams["input_size"] or 32
+    image_size = _image_size(module)
     folders = list_class_folders(Path(data) / "train")
     names, descriptions = read_class_names(Path(data), folders, names_file)
+    check_class_names(names, known=module.class_names, what="new class names")
+    train, test, _, _ = load_image_folder(Path(data), image_size=image_size, class_names=folders)
+    old = _old_class_data(module, Path(eval_data), image_size) if eval_data else None
+    for dataset in (train, test, old):
+        if dataset is not None:
+            dataset.decode_all()  # a broken file stops here, before training
+    # A few epochs on a few images: with the asymmetric loss the new concepts never catch up with the old ones.
+    module.hparams["negatives"] = "seen"
     bank = ConceptBank.from_names(
         names, text_model=TextModelSpec(**source["text_model"]), templates=source["templates"], descriptions=descriptions
     )
     ids = module.add_concepts(names, bank.embeddings)
-    train, test, _, _ = load_image_folder(Path(data), image_size=image_size, class_names=folders)
     experience = (module.current_experience if module.current_experience is not None else 0) + 1
     module.start_experience(ids, experience=experience)
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=False, accelerator="cpu")
     trainer.fit(module, DataLoader(_relabel(train, ids), batch_size=batch_size, shuffle=True))
-    out = next_free_path(Path(checkpoint))
     with atomic_path(out, suffix=".ckpt") as tmp:
         trainer.save_checkpoint(tmp)
-    old = accuracy(module, _old_class_data(module, Path(eval_data), image_size)) if eval_data else None
-    return LearnReport(out, names, accuracy(module, _relabel(test, ids)), old)
+    old_accuracy = accuracy(module, old) if old is not None else None
+    return LearnReport(out, names, accuracy(module, _relabel(test, ids)), old_accuracy)

@@ -2,32 +2,52 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from cvm_lightning.atomic import atomic_write_text
 from cvm_lightning.deploy.export import META_FILE, DeployedCVM, deployment_metadata
-from cvm_lightning.errors import DataError
+from cvm_lightning.errors import CVMError, DataError
+from cvm_lightning.model.pixels import check_pixels
+from cvm_lightning.paths import check_input_file
+from cvm_lightning.settings import MODEL_SUFFIXES, check_settings
 from cvm_lightning.streams.images import IMAGE_SUFFIXES, image_transform
 
-TORCHSCRIPT_SUFFIXES = {".pt", ".ts", ".torchscript", ".jit"}
+TORCHSCRIPT_SUFFIXES = set(MODEL_SUFFIXES["torchscript"])
+
+
+def _reason(err: Exception) -> str:
+    """A short reason for a file that failed to load, without torch's advice to unpickle it unsafely."""
+    text = str(err)
+    if "weights_only" in text or "Unpickler" in text:
+        return "it holds Python objects other than tensors and plain values, which are not loaded for safety"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"{type(err).__name__}: {first[:160]}"
 
 
 def load_checkpoint(path: Path):
     """A :class:`CVMModule` from a ``.ckpt`` file, with a clear error for anything else."""
+    import warnings
+
     from cvm_lightning.model import CVMModule
 
-    path = Path(path)
-    if path.suffix.lower() != ".ckpt" or not path.is_file():
-        raise DataError(f"No checkpoint at {path}: pass the .ckpt file a training run wrote.")
+    path = check_input_file(Path(path), "checkpoint", {".ckpt"}, fix="Pass the .ckpt file a training run wrote.")
     try:
-        return CVMModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch and Lightning raise several kinds on a damaged file
-        raise DataError(f"{path} is not a readable CVM checkpoint ({type(err).__name__}: {err}). "
-                        "Use an earlier checkpoint of the run, or retrain.") from err
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*weights_only.*")
+            return CVMModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    except CVMError:
+        raise
+    except Exception as err:  # torch and Lightning raise several kinds on a damaged or foreign file
+        raise DataError(f"{path} is not a readable CVM checkpoint ({_reason(err)}). "
+                        "Use another checkpoint of the run, or retrain.") from None
 
 
 class Predictor:
@@ -52,24 +72,30 @@ class Predictor:
                 self._load_torchscript()
             else:
                 raise DataError(f"Unknown model file type {suffix!r}: use .ckpt, .pt (TorchScript) or .onnx.")
-        except DataError:
+        except CVMError:
             raise
-        except Exception as err:  # each loader raises its own kinds on a damaged file
-            raise DataError(f"{self.path} is not a readable CVM model ({type(err).__name__}: {err}). "
-                            "Re-export it with `cvm export` or pass another checkpoint.") from err
+        except Exception as err:  # each loader raises its own kinds on a damaged or mislabelled file
+            raise DataError(f"{self.path} is not a readable CVM model ({_reason(err)}). "
+                            "Re-export it with `cvm export` or pass another checkpoint.") from None
         self.class_ids: list[int] = self.meta["class_ids"]
         self.class_names: list[str] = self.meta["class_names"]
+        # Files of format 1 took [-1, 1] pixels; from format 2 on the graph normalises [0, 1] pixels itself.
+        self.mean, self.std = float(self.meta["mean"]), float(self.meta["std"])
         self.transform = image_transform(self.meta["image_size"])
 
     def _load_checkpoint(self) -> None:
         module = load_checkpoint(self.path)
-        self.meta = deployment_metadata(module, module.hparams["input_size"] or 32)
+        self.meta = deployment_metadata(module)
         model = DeployedCVM(module).eval()
         self._run = lambda x: model(x)
 
     def _load_torchscript(self) -> None:
+        import warnings
+
         files = {META_FILE: ""}
-        model = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*")
+            model = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files)
         self.meta = json.loads(files[META_FILE])
         self._run = lambda x: model(x)
 
@@ -85,7 +111,10 @@ class Predictor:
 
     @torch.no_grad()
     def similarities(self, images: torch.Tensor) -> torch.Tensor:
-        return self._run(images.float())
+        """Cosine similarities (B x K) of images in [0, 1] (or uint8) to the learned classes."""
+        check_pixels(images)
+        images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        return self._run((images - self.mean) / self.std)
 
     def predict(self, images: torch.Tensor) -> tuple[list[int], list[str], torch.Tensor]:
         best, index = self.similarities(images).max(dim=1)
@@ -102,6 +131,85 @@ class Predictor:
             except (UnidentifiedImageError, OSError) as err:
                 raise DataError(f"Cannot read image {path}: {err}. Remove it or convert it to PNG/JPEG.") from err
         return torch.stack(batch)
+
+
+@dataclass
+class PredictionReport:
+    """What ``cvm predict`` found: one row per image, and the drift monitor's verdict when asked."""
+
+    rows: list[dict]
+    batch_size: int
+    z_threshold: float = 3.0
+    drift: dict | None = None
+    reference: dict | None = None
+    flagged: list[int] = field(default_factory=list)
+
+    def write(self, path: Path) -> None:
+        """The rows as ``.json`` or ``.csv``, written atomically."""
+        if Path(path).suffix.lower() == ".json":
+            atomic_write_text(Path(path), json.dumps(self.rows, indent=2))
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(self.rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(Path(path), buffer.getvalue())
+
+    def drift_lines(self) -> list[str]:
+        """The drift monitor's report in words (empty without ``--monitor``)."""
+        if self.drift is None or self.reference is None:
+            return []
+        d, (near_mean, near_std), (margin_mean, margin_std) = self.drift, self.reference["nearest"], self.reference["margin"]
+        lines = [
+            f"drift monitor: the reference images sit at similarity {near_mean:.3f}±{near_std:.3f} to their nearest "
+            f"concept (margin to the second {margin_mean:.3f}±{margin_std:.3f}); these images at {d['nearest']:.3f} "
+            f"(z={d['z_nearest']:.1f}), margin {d['margin']:.3f} (z={d['z_margin']:.1f}); drift means |z| > {self.z_threshold:g}."
+        ]
+        if d["drifted"]:
+            lines.append("drift monitor: DRIFT: these images differ from the reference ones, so predictions on them are "
+                         "less trustworthy. Check the camera and lighting, or teach new kinds of image with `cvm learn`.")
+        else:
+            lines.append("drift monitor: no drift: these images look like the reference ones.")
+        if self.flagged:
+            spans = ", ".join(f"{b * self.batch_size + 1}-{min((b + 1) * self.batch_size, len(self.rows))}" for b in self.flagged)
+            lines.append(f"drift monitor: on their own, {len(self.flagged)} batch(es) of --batch-size {self.batch_size} "
+                         f"images drifted: images {spans} in the order listed.")
+        return lines
+
+
+def predict_files(
+    model: Path, files: Sequence[Path], *, batch_size: int = 64, reference: Path | None = None, z_threshold: float = 3.0
+) -> PredictionReport:
+    """Predict every image file with ``model``; with ``reference``, also test the images for concept drift."""
+    from tqdm import tqdm
+
+    from cvm_lightning.metrics.drift import ConceptDriftMonitor
+
+    check_settings({"batch_size": batch_size, "z_threshold": z_threshold})
+    predictor = Predictor(model)
+    monitor = ConceptDriftMonitor(z_threshold) if reference is not None else None
+    reference_stats = None
+    if monitor is not None:
+        for batch in batched(image_files([reference]), batch_size):
+            monitor.update(predictor.similarities(predictor.load_images(batch)))
+        reference_stats = monitor.set_reference()
+    report = PredictionReport([], batch_size, z_threshold, reference=reference_stats)
+    batches = list(batched(files, batch_size))
+    for number, batch in enumerate(tqdm(batches, desc="predict", unit="batch", disable=len(batches) < 2)):
+        sims_all = predictor.similarities(predictor.load_images(batch))
+        sims, index = sims_all.max(dim=1)
+        report.rows += [{"path": str(p), "class_id": predictor.class_ids[i], "class_name": predictor.class_names[i],
+                         "similarity": round(float(s), 4)} for p, i, s in zip(batch, index.tolist(), sims)]
+        if monitor is not None:
+            batch_monitor = ConceptDriftMonitor(z_threshold)
+            batch_monitor.reference = reference_stats
+            batch_monitor.update(sims_all)
+            if batch_monitor.compute()["drifted"]:
+                report.flagged.append(number)
+            monitor.update(sims_all)
+    if monitor is not None:
+        report.drift = monitor.compute()
+    return report
 
 
 def image_files(inputs: Sequence[Path]) -> list[Path]:

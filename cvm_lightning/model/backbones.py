@@ -32,6 +32,12 @@ def _unknown_backbone(name: str) -> ConfigError:
     )
 
 
+def check_backbone(name: str) -> None:
+    """``name`` must be a registered backbone or a timm model (checked without building it)."""
+    if name not in BACKBONES and not timm.is_model(name):
+        raise _unknown_backbone(name)
+
+
 def create_backbone(
     name: str, *, pretrained: bool = False, in_chans: int = 3, img_size: int | None = None
 ) -> nn.Module:
@@ -40,10 +46,9 @@ def create_backbone(
     timm models are created with ``num_classes=0``; ``img_size`` is passed to
     models that take it (ViTs, MLP-mixers), which need it for small inputs.
     """
+    check_backbone(name)
     if name in BACKBONES:
         return BACKBONES[name](in_chans=in_chans)
-    if not timm.is_model(name):
-        raise _unknown_backbone(name)
     kwargs: dict = {"pretrained": pretrained, "num_classes": 0, "in_chans": in_chans}
     if img_size is not None and _takes_img_size(name):
         kwargs["img_size"] = img_size

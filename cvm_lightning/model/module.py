@@ -19,15 +19,15 @@ from cvm_lightning.model.backbones import create_backbone, feature_dim, upsample
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
 from cvm_lightning.model.heads import ConceptAlignmentHead
 from cvm_lightning.model.losses import LOSSES, semantic_distance
+from cvm_lightning.model.pixels import PixelNormalize, check_pixels
 from cvm_lightning.model.replay import ReplayBuffer
+from cvm_lightning.settings import check_class_names, check_settings
 
 OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
     "adam": torch.optim.Adam,
     "sgd": partial(torch.optim.SGD, momentum=0.9),
 }
-SCHEDULERS = ("none", "cosine")
-NEGATIVES = ("seen", "all", "asymmetric")
 
 
 def split_batch(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,6 +47,10 @@ class CVMModule(pl.LightningModule):
     class-balanced replay memory mixes stored samples into every training
     batch and keeps their embeddings from drifting (``distill``).
 
+    Images are float in [0, 1] (torchvision's ``ToTensor``) or uint8; the
+    model normalises them itself (:mod:`cvm_lightning.model.pixels`).
+    Labels are integer class ids in the order of ``concept_bank``.
+
     Args:
         concept_bank: the knowledge space. When ``None``, ``class_names`` and
             ``concept_dim`` give its shape and the embeddings come from a
@@ -57,8 +61,12 @@ class CVMModule(pl.LightningModule):
         backbone: a ``timm`` model name or a registered backbone.
         pretrained: load the backbone's pretrained weights (needs them cached).
         in_chans: image channels.
-        input_size: images smaller than this are upsampled to it (timm stems
-            shrink 32x32 inputs to 1x1); ``None`` leaves them as they are.
+        input_size: the smallest side the backbone sees: smaller images are
+            upsampled to it inside the model (timm stems shrink 32x32 inputs
+            to 1x1); larger ones pass unchanged. ``None`` leaves every image as it is.
+        image_size: the side of the images the model was trained on. It is
+            recorded from the first training batch when not given; export,
+            ``cvm predict`` and ``cvm learn`` resize new images to it.
         augment: training-batch augmentation, replayed samples included:
             ``"none"``, ``"crop"`` or ``"crop-flip"`` (see
             :mod:`cvm_lightning.model.augment`).
@@ -108,6 +116,7 @@ class CVMModule(pl.LightningModule):
         pretrained: bool = False,
         in_chans: int = 3,
         input_size: int | None = None,
+        image_size: int | None = None,
         augment: str = "none",
         head: str = "linear",
         head_hidden_dim: int = 512,
@@ -129,20 +138,19 @@ class CVMModule(pl.LightningModule):
         center_concepts: bool = True,
     ) -> None:
         super().__init__()
-        _check_choice("loss", loss, LOSSES)
-        _check_choice("optimizer", optimizer, OPTIMIZERS)
-        _check_choice("scheduler", scheduler, SCHEDULERS)
-        _check_choice("negatives", negatives, NEGATIVES)
+        check_settings({name: value for name, value in locals().items() if name not in ("self", "concept_bank")})
         if concept_bank is not None:
             class_names, concept_dim = concept_bank.class_names, concept_bank.dim
             concept_source = {"text_model": asdict(concept_bank.text_model), "templates": list(concept_bank.templates)}
         if class_names is None or concept_dim is None:
             raise ConfigError("CVMModule needs a concept_bank (or class_names and concept_dim with a checkpoint).")
+        class_names = check_class_names(class_names)
         self.save_hyperparameters(ignore=["concept_bank"])
         self.hparams["class_names"] = list(class_names)
         self.hparams["concept_dim"] = int(concept_dim)
         self.hparams["concept_source"] = concept_source
 
+        self.normalize = PixelNormalize()
         self.augment = BatchAugment(augment)
         self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, img_size=input_size)
         width = feature_dim(self.backbone, in_chans, input_size or 64)
@@ -202,10 +210,9 @@ class CVMModule(pl.LightningModule):
             raise ConceptError(
                 f"Expected embeddings of shape ({len(names)}, {self.concepts.shape[1]}), got {tuple(embeddings.shape)}."
             )
+        names = check_class_names(names, known=self.class_names, what="new class names")
         first = len(self.seen)
         merged = [*self.class_names, *names]
-        if len(set(merged)) != len(merged):
-            raise ConceptError(f"Some of {list(names)} are already concepts of this model.")
         new = F.normalize(embeddings.to(self.concepts), dim=-1) - self.concept_center
         self.concepts = torch.cat([self.concepts, F.normalize(new, dim=-1)])
         self.seen = torch.cat([self.seen, torch.zeros(len(names), dtype=torch.bool, device=self.seen.device)])
@@ -221,11 +228,13 @@ class CVMModule(pl.LightningModule):
                 f"Convert them to {expected} channel(s) (for example torchvision's Grayscale or "
                 "Lambda(lambda img: img.convert('RGB'))) or build the model with a matching in_chans."
             )
+        check_pixels(x)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Unit vectors in concept space for images ``x`` (B x C x H x W)."""
+        """Unit vectors in concept space for images ``x`` (B x C x H x W, in [0, 1] or uint8)."""
         self._check_images(x)
-        return self.head(self.backbone(upsample_small(self.augment(x), self.hparams["input_size"])))
+        x = self.augment(self.normalize(x))
+        return self.head(self.backbone(upsample_small(x, self.hparams["input_size"])))
 
     def similarities(self, x: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each image to every concept (B x n_classes)."""
@@ -250,6 +259,11 @@ class CVMModule(pl.LightningModule):
 
     def observe(self, y: torch.Tensor) -> None:
         """Mark the labels of a training batch as seen classes of this experience."""
+        if y.is_floating_point() or y.dtype == torch.bool or y.ndim != 1:
+            raise DataError(
+                f"Labels must be a 1-D tensor of integer class ids (torch.long), got {y.dtype} of shape "
+                f"{tuple(y.shape)}. Convert them with y.long(); ids follow the concept bank's order."
+            )
         self._mark_seen(y.unique().tolist())
 
     def mix_replay(
@@ -274,6 +288,8 @@ class CVMModule(pl.LightningModule):
         The embeddings cover the batch first, then the replayed samples.
         """
         self.observe(y)
+        if self.hparams["image_size"] is None:
+            self.hparams["image_size"] = int(x.shape[-1])
         n = len(x)
         mixed_x, mixed_y, stored = self.mix_replay(x, y)
         z = self.embed(mixed_x)
@@ -411,8 +427,3 @@ class CVMModule(pl.LightningModule):
         if "cvm_replay" in checkpoint:
             self.replay.load_state_dict(checkpoint["cvm_replay"])
         self.current_experience = checkpoint.get("cvm_state", {}).get("current_experience")
-
-
-def _check_choice(what: str, value: str, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"Unknown {what} {value!r}; choose one of {', '.join(choices)}.")

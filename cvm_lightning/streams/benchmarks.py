@@ -12,13 +12,8 @@ import json
 from importlib.resources import files
 from pathlib import Path
 
-import torch
-from avalanche.benchmarks.utils import as_taskaware_classification_dataset
-
-from cvm_lightning.concepts import DEFAULT_TEMPLATES
+from cvm_lightning.concepts.defaults import DEFAULT_TEMPLATES
 from cvm_lightning.errors import ConfigError, DataError
-from cvm_lightning.streams.datasets import DIGIT_NAMES, TensorImageDataset, load_digits_split
-from cvm_lightning.streams.images import ImageFileDataset, load_image_folder, read_class_names, scan_split
 from cvm_lightning.streams.registry import Benchmark, StreamConfig, register_benchmark, split_by_class, subsample_per_class
 
 
@@ -43,6 +38,9 @@ def class_incremental(
     """A :class:`Benchmark` from train/test datasets, subsampled per ``config``."""
     train = _keep_per_class(train, config.train_per_class, config.seed, "--train-per-class")
     test = _keep_per_class(test, config.test_per_class, config.seed, "--test-per-class")
+    for dataset in (train, test):
+        if hasattr(dataset, "decode_all"):  # image files: a broken one is named now, not mid-training
+            dataset.decode_all()
     scenario = split_by_class(train, test, len(class_names), config.n_experiences or default_experiences, config.seed)
     return Benchmark(name, scenario, class_names, in_chans, image_size, templates, descriptions or {})
 
@@ -51,6 +49,8 @@ def _keep_per_class(dataset, per_class: int | None, seed: int, flag: str):
     if per_class is None:
         return dataset
     if not hasattr(dataset, "subset"):  # any dataset with .targets: let Avalanche wrap it
+        from avalanche.benchmarks.utils import as_taskaware_classification_dataset
+
         dataset = as_taskaware_classification_dataset(dataset)
     return dataset.subset(subsample_per_class(list(dataset.targets), per_class, seed, flag))
 
@@ -64,12 +64,16 @@ def require_root(config: StreamConfig, name: str, layout: str) -> Path:
     return root
 
 
-def _uint8_to_unit(image: torch.Tensor) -> torch.Tensor:
-    return image.float() / 127.5 - 1.0
+def _uint8_to_unit(image):
+    """uint8 pixels as floats in [0, 1], the range every model of this package takes."""
+    return image.float() / 255.0
 
 
 def _torchvision_cifar(kind: str, root: Path, download: bool, layout: str):
+    import torch
     from torchvision.datasets import CIFAR10, CIFAR100
+
+    from cvm_lightning.streams.datasets import TensorImageDataset
 
     cls = CIFAR10 if kind == "cifar10" else CIFAR100
     try:
@@ -92,6 +96,8 @@ def _cifar(kind: str, name: str, default_experiences: int, config: StreamConfig)
     )
     root = require_root(config, name, layout)
     if (root / "train").is_dir():
+        from cvm_lightning.streams.images import load_image_folder
+
         train, test, _, _ = load_image_folder(root, image_size=32, class_names=shipped["folders"])
     else:
         train, test = _torchvision_cifar(kind, root, config.download, layout)
@@ -100,6 +106,8 @@ def _cifar(kind: str, name: str, default_experiences: int, config: StreamConfig)
 
 @register_benchmark("split-digits", "sklearn's 8x8 digits, 5 experiences of 2 classes (embedded, the default)", augment="none")
 def split_digits(config: StreamConfig) -> Benchmark:
+    from cvm_lightning.streams.datasets import DIGIT_NAMES, load_digits_split
+
     train, test = load_digits_split()
     return class_incremental(
         "split-digits", config, train, test, list(DIGIT_NAMES), 5, in_chans=1, image_size=8,
@@ -117,9 +125,11 @@ FASHION_MNIST_FILES = {
 }
 
 
-def _read_idx(path: Path) -> torch.Tensor:
+def _read_idx(path: Path):
     """An IDX file (optionally gzipped) as a uint8 tensor: MNIST's format."""
     import gzip
+
+    import torch
 
     with (gzip.open(path) if path.suffix == ".gz" else open(path, "rb")) as f:
         data = f.read()
@@ -130,6 +140,8 @@ def _read_idx(path: Path) -> torch.Tensor:
 
 @register_benchmark("split-fashion-mnist", "Fashion-MNIST (28x28 grey), 5 experiences of 2 classes (Debian dataset-fashion-mnist or --data-root)", augment="none")
 def split_fashion_mnist(config: StreamConfig) -> Benchmark:
+    from cvm_lightning.streams.datasets import TensorImageDataset
+
     layout = (
         f"the four Fashion-MNIST files ({', '.join(sum(FASHION_MNIST_FILES.values(), ()))}), "
         "optionally without .gz. Debian and Ubuntu ship them: `apt-get install dataset-fashion-mnist` "
@@ -172,6 +184,8 @@ def split_tinyimagenet(config: StreamConfig) -> Benchmark:
         if (candidate / "train").is_dir():
             root = candidate
     if (root / "test").is_dir():
+        from cvm_lightning.streams.images import load_image_folder
+
         train, test, names, descriptions = load_image_folder(root, image_size=64)
     elif (root / "val" / "val_annotations.txt").is_file():
         train, test, names, descriptions = _official_tinyimagenet(root)
@@ -181,6 +195,8 @@ def split_tinyimagenet(config: StreamConfig) -> Benchmark:
 
 
 def _official_tinyimagenet(root: Path):
+    from cvm_lightning.streams.images import ImageFileDataset, read_class_names, scan_split
+
     wnids = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     train_paths, train_targets = scan_split(root / "train", wnids)
     index = {wnid: i for i, wnid in enumerate(wnids)}
@@ -213,6 +229,8 @@ def imagefolder(config: StreamConfig) -> Benchmark:
         "train/<class>/<image> and test/<class>/<image>; class names are the folder names (underscores become "
         "spaces) unless classes.txt (folder<TAB>name[<TAB>description]) or classes.json says otherwise."
     )
+    from cvm_lightning.streams.images import load_image_folder
+
     root = require_root(config, "imagefolder", layout)
     train, test, names, descriptions = load_image_folder(root, image_size=32)
     if config.n_experiences is None:

@@ -38,13 +38,13 @@ class TensorImageDataset(Dataset):
 def load_digits_split(test_fraction: float = 0.2) -> tuple[TensorImageDataset, TensorImageDataset]:
     """sklearn's 8x8 digits (1,797 images, shipped with scikit-learn), a fixed stratified split.
 
-    Pixels are scaled to [-1, 1]; images are 1 x 8 x 8.
+    Pixels are scaled to [0, 1]; images are 1 x 8 x 8.
     """
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
-    images = torch.from_numpy((digits.images / 8.0 - 1.0).astype(np.float32)).unsqueeze(1)
+    images = torch.from_numpy((digits.images / 16.0).astype(np.float32)).unsqueeze(1)
     targets = torch.from_numpy(digits.target)
     train_idx, test_idx = train_test_split(
         np.arange(len(targets)), test_size=test_fraction, random_state=0, stratify=digits.target

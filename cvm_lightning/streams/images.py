@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
@@ -17,41 +18,81 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def image_transform(image_size: int | None) -> Callable:
-    """PIL image -> float tensor in [-1, 1], resized to ``image_size`` when given."""
+    """PIL image -> float tensor in [0, 1], resized to ``image_size`` when given."""
+    return v2.Compose([_decoder(image_size), v2.ToDtype(torch.float32, scale=True)])
+
+
+@lru_cache(maxsize=None)
+def _decoder(image_size: int | None) -> Callable:
+    """PIL image -> uint8 tensor, resized to ``image_size`` when given."""
     steps: list[Callable] = [v2.ToImage()]
     if image_size is not None:
         steps.append(v2.Resize((image_size, image_size), antialias=True))
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5], [0.5])]
     return v2.Compose(steps)
 
 
+# Decoded images are kept in memory up to this many bytes per dataset; beyond it they are only checked.
+DECODED_CACHE_BYTES = 1 << 30
+
+
 class ImageFileDataset(Dataset):
-    """Image files with integer labels, decoded with Pillow when read.
+    """Image files with integer labels, decoded with Pillow.
 
     ``targets`` is a list, as Avalanche expects. Images are converted to RGB
     (greyscale files included), resized to ``image_size`` when given, and
-    scaled to [-1, 1].
+    scaled to [0, 1]. :meth:`decode_all` checks every file before training
+    and keeps the decoded pixels (uint8) for every later epoch.
     """
 
     def __init__(self, paths: Sequence[Path], targets: Sequence[int], image_size: int | None = None) -> None:
         self.paths = list(paths)
         self.targets = [int(t) for t in targets]
-        self.transform = image_transform(image_size)
+        self.image_size = image_size
+        self.decoded: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def subset(self, indices: Sequence[int]) -> "ImageFileDataset":
         """The same dataset restricted to ``indices``."""
-        out = ImageFileDataset.__new__(ImageFileDataset)
-        out.paths = [self.paths[i] for i in indices]
-        out.targets = [self.targets[i] for i in indices]
-        out.transform = self.transform
+        out = ImageFileDataset([self.paths[i] for i in indices], [self.targets[i] for i in indices], self.image_size)
+        if self.decoded is not None:
+            out.decoded = [self.decoded[i] for i in indices]
         return out
 
+    def _decode(self, path: Path) -> torch.Tensor:
+        with Image.open(path) as image:
+            return _decoder(self.image_size)(image.convert("RGB"))
+
+    def decode_all(self) -> None:
+        """Decode every file now: a broken one stops here, named, before any training.
+
+        The pixels are kept (uint8) when they fit in ``DECODED_CACHE_BYTES``.
+        """
+        if self.decoded is not None:
+            return
+        keep = self.image_size is not None and len(self) * 3 * self.image_size**2 <= DECODED_CACHE_BYTES
+        decoded, bad = [], []
+        for path in self.paths:
+            try:
+                pixels = self._decode(path)
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+                bad.append(f"{path} ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+                continue
+            if keep:
+                decoded.append(pixels)
+        if bad:
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise DataError(
+                f"{len(bad)} image file(s) cannot be read: {'; '.join(bad[:3])}{more}. "
+                "Remove or replace them (empty, truncated or not an image), then run again."
+            )
+        if keep:
+            self.decoded = decoded
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.paths[index]) as image:
-            return self.transform(image.convert("RGB")), self.targets[index]
+        pixels = self.decoded[index] if self.decoded is not None else self._decode(self.paths[index])
+        return pixels.float() / 255.0, self.targets[index]
 
 
 def list_class_folders(split_dir: Path) -> list[str]:

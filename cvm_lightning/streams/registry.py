@@ -6,10 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import torch
-from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
-
-from cvm_lightning.concepts import DEFAULT_TEMPLATES
+from cvm_lightning.concepts.defaults import DEFAULT_TEMPLATES
 from cvm_lightning.errors import ConfigError, DataError, did_you_mean
 
 
@@ -94,11 +91,15 @@ def build_benchmark(name: str, config: StreamConfig | None = None) -> Benchmark:
 
 def class_order(n_classes: int, seed: int) -> list[int]:
     """A seeded permutation of the class ids (without touching the global RNG)."""
+    import torch
+
     return torch.randperm(n_classes, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def subsample_per_class(targets: list[int], per_class: int | None, seed: int, flag: str = "--train-per-class") -> list[int]:
     """Indices keeping at most ``per_class`` random samples of each class (``flag`` names it in errors)."""
+    import torch
+
     if per_class is None:
         return list(range(len(targets)))
     if per_class < 1:
@@ -115,6 +116,12 @@ def subsample_per_class(targets: list[int], per_class: int | None, seed: int, fl
 
 def split_by_class(train, test, n_classes: int, n_experiences: int, seed: int):
     """A class-incremental Avalanche scenario: ``n_experiences`` equal class splits."""
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+
+    if n_experiences < 1:
+        raise ConfigError(f"--n-experiences must be an integer >= 1, got {n_experiences}.")
+    if n_experiences > n_classes:
+        raise ConfigError(f"--n-experiences {n_experiences} is more than the {n_classes} classes; each experience needs a class.")
     if n_classes % n_experiences:
         raise ConfigError(
             f"{n_classes} classes do not split evenly into {n_experiences} experiences "

@@ -18,22 +18,26 @@ from cvm_lightning.errors import ConfigError, did_you_mean
 from cvm_lightning.model.augment import BatchAugment
 from cvm_lightning.model.backbones import create_backbone, feature_dim, upsample_small
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
+from cvm_lightning.model.pixels import PixelNormalize, check_pixels
+from cvm_lightning.settings import NEEDS_MEMORY
 
 
 class ClassifierNet(nn.Module):
-    """The baselines' model: the same backbone (and training augmentation) as CVM with a linear head over all classes."""
+    """The baselines' model: CVM's pixel input, augmentation and backbone with a linear head over all classes."""
 
     def __init__(
         self, backbone: str, n_classes: int, *, in_chans: int = 3, input_size: int | None = None, augment: str = "none"
     ) -> None:
         super().__init__()
         self.input_size = input_size
+        self.normalize = PixelNormalize()
         self.augment = BatchAugment(augment)
         self.backbone = create_backbone(backbone, in_chans=in_chans, img_size=input_size)
         self.classifier = nn.Linear(feature_dim(self.backbone, in_chans, input_size or 64), n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.backbone(upsample_small(self.augment(x), self.input_size)))
+        check_pixels(x)
+        return self.classifier(self.backbone(upsample_small(self.augment(self.normalize(x)), self.input_size)))
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,6 @@ BASELINES: dict[str, BaselineFactory] = {
     "der": lambda m, o, s, p: DER(model=m, optimizer=o, mem_size=s.buffer, alpha=0.1, beta=0.5, **_common(s, p)),
     "gdumb": lambda m, o, s, p: GDumb(model=m, optimizer=o, mem_size=s.buffer, **_common(s, p)),
 }
-MEMORY_BASED = ("replay", "der", "gdumb")
 
 
 def build_baseline(
@@ -109,6 +112,6 @@ def build_baseline(
     """An Avalanche strategy by name (see ``BASELINES``)."""
     if name not in BASELINES:
         raise ConfigError(f"Unknown strategy {name!r}.{did_you_mean(name, BASELINES)} Available: cvm, {', '.join(BASELINES)}.")
-    if name in MEMORY_BASED and settings.buffer < 1:
+    if name in NEEDS_MEMORY and settings.buffer < 1:
         raise ConfigError(f"Strategy {name!r} needs a memory: pass --buffer N with N >= 1.")
     return BASELINES[name](model, optimizer, settings, plugins)

@@ -61,6 +61,15 @@ class StreamPosition(pl.Callback):
         self.saved_rng = state_dict["rng"]
 
 
+def save_atomically(trainer: pl.Trainer, path: Path) -> Path:
+    """``trainer.save_checkpoint`` to a temporary name, then renamed onto ``path``; every process must call this."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    trainer.save_checkpoint(tmp, weights_only=False)  # rank 0 writes; all ranks wait for it
+    if trainer.is_global_zero:
+        tmp.replace(path)
+    return path
+
+
 class ExperienceCheckpoints:
     """``experience-{i}.ckpt`` files in ``dirpath``, the ``keep`` newest kept.
 
@@ -83,11 +92,8 @@ class ExperienceCheckpoints:
 
     def save(self, trainer: pl.Trainer, experience: int) -> Path:
         """Checkpoint the trainer after ``experience``; every process must call this."""
-        path = self.dirpath / f"experience-{experience}.ckpt"
-        tmp = path.with_name(f".{path.name}.tmp")
-        trainer.save_checkpoint(tmp, weights_only=False)  # rank 0 writes; all ranks wait for it
+        path = save_atomically(trainer, self.dirpath / f"experience-{experience}.ckpt")
         if trainer.is_global_zero:
-            tmp.replace(path)
             for old in self.paths()[self.keep :]:
                 old.unlink()
         trainer.strategy.barrier("cvm-checkpoint")

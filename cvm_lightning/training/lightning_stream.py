@@ -12,7 +12,8 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from cvm_lightning.errors import ConfigError, DataError
 from cvm_lightning.model import CVMModule
-from cvm_lightning.training.checkpoints import ExperienceCheckpoints, StreamPosition, set_rng_state
+from cvm_lightning.settings import check_settings
+from cvm_lightning.training.checkpoints import ExperienceCheckpoints, StreamPosition, save_atomically, set_rng_state
 
 
 class LightningStreamAdapter:
@@ -46,8 +47,7 @@ class LightningStreamAdapter:
         checkpoint_dir: Path | None = None,
         **trainer_kwargs: Any,
     ) -> None:
-        if epochs < 1:
-            raise DataError(f"epochs must be >= 1, got {epochs}.")
+        check_settings({"epochs": epochs, "batch_size": batch_size})
         self.module = module
         self.epochs = epochs
         self.batch_size = batch_size
@@ -103,6 +103,12 @@ class LightningStreamAdapter:
             self.position.next_experience = index + 1
             if self.checkpoints is not None:
                 self.checkpoints.save(self.trainer, index)
+
+    def save_final(self, path: Path) -> Path:
+        """Checkpoint the trained model at ``path`` (atomically); every process must call this."""
+        save_atomically(self.trainer, Path(path))
+        self.trainer.strategy.barrier("cvm-final")
+        return Path(path)
 
     def resume(self) -> int:
         """Restore the newest checkpoint of ``checkpoint_dir``; returns the next experience to train."""

@@ -1,0 +1,52 @@
+"""The pixel contract of every model in this package: images in [0, 1], normalised inside the model.
+
+Models take float images in [0, 1] (torchvision's ``ToTensor``/``ToDtype(scale=True)``)
+or uint8 images in 0-255, and normalise them themselves, so a checkpoint,
+``cvm predict`` and an exported file all take the same pixels.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from cvm_lightning.errors import DataError
+
+PIXEL_MEAN = 0.5
+PIXEL_STD = 0.5
+RANGE_TOLERANCE = 1e-3
+
+
+class PixelNormalize(nn.Module):
+    """``(x - mean) / std`` for images in [0, 1]; uint8 images are scaled to [0, 1] first. Traceable."""
+
+    def __init__(self, mean: float = PIXEL_MEAN, std: float = PIXEL_STD) -> None:
+        super().__init__()
+        self.mean, self.std = mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        return (x - self.mean) / self.std
+
+
+def check_pixels(x: torch.Tensor) -> None:
+    """Stop on non-finite pixels; warn when a batch is outside [0, 1] (normalised twice, most likely)."""
+    if x.dtype == torch.uint8:
+        return
+    if not x.is_floating_point():
+        raise DataError(f"Images must be float in [0, 1] or uint8 in 0-255, got {x.dtype}.")
+    if not bool(torch.isfinite(x).all()):
+        raise DataError(
+            "Images contain NaN or infinite values; the model cannot score them. "
+            "Check the image decoding or the transform that made them."
+        )
+    low, high = float(x.min()), float(x.max())
+    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+        warnings.warn(
+            f"Images range over [{low:.2f}, {high:.2f}], but models take pixels in [0, 1] (or uint8) and "
+            "normalise them inside: drop any Normalize step from your transform.",
+            stacklevel=3,
+        )

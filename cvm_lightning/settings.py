@@ -1,0 +1,149 @@
+"""One validation layer for every setting, shared by the Python API and the ``cvm`` command line.
+
+Each named setting has one rule here (a number range or a vocabulary of
+names). ``RunConfig``, ``CVMModule``, ``ConceptBank``, the deploy functions
+and every ``cvm`` sub-command pass their values through
+:func:`check_settings` before anything is built or written, so a bad value
+gives the same one-line :class:`~cvm_lightning.errors.ConfigError` wherever it
+comes from. The module imports nothing heavy: the command line validates
+before torch is loaded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cvm_lightning.errors import ConceptError, ConfigError, did_you_mean
+
+# The vocabularies of the named settings. The registries that implement them
+# (losses, heads, augmentations, optimisers, ...) are keyed by these names;
+# tests/test_settings.py checks that each registry matches its vocabulary.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "augment": ("none", "crop", "crop-flip"),
+    "head": ("linear", "mlp"),
+    "loss": ("ce", "cosine", "triplet", "triplet-hard"),
+    "negatives": ("seen", "all", "asymmetric"),
+    "optimizer": ("adamw", "adam", "sgd"),
+    "scheduler": ("none", "cosine"),
+    "format": ("torchscript", "onnx"),
+}
+
+# The file suffixes of each export format (``cvm export --out``, ``cvm predict --model``).
+MODEL_SUFFIXES: dict[str, tuple[str, ...]] = {"torchscript": (".pt", ".ts", ".torchscript", ".jit"), "onnx": (".onnx",)}
+PREDICTION_SUFFIXES: tuple[str, ...] = (".csv", ".json")
+
+# The strategies ``cvm run`` compares: CVM, then Avalanche's (training/baselines.py implements them).
+STRATEGIES: tuple[str, ...] = ("cvm", "naive", "replay", "lwf", "ewc", "der", "gdumb")
+NEEDS_MEMORY: tuple[str, ...] = ("replay", "der", "gdumb")
+
+
+@dataclass(frozen=True)
+class Range:
+    """A number setting: its type, lower bound, and whether ``None`` means "unset"."""
+
+    kind: type
+    low: float
+    strict: bool = False  # low itself is not allowed
+    optional: bool = False
+    example: str = ""
+
+    def describe(self) -> str:
+        word = "an integer" if self.kind is int else "a number"
+        return f"{word} {'>' if self.strict else '>='} {self.low:g}"
+
+    def accepts(self, value: Any) -> bool:
+        if value is None:
+            return self.optional
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.kind is int and not float(value).is_integer():
+            return False
+        if not math.isfinite(value):
+            return False
+        return value > self.low if self.strict else value >= self.low
+
+
+RANGES: dict[str, Range] = {
+    "epochs": Range(int, 1),
+    "batch_size": Range(int, 1),
+    "buffer": Range(int, 0),
+    "buffer_size": Range(int, 0),
+    "replay_batch_size": Range(int, 1, optional=True),
+    "lr": Range(float, 0, strict=True, example="for example 1e-3"),
+    "weight_decay": Range(float, 0),
+    "temperature": Range(float, 0, strict=True, example="for example 0.05"),
+    "margin": Range(float, 0),
+    "distill": Range(float, 0),
+    "semantic": Range(float, 0),
+    "seed": Range(int, 0),
+    "input_size": Range(int, 1, optional=True, example="for example 32"),
+    "image_size": Range(int, 1, optional=True, example="for example 32"),
+    "head_hidden_dim": Range(int, 1),
+    "in_chans": Range(int, 1),
+    "n_experiences": Range(int, 1, optional=True),
+    "train_per_class": Range(int, 1, optional=True),
+    "test_per_class": Range(int, 1, optional=True),
+    "devices": Range(int, 1),
+    "z_threshold": Range(float, 0, strict=True, example="for example 3"),
+}
+
+# Where a Python argument and its command-line flag are named differently.
+FLAGS = {"buffer_size": "--buffer", "image_size": "--image-size"}
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of setting ``name``."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
+    """``value`` must be one of ``choices`` (suggests the close ones)."""
+    choices = list(choices)
+    if value not in choices:
+        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+        raise ConfigError(f"Unknown {flag(name)} {value!r}.{hint} Choose one of: {', '.join(choices)}.")
+
+
+def check_settings(values: Mapping[str, Any]) -> None:
+    """Check every setting in ``values`` that has a rule; unknown names are left to their owner."""
+    for name, value in values.items():
+        if name in RANGES and not RANGES[name].accepts(value):
+            rule = RANGES[name]
+            example = f" ({rule.example})" if rule.example else ""
+            raise ConfigError(f"{flag(name)} must be {rule.describe()}{example}, got {value!r}.")
+        if name in CHOICES and value is not None:  # None: the default of whoever reads it
+            check_choice(name, value, CHOICES[name])
+
+
+def check_class_names(names: Any, *, known: Sequence[str] = (), what: str = "class names") -> list[str]:
+    """A list of usable concept names: non-empty strings, no stray spaces, no duplicates.
+
+    ``known`` are names a model has already; a new name may not repeat one.
+    Returns the names as a list.
+    """
+    if isinstance(names, (str, bytes)) or not isinstance(names, Iterable):
+        raise ConceptError(f"Pass the {what} as a list of strings, e.g. ['cat', 'dog'], got {names!r}.")
+    names = list(names)
+    if not names:
+        raise ConceptError(f"No {what} given: pass at least one name.")
+    for name in names:
+        if not isinstance(name, str):
+            raise ConceptError(f"The {what} must be strings, got {name!r} ({type(name).__name__}).")
+        if not name.strip():
+            raise ConceptError(f"The {what} include an empty name: every class needs concept text.")
+        if name != name.strip() or "\n" in name or "\t" in name:
+            raise ConceptError(f"Class name {name!r} has leading/trailing spaces or a tab/newline; write it as {name.strip()!r}.")
+    seen: set[str] = set()
+    duplicates = sorted({name for name in names if name in seen or seen.add(name)})
+    if duplicates:
+        raise ConceptError(
+            f"Duplicate class names {duplicates}: each class needs its own concept text. "
+            "Rename them (for example add the super-class) or give them descriptions."
+        )
+    again = [name for name in names if name in set(known)]
+    if again:
+        raise ConceptError(f"{again} are already classes of this model; pass only new names.")
+    return names

@@ -1,0 +1,252 @@
+"""Bad input, as a new user types it: one `cvm: error:` line naming the fix, exit code 2, no file changed.
+
+Each case runs the real command in-process (an uncaught exception would fail
+the test, so no case can end in a traceback) and compares checksums of every
+file under the test folder before and after.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cvm_lightning.cli import main
+from cvm_lightning.errors import ConceptError, ConfigError, DataError
+
+CLASSES = ("cat", "dog", "frog", "ship")
+TINY_RUN = ["--benchmark", "imagefolder", "--n-experiences", "2", "--strategies", "cvm", "--epochs", "1",
+            "--buffer", "16", "--input-size", "16", "--no-progress"]
+
+
+def _write_images(folder: Path, count: int, colour: int, seed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pixels = np.clip(rng.normal(colour, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+
+
+def make_image_folder(root: Path, classes=CLASSES, train: int = 12, test: int = 4) -> Path:
+    """An ImageFolder of 32x32 PNGs, one mean colour per class (learnable in one epoch)."""
+    for c, name in enumerate(classes):
+        _write_images(root / "train" / name, train, 40 + 50 * c, c)
+        _write_images(root / "test" / name, test, 40 + 50 * c, 100 + c)
+    return root
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A trained run: data, OUT/final.ckpt (trained at --input-size 16 on 32-px images) and an export."""
+    root = tmp_path_factory.mktemp("workspace")
+    data = make_image_folder(root / "data")
+    assert main(["run", *TINY_RUN, "--data-root", str(data), "--out", str(root / "run")]) == 0
+    checkpoint = root / "run" / "final.ckpt"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(root / "model.pt")]) == 0
+    new = make_image_folder(root / "new", classes=("horse", "truck"), train=8, test=4)
+    return {"root": root, "data": data, "ckpt": checkpoint, "pt": root / "model.pt", "new": new,
+            "images": data / "test" / "cat"}
+
+
+def checksums(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def expect_error(args: list[str], fix: str, capsys, root: Path) -> str:
+    """Run ``cvm args``: exit 2, one error line that contains ``fix``, nothing under ``root`` changed."""
+    before = checksums(root)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cvm: error: "), err
+    assert fix in err[0], err[0]
+    assert checksums(root) == before, "a rejected command changed files"
+    return err[0]
+
+
+RUN_CASES = {
+    "negative lr": (["--lr", "-0.1"], "--lr must be a number > 0"),
+    "zero lr": (["--lr", "0"], "--lr must be a number > 0"),
+    "nan lr": (["--lr", "nan"], "--lr must be a number > 0"),
+    "zero temperature": (["--temperature", "0"], "--temperature must be a number > 0"),
+    "negative temperature": (["--temperature", "-1"], "--temperature must be a number > 0"),
+    "zero experiences": (["--n-experiences", "0"], "--n-experiences must be an integer >= 1"),
+    "negative experiences": (["--n-experiences", "-2"], "--n-experiences must be an integer >= 1"),
+    "negative input size": (["--input-size", "-8"], "--input-size must be an integer >= 1"),
+    "zero input size": (["--input-size", "0"], "--input-size must be an integer >= 1"),
+    "zero epochs": (["--epochs", "0"], "--epochs must be an integer >= 1"),
+    "zero batch": (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    "negative seed": (["--seed", "-1"], "--seed must be an integer >= 0"),
+    "negative distill": (["--distill", "-1"], "--distill must be a number >= 0"),
+    "lightning strategy": (["--strategy", "foo"], "Unknown --strategy 'foo'"),
+    "unknown strategy": (["--strategies", "cvm,icarl2"], "Unknown strategies"),
+    "empty strategies": (["--strategies", ","], "--strategies is empty"),
+    "duplicate strategies": (["--strategies", "cvm,cvm"], "more than once"),
+    "memory without buffer": (["--strategies", "replay", "--buffer", "0"], "need a memory: pass --buffer"),
+    "unknown backbone": (["--backbone", "resnet-18"], "Did you mean"),
+    "unknown text model": (["--text-model", "no-such/text-model"], "could not be loaded offline"),
+    "unknown benchmark": (["--benchmark", "split-digit"], "Did you mean split-digits"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RUN_CASES))
+def test_run_rejects_bad_values_before_writing_anything(case, tmp_path, capsys):
+    extra, fix = RUN_CASES[case]
+    out = tmp_path / "out"
+    args = ["run", "--epochs", "1", "--no-progress", "--out", str(out), *extra]
+    expect_error(args, fix, capsys, tmp_path)
+    assert not out.exists(), "nothing is written before every setting is checked"
+
+
+def test_a_rejected_value_leaves_an_existing_run_folder_as_it_was(workspace, capsys):
+    expect_error(["run", *TINY_RUN, "--data-root", str(workspace["data"]), "--lr", "-1", "--out",
+                  str(workspace["root"] / "run")], "--lr must be", capsys, workspace["root"])
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "empty", "truncated"])
+def test_broken_image_files_are_named_before_training(damage, tmp_path, capsys):
+    data = make_image_folder(tmp_path / "data", train=4, test=2)
+    victim = data / "train" / "dog" / "bad.jpg"
+    good = data / "train" / "dog" / "good.jpg"
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(good)
+    victim.write_bytes({"corrupt": b"this is not a JPEG", "empty": b"", "truncated": good.read_bytes()[:200]}[damage])
+    out = tmp_path / "out"
+    line = expect_error(["run", *TINY_RUN, "--data-root", str(data), "--out", str(out)], str(victim), capsys, tmp_path)
+    assert "Remove or replace" in line
+    assert not (out / "run_config.json").exists()
+
+
+def test_deploy_commands_never_write_over_their_inputs_or_existing_files(workspace, capsys):
+    ckpt, pt, images, root = str(workspace["ckpt"]), str(workspace["pt"]), str(workspace["images"]), workspace["root"]
+    kept = root / "kept.csv"
+    kept.write_text("earlier predictions")
+    cases = [
+        (["export", "--checkpoint", ckpt, "--out", ckpt], "is also an input"),
+        (["export", "--checkpoint", ckpt, "--out", pt], "already exists; pass --overwrite"),
+        (["export", "--checkpoint", ckpt, "--format", "onnx", "--out", str(root / "x.pt")], "needs one of the suffixes .onnx"),
+        (["export", "--checkpoint", pt, "--out", str(root / "y.pt")], "is not a checkpoint (expected .ckpt)"),
+        (["export", "--checkpoint", str(root / "missing.ckpt"), "--out", str(root / "y.pt")], "No checkpoint at"),
+        (["export", "--checkpoint", ckpt, "--out", str(root / "y.pt"), "--image-size", "0"], "--image-size must be"),
+        (["export", "--checkpoint", ckpt, "--out", str(Path(ckpt) / "y.pt")], "is a file, not a folder"),
+        (["predict", "--model", pt, images, "--output", pt], "is also an input"),
+        (["predict", "--model", pt, images, "--output", str(kept)], "already exists; pass --overwrite"),
+        (["predict", "--model", pt, images, "--output", str(root / "p.txt")], "suffixes .csv, .json"),
+        (["predict", "--model", pt, images, "--batch-size", "0"], "--batch-size must be an integer >= 1"),
+        (["predict", "--model", pt, images, "--batch-size", "-3"], "--batch-size must be an integer >= 1"),
+        (["predict", "--model", pt, images, "--z-threshold", "-1"], "--z-threshold must be a number > 0"),
+        (["predict", "--model", pt, images, "--monitor"], "--monitor needs --reference"),
+        (["predict", "--model", str(root / "data"), images], "is a folder"),
+        (["predict", "--model", str(root / "run" / "run_config.json"), images], "is not a model file"),
+        (["predict", "--model", pt, str(root / "nowhere")], "does not exist"),
+        (["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--epochs", "0"], "--epochs must be an integer >= 1"),
+        (["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--eval-data", str(root / "typo")], "No --eval-data folder"),
+        (["learn", "--checkpoint", ckpt, "--data", str(root / "nowhere")], "No folder of new classes"),
+        (["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--names", str(root / "n.txt")], "No class-names file"),
+        (["learn", "--checkpoint", ckpt, "--data", str(workspace["data"])], "already classes of this model"),
+        (["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--out", ckpt], "is also an input"),
+    ]
+    for args, fix in cases:
+        expect_error(args, fix, capsys, root)
+
+
+def test_files_that_are_not_models_get_our_own_one_line(workspace, tmp_path, capsys):
+    fake_ckpt = tmp_path / "fake.ckpt"
+    torch.save({"state_dict": {}, "note": Path("x")}, fake_ckpt)  # a pickle of a Python object
+    fake_pt = tmp_path / "fake.pt"
+    fake_pt.write_text("not TorchScript")
+    for args in (["export", "--checkpoint", str(fake_ckpt), "--out", str(tmp_path / "m.pt")],
+                 ["predict", "--model", str(fake_pt), str(workspace["images"])]):
+        line = expect_error(args, "not a readable CVM", capsys, tmp_path)
+        assert "weights_only=False" not in line, "never advise unpickling an untrusted file"
+
+
+def test_learn_checks_its_new_images_before_training(workspace, tmp_path, capsys):
+    new = make_image_folder(tmp_path / "new", classes=("horse", "truck"), train=4, test=2)
+    (new / "train" / "truck" / "broken.png").write_bytes(b"")
+    expect_error(["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(new)], "broken.png", capsys, workspace["root"])
+    assert not list(workspace["ckpt"].parent.glob("*-learned*.ckpt")), "no checkpoint nobody asked for"
+
+
+def test_bad_concept_cache_locations_are_one_clear_error(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("CVM_CACHE_DIR", str(blocker))
+    expect_error(["run", "--strategies", "cvm", "--epochs", "1", "--out", str(tmp_path / "out")], "CVM_CACHE_DIR", capsys, tmp_path)
+    from cvm_lightning.concepts import EmbeddingCache
+
+    cache = EmbeddingCache("identity", tmp_path / "cache")
+    cache.path.mkdir(parents=True)
+    with pytest.raises(ConfigError, match="is a folder"):
+        EmbeddingCache("identity", tmp_path / "cache")
+
+
+@pytest.mark.parametrize("names", ["cat", [], ["", "dog"], ["cat ", "dog"], [1, 2], ["cat", "cat"], ["a\tb"]])
+def test_bad_class_names_are_concept_errors(names, digit_bank):
+    from cvm_lightning import CVMModule, ConceptBank
+
+    with pytest.raises(ConceptError):
+        ConceptBank.from_names(names, text_model="random")
+    with pytest.raises(ConceptError):
+        CVMModule(class_names=names, concept_dim=8)
+
+
+def test_module_arguments_go_through_the_same_checks(digit_bank):
+    from cvm_lightning import CVMModule
+
+    for bad in ({"temperature": 0}, {"lr": -1.0}, {"input_size": 0}, {"buffer_size": -1}, {"loss": "hinge"}):
+        with pytest.raises(ConfigError):
+            CVMModule(digit_bank, backbone="reduced_resnet18", in_chans=1, **bad)
+    module = CVMModule(digit_bank, backbone="reduced_resnet18", in_chans=1, input_size=16)
+    with pytest.raises(ConceptError, match="already classes"):
+        module.add_concepts(["zero"], torch.randn(1, digit_bank.dim))
+
+
+def test_float_labels_and_nan_images_are_data_errors(digit_bank):
+    from cvm_lightning import CVMModule
+
+    module = CVMModule(digit_bank, backbone="reduced_resnet18", in_chans=1, input_size=16)
+    module.start_experience([0, 1])
+    with pytest.raises(DataError, match="integer class ids"):
+        module.training_loss(torch.rand(4, 1, 8, 8), torch.tensor([0.0, 1.0, 0.0, 1.0]), offer=False)
+    module.eval()
+    with pytest.raises(DataError, match="NaN"):
+        module(torch.full((2, 1, 8, 8), float("nan")))
+    with pytest.raises(DataError, match="NaN"):
+        module.predict_step(torch.full((2, 1, 8, 8), float("nan")), 0)
+
+
+def test_pixels_outside_zero_one_are_warned_about(digit_bank):
+    from cvm_lightning import CVMModule
+
+    module = CVMModule(digit_bank, backbone="reduced_resnet18", in_chans=1, input_size=16).eval()
+    with pytest.warns(UserWarning, match=r"take pixels in \[0, 1\]"):
+        module(torch.rand(2, 1, 8, 8) * 2 - 1)
+    uint8 = (torch.rand(2, 1, 8, 8) * 255).to(torch.uint8)
+    assert torch.allclose(module(uint8), module(uint8.float() / 255), atol=1e-5), "uint8 and [0, 1] are the same image"
+
+
+def test_happy_path_says_what_it_wrote(workspace, tmp_path, capsys):
+    run_out = capsys.readouterr()  # the fixture's output is gone; check the files it promised
+    assert workspace["ckpt"].is_file(), "cvm run names final.ckpt and writes it"
+    del run_out
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--model", str(workspace["pt"]), str(workspace["images"]), "--output", str(out)]) == 0
+    assert f"Wrote 4 predictions to {out}" in capsys.readouterr().out
+    assert main(["predict", "--model", str(workspace["pt"]), str(workspace["images"]), "--output", str(out), "--overwrite"]) == 0
+    assert len(out.read_text().splitlines()) == 5
+    files = {"cvm_meta.json": ""}
+    torch.jit.load(str(workspace["pt"]), _extra_files=files)
+    meta = json.loads(files["cvm_meta.json"])
+    assert meta["image_size"] == 32, "the export resizes to the size trained on, not to --input-size"
+
+
+def test_learn_on_a_model_trained_with_a_small_input_size(workspace, tmp_path, capsys):
+    out = tmp_path / "learned.ckpt"
+    assert main(["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(workspace["new"]), "--epochs", "1",
+                 "--out", str(out)]) == 0
+    assert "Learned horse, truck" in capsys.readouterr().out and out.is_file()
