@@ -10,6 +10,7 @@ each command imports torch and the rest only after that.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 import warnings
@@ -337,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for message in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
+    # Lightning's start-up notes (accelerators found, tips for its cloud products, "fit stopped")
+    # say nothing about a CPU run of this tool; its warnings still show.
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     try:
         check_settings(vars(args))
         return COMMANDS[args.command](args)

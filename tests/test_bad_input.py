@@ -250,3 +250,44 @@ def test_learn_on_a_model_trained_with_a_small_input_size(workspace, tmp_path, c
     assert main(["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(workspace["new"]), "--epochs", "1",
                  "--out", str(out)]) == 0
     assert "Learned horse, truck" in capsys.readouterr().out and out.is_file()
+
+
+QUIET_SESSION = r'''
+import sys
+from cvm_lightning.cli import main
+data, root = sys.argv[1], sys.argv[2]
+assert main(["run", "--benchmark", "imagefolder", "--n-experiences", "2", "--strategies", "cvm,replay", "--epochs", "1",
+             "--buffer", "16", "--no-progress", "--data-root", data, "--out", root + "/run"]) == 0
+assert main(["export", "--checkpoint", root + "/run/final.ckpt", "--out", root + "/m.pt"]) == 0
+assert main(["predict", "--model", root + "/m.pt", data + "/test", "--output", root + "/p.csv"]) == 0
+assert main(["learn", "--checkpoint", root + "/run/final.ckpt", "--data", sys.argv[3], "--epochs", "1"]) == 0
+'''
+
+
+@pytest.mark.slow
+def test_the_happy_path_prints_what_informs_and_nothing_else(workspace, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", QUIET_SESSION, str(workspace["data"]), str(tmp_path), str(workspace["new"])],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out, err = result.stdout, result.stderr
+    assert f"CVM's trained model: {tmp_path}/run/final.ckpt" in out
+    assert f"Wrote 16 predictions to {tmp_path}/p.csv" in out and "Learned horse, truck" in out
+    for noise in ("Warning", "Tip:", "Loading weights", "GPU available", "weights_only"):
+        assert noise not in out + err, f"{noise!r} in the output:\n{err[-2000:]}"
+
+
+def test_python_and_cvm_predict_see_the_same_pixels(workspace, capsys):
+    from cvm_lightning.deploy.predict import load_checkpoint
+    from cvm_lightning.streams.images import load_image_folder
+
+    module = load_checkpoint(workspace["ckpt"]).eval()
+    _, test, names, _ = load_image_folder(workspace["data"], image_size=32)
+    with torch.no_grad():
+        python = [names[i] for i in module(torch.stack([x for x, _ in test])).argmax(1).tolist()]
+    capsys.readouterr()
+    assert main(["predict", "--model", str(workspace["ckpt"]), *map(str, test.paths)]) == 0
+    cli = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+    assert cli == python

