@@ -23,7 +23,7 @@ from cvm_lightning.metrics.functional import summarize
 from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import check_backbone
 from cvm_lightning.resources import PeakRSS
-from cvm_lightning.run_config import DEFAULT_STRATEGIES, RunConfig
+from cvm_lightning.run_config import RunConfig
 from cvm_lightning.streams import Benchmark, StreamConfig, build_benchmark
 from cvm_lightning.training import (
     BaselineSettings,

@@ -23,7 +23,7 @@ def test_docs_build_in_strict_mode(tmp_path):
 
 @pytest.mark.slow
 def test_readme_lightning_snippet_runs_as_written(tmp_path, monkeypatch):
-    """The README's "In your own Lightning code" block, executed unchanged (3 epochs per experience)."""
+    """The README's "In your own Lightning code" block, executed unchanged (2 epochs per experience)."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## In your own Lightning code", 1)[1]
     code = section.split("```python", 1)[1].split("```", 1)[0]

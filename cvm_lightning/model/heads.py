@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvm_lightning.errors import ConfigError
+from cvm_lightning.settings import CHOICES
 
-HEADS = ("linear", "mlp")
+HEADS = CHOICES["head"]
 
 
 class ConceptAlignmentHead(nn.Module):

@@ -1,0 +1,44 @@
+"""The validation layer: each vocabulary matches the registry that implements it; rules read as users type."""
+
+import subprocess
+import sys
+
+import pytest
+
+from cvm_lightning.errors import ConfigError
+from cvm_lightning.settings import CHOICES, NEEDS_MEMORY, STRATEGIES, check_settings
+
+
+def test_every_vocabulary_is_the_key_set_of_its_registry():
+    from cvm_lightning.deploy.export import FORMATS
+    from cvm_lightning.model.augment import AUGMENTATIONS
+    from cvm_lightning.model.heads import HEADS
+    from cvm_lightning.model.losses import LOSSES
+    from cvm_lightning.model.module import OPTIMIZERS
+    from cvm_lightning.training.baselines import BASELINES
+
+    assert tuple(AUGMENTATIONS) == CHOICES["augment"]
+    assert tuple(HEADS) == CHOICES["head"]
+    assert tuple(LOSSES) == CHOICES["loss"]
+    assert tuple(OPTIMIZERS) == CHOICES["optimizer"]
+    assert tuple(FORMATS) == CHOICES["format"]
+    assert ("cvm", *BASELINES) == STRATEGIES and set(NEEDS_MEMORY) <= set(BASELINES)
+
+
+@pytest.mark.parametrize("values", [{"lr": 0}, {"lr": float("inf")}, {"epochs": 1.5}, {"epochs": True},
+                                    {"batch_size": "64"}, {"input_size": None, "seed": None}, {"head": "deep"}])
+def test_out_of_range_or_mistyped_values_are_config_errors(values):
+    with pytest.raises(ConfigError):
+        check_settings(values)
+
+
+def test_optional_settings_accept_none_and_unknown_names_are_left_alone():
+    check_settings({"n_experiences": None, "input_size": None, "augment": None, "anything_else": -1})
+
+
+def test_the_command_line_validates_without_importing_torch():
+    code = ("import sys; from cvm_lightning.cli import main; code = main(['run', '--lr', '-1']); "
+            "assert 'torch' not in sys.modules, 'validation imported torch'; sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "cvm: error: --lr must be a number > 0 (for example 1e-3), got -1.0."
