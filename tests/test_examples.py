@@ -55,10 +55,10 @@ def test_data_examples_without_data_say_where_to_put_it(script, tmp_path):
 @pytest.mark.slow
 def test_data_examples_on_real_images(cifar10_root, tinyimagenet_root, tmp_path):
     result = run_example("split_cifar10.py", *TINY, "--strategies", "cvm", "--data-root", str(cifar10_root),
-                         "--train-per-class", "10", "--out", str(tmp_path / "c10"))
+                         "--train-per-class", "10", "--test-per-class", "20", "--out", str(tmp_path / "c10"))
     assert result.returncode == 0, result.stderr[-2000:]
     result = run_example("split_tinyimagenet.py", *TINY, "--strategies", "cvm", "--data-root", str(tinyimagenet_root),
-                         "--train-per-class", "2", "--out", str(tmp_path / "tin"))
+                         "--train-per-class", "2", "--test-per-class", "5", "--out", str(tmp_path / "tin"))
     assert result.returncode == 0, result.stderr[-2000:]
     own = tmp_path / "own"
     for folder in ("cat", "dog"):
