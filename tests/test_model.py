@@ -203,3 +203,13 @@ def test_asymmetric_loss_keeps_new_samples_off_old_concepts(digit_bank):
     symmetric = small_module(digit_bank, negatives="seen")
     symmetric.start_experience([0, 1, 2, 3])
     assert torch.allclose(module.batch_loss(z, y, n_new=6), symmetric.batch_loss(z, y, n_new=6)), "no replay: plain loss"
+
+
+def test_reduced_resnet18_is_a_timm_model():
+    import timm
+
+    assert timm.is_model("reduced_resnet18")
+    classifier = timm.create_model("reduced_resnet18", num_classes=10, in_chans=1)
+    assert classifier(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+    features = timm.create_model("reduced_resnet18", num_classes=0)
+    assert features(torch.rand(2, 3, 32, 32)).shape == (2, 160)

@@ -1,8 +1,9 @@
-"""Visual backbones: any ``timm`` model, plus a registry for custom ones."""
+"""Visual backbones: any model in timm's registry (``reduced_resnet18`` included).
+
+A custom backbone is registered the timm way, with ``timm.models.register_model``.
+"""
 
 from __future__ import annotations
-
-from typing import Callable
 
 import timm
 import torch
@@ -10,31 +11,17 @@ from torch import nn
 
 from cvm_lightning.errors import ConfigError, did_you_mean
 
-# Custom backbones, looked up before timm: name -> factory(in_chans, **kwargs).
-BACKBONES: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_backbone(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator that makes a factory usable as ``backbone=name``."""
-
-    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        BACKBONES[name] = factory
-        return factory
-
-    return wrap
-
-
 def _unknown_backbone(name: str) -> ConfigError:
     return ConfigError(
-        f"Unknown backbone {name!r}.{did_you_mean(name, [*BACKBONES, *timm.list_models()])} "
-        "Any name from `timm.list_models()` works, "
-        f"as do the registered backbones {sorted(BACKBONES) or '[]'}."
+        f"Unknown backbone {name!r}.{did_you_mean(name, timm.list_models())} "
+        "Any name from `timm.list_models()` works (reduced_resnet18 included); "
+        "register your own with timm.models.register_model."
     )
 
 
 def check_backbone(name: str) -> None:
-    """``name`` must be a registered backbone or a timm model (checked without building it)."""
-    if name not in BACKBONES and not timm.is_model(name):
+    """``name`` must be a model in timm's registry (checked without building it)."""
+    if not timm.is_model(name):
         raise _unknown_backbone(name)
 
 
@@ -47,8 +34,6 @@ def create_backbone(
     models that take it (ViTs, MLP-mixers), which need it for small inputs.
     """
     check_backbone(name)
-    if name in BACKBONES:
-        return BACKBONES[name](in_chans=in_chans)
     kwargs: dict = {"pretrained": pretrained, "num_classes": 0, "in_chans": in_chans}
     if img_size is not None and _takes_img_size(name):
         kwargs["img_size"] = img_size

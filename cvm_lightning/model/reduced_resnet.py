@@ -5,14 +5,16 @@ max-pool and 20 base filters (widths 20, 40, 80, 160), about 1.1M
 parameters. A 32x32 image keeps a 4x4 map before pooling, where timm's
 stock stems (stride 4 or more) leave 1x1; prefer it for 32x32 and 64x64
 inputs trained from scratch.
+
+It is registered with timm: ``timm.create_model("reduced_resnet18")`` builds
+it, ``num_classes=0`` (as this package asks) gives pooled features.
 """
 
 from __future__ import annotations
 
 import torch
+from timm.models import register_model
 from torch import nn
-
-from cvm_lightning.model.backbones import register_backbone
 
 
 class BasicBlock(nn.Module):
@@ -32,9 +34,9 @@ class BasicBlock(nn.Module):
 
 
 class ReducedResNet18(nn.Module):
-    """Pooled features of width ``8 * nf`` (160 for ``nf=20``)."""
+    """Pooled features of width ``8 * nf`` (160 for ``nf=20``), then a linear classifier unless ``num_classes=0``."""
 
-    def __init__(self, in_chans: int = 3, nf: int = 20) -> None:
+    def __init__(self, in_chans: int = 3, nf: int = 20, num_classes: int = 0) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_chans, nf, 3, 1, 1, bias=False), nn.BatchNorm2d(nf), nn.ReLU())
         layers, in_planes = [], nf
@@ -43,11 +45,19 @@ class ReducedResNet18(nn.Module):
             in_planes = nf * mult
         self.layers = nn.Sequential(*layers)
         self.num_features = in_planes
+        self.num_classes = num_classes
+        self.fc = nn.Linear(in_planes, num_classes) if num_classes else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(self.stem(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(self.stem(x)).mean(dim=(2, 3))
+        return self.fc(self.forward_features(x).mean(dim=(2, 3)))
 
 
-@register_backbone("reduced_resnet18")
-def reduced_resnet18(in_chans: int = 3) -> ReducedResNet18:
-    return ReducedResNet18(in_chans=in_chans)
+@register_model
+def reduced_resnet18(pretrained: bool = False, in_chans: int = 3, num_classes: int = 1000, **kwargs) -> ReducedResNet18:
+    """timm entry point; there are no pretrained weights."""
+    if pretrained:
+        raise ValueError("reduced_resnet18 has no pretrained weights; it is trained from scratch.")
+    return ReducedResNet18(in_chans=in_chans, num_classes=num_classes)
