@@ -68,6 +68,9 @@ class Range:
 
 RANGES: dict[str, Range] = {
     "epochs": Range(int, 1),
+    "epochs_per_experience": Range(int, 1),
+    "eval_batch_size": Range(int, 1),
+    "num_workers": Range(int, 0),
     "batch_size": Range(int, 1),
     "buffer": Range(int, 0),
     "buffer_size": Range(int, 0),

@@ -1,9 +1,10 @@
-"""CVMModule and the continual-metrics callback inside a plain Lightning script.
+"""CVM in a plain Lightning script: one `trainer.fit` over a class-incremental DataModule.
 
-Runs as it is (offline, CPU): split-digits, one `fit` per experience on one
-Trainer, the test experiences as validation dataloaders.
+Runs as it is (offline, CPU) on split-digits. `--loop` shows the other form,
+for plain dataloaders: `start_experience` and one `fit` per experience on
+the same Trainer. Both give the same accuracy matrix.
 
-    python examples/lightning_dropin.py --epochs 3
+    python examples/lightning_dropin.py --epochs 3 [--loop]
 """
 
 from __future__ import annotations
@@ -11,42 +12,44 @@ from __future__ import annotations
 import argparse
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
 
 from cvm_lightning import CVMModule, ConceptBank
+from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.metrics import ContinualMetricsCallback
-from cvm_lightning.streams import StreamConfig, build_benchmark
+from cvm_lightning.training import ExperienceSchedule
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per experience")
     parser.add_argument("--backbone", default="reduced_resnet18", help="reduced_resnet18 keeps 32x32 inputs at full resolution")
     parser.add_argument("--input-size", type=int, default=32, help="8x8 digits are upsampled to this inside the model")
     parser.add_argument("--root", default="lightning_logs")
+    parser.add_argument("--loop", action="store_true", help="one fit per experience instead of one fit")
     args = parser.parse_args()
 
     pl.seed_everything(0)
-    bench = build_benchmark("split-digits", StreamConfig(seed=0))  # images are floats in [0, 1]
-    bank = ConceptBank.from_names(bench.class_names, templates=bench.templates)  # label i is class_names[i]
+    dm = ClassIncrementalDataModule("split-digits", epochs_per_experience=args.epochs)  # images in [0, 1]
+    bank = ConceptBank.from_names(dm.class_names, templates=dm.benchmark.templates)  # label i is class_names[i]
     model = CVMModule(bank, backbone=args.backbone, in_chans=1, input_size=args.input_size, buffer_size=200)
+    metrics = ContinualMetricsCallback(n_experiences=dm.n_experiences)
+    quiet = dict(default_root_dir=args.root, enable_progress_bar=False, enable_model_summary=False)
 
-    # The only additions to an ordinary Lightning script: the callback, and
-    # the test experiences passed as validation dataloaders.
-    metrics = ContinualMetricsCallback(n_experiences=bench.n_experiences)
-    trainer = pl.Trainer(max_epochs=0, callbacks=[metrics], default_root_dir=args.root, enable_progress_bar=False,
-                         enable_model_summary=False)  # one summary per fit would print five
-    tests = [DataLoader(exp.dataset.eval(), batch_size=256) for exp in bench.test_stream]
-
-    for i, experience in enumerate(bench.train_stream):
-        model.start_experience(sorted(experience.classes_in_this_experience), experience=i)
-        trainer.fit_loop.max_epochs += args.epochs
-        trainer.fit(model, DataLoader(experience.dataset.train(), batch_size=64, shuffle=True))
-        trainer.validate(model, tests, verbose=False)
-        print(f"after experience {i}: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.summary.items()))
+    if not args.loop:
+        trainer = pl.Trainer(callbacks=[ExperienceSchedule(), metrics], **quiet)
+        trainer.fit(model, datamodule=dm)
+    else:
+        trainer = pl.Trainer(max_epochs=0, callbacks=[metrics], **quiet)
+        tests = dm.val_dataloader()  # dataloader j = test experience j
+        for i in range(dm.n_experiences):
+            model.start_experience(dm.classes_of(i), experience=i)
+            trainer.fit_loop.max_epochs += args.epochs  # a second fit trains only when max_epochs grows
+            trainer.fit(model, dm.train_dataloader_of(i))
+            trainer.validate(model, tests, verbose=False)
 
     print("accuracy matrix (row i: after training experience i):")
     print(metrics.matrix.compute())
+    print("after the stream: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.summary.items()))
 
 
 if __name__ == "__main__":

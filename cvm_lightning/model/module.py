@@ -172,6 +172,7 @@ class CVMModule(pl.LightningModule):
         self._fit_classes: set[int] = set()  # classes of the current experience: never replayed
         self._experience_started = False
         self._first_epoch = 0
+        self._recalibrated_at_step = -1
 
     # ----------------------------------------------------------------- concepts
     @property
@@ -187,6 +188,7 @@ class CVMModule(pl.LightningModule):
         self._fit_classes = set()
         self._mark_seen([int(c) for c in classes])
         self._experience_started = True
+        self._first_epoch = self.current_epoch  # replay stores samples in an experience's first epoch
         if experience is not None:
             self.current_experience = experience
 
@@ -344,9 +346,15 @@ class CVMModule(pl.LightningModule):
         self._first_epoch = self.current_epoch
 
     def on_train_end(self) -> None:
-        if self.hparams["recalibrate_bn"]:
-            recalibrate_on_batches(self, self.trainer.train_dataloader, self.device)
-            self._average_batchnorm_across_processes()
+        # A stream trained in one fit recalibrated at the end of each experience already.
+        if self.hparams["recalibrate_bn"] and self._recalibrated_at_step != self.global_step:
+            self.recalibrate_batchnorm()
+
+    def recalibrate_batchnorm(self) -> None:
+        """Re-estimate BatchNorm statistics over the current training data (and replay), averaged across processes."""
+        recalibrate_on_batches(self, self.trainer.train_dataloader, self.device)
+        self._average_batchnorm_across_processes()
+        self._recalibrated_at_step = self.global_step
 
     def _average_batchnorm_across_processes(self) -> None:
         # Under DDP each process recalibrated on its own shard; all must predict alike.
@@ -403,11 +411,19 @@ class CVMModule(pl.LightningModule):
         optimizer = self.build_optimizer()
         if self.hparams["scheduler"] == "none":
             return optimizer
-        # The Trainer may continue from earlier experiences: anneal over this fit only.
         self.trainer.estimated_stepping_batches  # noqa: B018 - loads the train dataloader
-        steps = max(1, (self.trainer.max_epochs - self.current_epoch) * int(self.trainer.num_training_batches))
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.build_scheduler(optimizer), "interval": "step"}}
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """The cosine schedule of one experience, from the first step of the current epoch.
+
+        One experience is the rest of this ``fit``, or, when a data module
+        gives ``epochs_per_experience``, that many epochs.
+        """
+        datamodule = getattr(self.trainer, "datamodule", None)
+        epochs = getattr(datamodule, "epochs_per_experience", None) or (self.trainer.max_epochs - self.current_epoch)
+        steps = max(1, epochs * int(self.trainer.num_training_batches))
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
 
     # -------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ from cvm_lightning.training.baselines import (
     build_baseline,
 )
 from cvm_lightning.training.lightning_stream import LightningStreamAdapter
+from cvm_lightning.training.schedule import ExperienceSchedule
 
 __all__ = [
     "BASELINES",
@@ -16,6 +17,7 @@ __all__ = [
     "BaselineSettings",
     "CVMStrategy",
     "ClassifierNet",
+    "ExperienceSchedule",
     "LightningStreamAdapter",
     "build_baseline",
 ]

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
-import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader
 
+from cvm_lightning.data import experience_loader
 from cvm_lightning.errors import ConfigError, DataError
 from cvm_lightning.model import CVMModule
 from cvm_lightning.settings import check_settings
@@ -66,17 +66,9 @@ class LightningStreamAdapter:
         return self.position.train_seconds
 
     def _loader(self, dataset, train: bool, experience: int = 0) -> DataLoader:
-        # Shuffling draws from generators of its own, seeded per experience: Lightning
-        # creates a different number of iterators on a fresh Trainer than on a reused
-        # one, so drawing from the global generator would make resumed runs differ.
-        seed = int(self.module.hparams.get("seed", 0)) * 100_003 + experience
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if train else None,
-            generator=torch.Generator().manual_seed(seed),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+        return experience_loader(
+            dataset, batch_size=self.batch_size if train else self.eval_batch_size, train=train,
+            seed=int(self.module.hparams.get("seed", 0)), experience=experience, num_workers=self.num_workers,
         )
 
     def fit_experience(self, experience, index: int | None = None) -> None:

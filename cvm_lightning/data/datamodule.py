@@ -1,0 +1,159 @@
+"""``ClassIncrementalDataModule``: every experience of a stream served by one Lightning DataModule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from cvm_lightning.errors import ConfigError, DataError
+from cvm_lightning.settings import check_settings
+from cvm_lightning.streams import Benchmark, StreamConfig, build_benchmark
+
+
+def experience_loader(
+    dataset, *, batch_size: int, train: bool, seed: int = 0, experience: int = 0, num_workers: int = 0
+) -> DataLoader:
+    """A loader of one experience: training loaders shuffle with a generator seeded by ``seed`` and ``experience``.
+
+    Shuffling draws from a generator of its own, never from the global one, so
+    the order does not depend on how many iterators Lightning made before
+    (a resumed run shuffles as an uninterrupted one does).
+    """
+    seed = seed * 100_003 + experience
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if train else None,
+        # Each iterator draws its worker seed from this one: a generator apart from the sampler's.
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+class ClassIncrementalDataModule(pl.LightningDataModule):
+    """A class-incremental stream for one ``trainer.fit``: epochs ``[k E, (k + 1) E)`` train experience ``k``.
+
+    ``train_dataloader()`` serves the experience of the Trainer's current
+    epoch, so with ``reload_dataloaders_every_n_epochs=epochs_per_experience``
+    Lightning switches experiences inside one fit. ``val_dataloader()``
+    returns every test experience: dataloader ``j`` is test experience ``j``.
+    :class:`~cvm_lightning.training.ExperienceSchedule` sets those Trainer
+    options from this data module and handles each experience's start and end.
+
+    Args:
+        benchmark: a registered benchmark name (``cvm benchmarks``).
+        epochs_per_experience: training epochs of each experience.
+        batch_size: training batch size.
+        eval_batch_size: batch size of the test experiences.
+        num_workers: ``DataLoader`` workers.
+        seed: the class order, subsampling and shuffling.
+        data_root: folder holding the benchmark's data (``--data-root``).
+        train_per_class: keep at most this many training images a class.
+        test_per_class: keep at most this many test images a class.
+        n_experiences: number of experiences (the benchmark's default if unset).
+        download: allow downloading data (needs internet).
+    """
+
+    def __init__(
+        self,
+        benchmark: str = "split-digits",
+        *,
+        epochs_per_experience: int = 5,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+        data_root: str | Path | None = None,
+        train_per_class: int | None = None,
+        test_per_class: int | None = None,
+        n_experiences: int | None = None,
+        download: bool = False,
+    ) -> None:
+        super().__init__()
+        check_settings({"epochs_per_experience": epochs_per_experience, "batch_size": batch_size,
+                        "eval_batch_size": eval_batch_size, "num_workers": num_workers, "seed": seed,
+                        "train_per_class": train_per_class, "test_per_class": test_per_class,
+                        "n_experiences": n_experiences})
+        self.save_hyperparameters()
+        self._benchmark: Benchmark | None = None
+
+    @classmethod
+    def from_benchmark(cls, benchmark: Benchmark, **kwargs: Any) -> "ClassIncrementalDataModule":
+        """A data module over an already built :class:`~cvm_lightning.streams.Benchmark` (any Avalanche scenario inside)."""
+        module = cls(benchmark.name, **kwargs)
+        module._check(benchmark)
+        module._benchmark = benchmark
+        return module
+
+    @property
+    def benchmark(self) -> Benchmark:
+        """The stream, built on first use."""
+        if self._benchmark is None:
+            h = self.hparams
+            benchmark = build_benchmark(h.benchmark, StreamConfig(
+                seed=h.seed, data_root=Path(h.data_root) if h.data_root is not None else None,
+                train_per_class=h.train_per_class, test_per_class=h.test_per_class,
+                n_experiences=h.n_experiences, download=h.download,
+            ))
+            self._check(benchmark)
+            self._benchmark = benchmark
+        return self._benchmark
+
+    @staticmethod
+    def _check(benchmark: Benchmark) -> None:
+        if benchmark.n_experiences < 1:
+            raise DataError(f"Benchmark {benchmark.name} has no experiences: a stream needs at least one.")
+        if len(benchmark.test_stream) != benchmark.n_experiences:
+            raise ConfigError(f"Benchmark {benchmark.name} has {benchmark.n_experiences} training but "
+                              f"{len(benchmark.test_stream)} test experiences; they must pair up.")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.benchmark.class_names)
+
+    @property
+    def n_experiences(self) -> int:
+        return self.benchmark.n_experiences
+
+    @property
+    def epochs_per_experience(self) -> int:
+        return int(self.hparams.epochs_per_experience)
+
+    @property
+    def max_epochs(self) -> int:
+        """Epochs of the whole stream: the Trainer's ``max_epochs``."""
+        return self.n_experiences * self.epochs_per_experience
+
+    def experience_at(self, epoch: int) -> int:
+        """The experience that epoch ``epoch`` trains."""
+        return min(epoch // self.epochs_per_experience, self.n_experiences - 1)
+
+    def classes_of(self, experience: int) -> list[int]:
+        """The class ids of training experience ``experience``."""
+        return sorted(int(c) for c in self.benchmark.train_stream[experience].classes_in_this_experience)
+
+    def setup(self, stage: str) -> None:
+        self.benchmark  # noqa: B018 - builds (and checks) the stream once, on every process
+
+    def train_dataloader(self) -> DataLoader:
+        """The loader of the experience the Trainer's current epoch trains."""
+        return self.train_dataloader_of(self.experience_at(self.trainer.current_epoch if self.trainer is not None else 0))
+
+    def train_dataloader_of(self, experience: int) -> DataLoader:
+        """The training loader of ``experience`` (for one ``fit`` per experience)."""
+        dataset = self.benchmark.train_stream[experience].dataset.train()
+        if len(dataset) == 0:
+            raise DataError(f"Training experience {experience} is empty: every experience needs at least one sample.")
+        h = self.hparams
+        return experience_loader(dataset, batch_size=h.batch_size, train=True, seed=h.seed, experience=experience,
+                                 num_workers=h.num_workers)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        h = self.hparams
+        return [experience_loader(exp.dataset.eval(), batch_size=h.eval_batch_size, train=False, num_workers=h.num_workers)
+                for exp in self.benchmark.test_stream]

@@ -1,0 +1,71 @@
+"""``ExperienceSchedule``: the callback that makes one ``trainer.fit`` learn a whole stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+
+from cvm_lightning.errors import ConfigError
+
+
+class ExperienceSchedule(pl.Callback):
+    """Drives a :class:`~cvm_lightning.data.ClassIncrementalDataModule` stream inside one ``fit``.
+
+    At setup it sets the Trainer's ``max_epochs`` (the stream's),
+    ``reload_dataloaders_every_n_epochs`` and ``check_val_every_n_epoch``
+    (both ``epochs_per_experience``), so the data module switches experiences
+    and every experience ends with a validation on all test experiences,
+    which :class:`~cvm_lightning.metrics.ContinualMetricsCallback` records as
+    one row of the accuracy matrix.
+
+    At the start of each experience it marks the experience's classes as seen
+    (``start_experience``), clears the optimiser state and restarts the
+    learning-rate schedule, as a fresh optimiser per experience would. After
+    the experience's last training batch it re-estimates BatchNorm statistics
+    (when the module's ``recalibrate_bn`` is on), averaged across processes
+    under DDP, before Lightning validates. The progress bar shows the experience.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        datamodule = trainer.datamodule
+        if datamodule is None or not hasattr(datamodule, "experience_at"):
+            raise ConfigError(
+                "ExperienceSchedule needs trainer.fit(model, datamodule=ClassIncrementalDataModule(...)); "
+                "with plain dataloaders, call start_experience and fit once per experience instead."
+            )
+        epochs = datamodule.epochs_per_experience
+        trainer.fit_loop.max_epochs = datamodule.max_epochs
+        trainer.reload_dataloaders_every_n_epochs = epochs
+        trainer.check_val_every_n_epoch = epochs
+
+    def _experience(self, trainer: pl.Trainer) -> int:
+        return trainer.datamodule.experience_at(trainer.current_epoch)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        experience = self._experience(trainer)
+        if trainer.current_epoch % datamodule.epochs_per_experience == 0:
+            pl_module.start_experience(datamodule.classes_of(experience), experience=experience)
+            self._fresh_optimizers(trainer, pl_module)
+        pl_module.log("experience", float(experience), prog_bar=True, on_step=False, on_epoch=True, sync_dist=False)
+
+    @staticmethod
+    def _fresh_optimizers(trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for optimizer in trainer.optimizers:
+            optimizer.state.clear()
+            for group in optimizer.param_groups:
+                group["lr"] = group.get("initial_lr", group["lr"])
+        for config in trainer.lr_scheduler_configs:
+            if hasattr(pl_module, "build_scheduler"):
+                config.scheduler = pl_module.build_scheduler(config.scheduler.optimizer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        datamodule = trainer.datamodule
+        last_epoch = (trainer.current_epoch + 1) % datamodule.epochs_per_experience == 0
+        last_batch = batch_idx + 1 >= trainer.num_training_batches
+        if last_epoch and last_batch and pl_module.hparams.get("recalibrate_bn", False):
+            pl_module.recalibrate_batchnorm()
