@@ -1,4 +1,4 @@
-"""The ``cvm`` command line: ``run``, ``benchmarks``, ``export``, ``predict`` and ``learn``.
+"""The ``cvm`` command line: ``run``, ``benchmarks``, ``export``, ``predict``, ``learn``, and Lightning's ``fit``, ``validate``, ``test``.
 
 Parsing and validation import nothing heavy, so ``--help`` and bad input
 answer at once. Every command's values go through one validation layer
@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     sub.add_parser("benchmarks", help="list the available benchmarks")
+    for command, what in LIGHTNING_COMMANDS.items():
+        # Parsed by Lightning's own CLI (see main): listed here for `cvm --help`.
+        sub.add_parser(command, add_help=False, help=f"{what} with Lightning's CLI and YAML configs (`cvm {command} --help`)")
 
     export = sub.add_parser(
         "export",
@@ -198,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIGHTNING_COMMANDS = {
+    "fit": "train CVMModule on a stream in one trainer.fit",
+    "validate": "score a model on every test experience",
+    "test": "test a model on every test experience",
+}
 DDP_OUT_VARIABLE = "_CVM_RUN_OUT"
 
 
@@ -335,13 +343,24 @@ COMMANDS = {"run": _run, "export": _export, "predict": _predict, "learn": _learn
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cvm`` console script."""
-    args = build_parser().parse_args(argv)
+    from_sys_argv = argv is None
+    argv = sys.argv[1:] if argv is None else list(argv)
+    lightning = bool(argv) and argv[0] in LIGHTNING_COMMANDS
+    args = None if lightning else build_parser().parse_args(argv)
     for message in EXPECTED_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
     # Lightning's start-up notes (accelerators found, tips for its cloud products, "fit stopped")
     # say nothing about a CPU run of this tool; its warnings still show.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     try:
+        if lightning:
+            from cvm_lightning.lightning_cli import run_lightning_cli
+
+            try:
+                run_lightning_cli(argv, from_sys_argv)
+            except SystemExit as done:  # --help and --print_config end here
+                return int(done.code or 0)
+            return 0
         check_settings(vars(args))
         return COMMANDS[args.command](args)
     except CVMError as err:

@@ -1,10 +1,14 @@
 """One ``trainer.fit(model, datamodule=...)`` learns a whole stream, the Lightning way."""
 
+import json
+from pathlib import Path
+
 import pytest
 import pytorch_lightning as pl
 import torch
 
 from cvm_lightning import CVMModule, ConceptBank
+from cvm_lightning.cli import main
 from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.errors import ConfigError
 from cvm_lightning.metrics import ContinualMetricsCallback
@@ -52,3 +56,41 @@ def test_the_schedule_needs_the_data_module():
 def test_bad_data_module_settings_are_config_errors(bad):
     with pytest.raises(ConfigError):
         ClassIncrementalDataModule("split-digits", **bad)
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_parses(config, capsys):
+    assert main(["fit", "--config", str(config), "--print_config"]) == 0
+    printed = capsys.readouterr().out
+    assert "benchmark:" in printed and "backbone: reduced_resnet18" in printed
+
+
+def test_cvm_fit_trains_the_stream_from_a_config(tmp_path):
+    config = next(c for c in CONFIGS if c.stem == "split_digits")
+    assert main(["fit", "--config", str(config), "--data.epochs_per_experience", "1", "--data.train_per_class", "10",
+                 "--model.input_size", "16", "--trainer.enable_progress_bar", "false",
+                 "--trainer.default_root_dir", str(tmp_path)]) == 0
+    run = next(tmp_path.rglob("accuracy_matrix.json"))
+    saved = json.loads(run.read_text())
+    assert len(saved["accuracy_matrix"]) == 5 and all(v is not None for v in saved["accuracy_matrix"][4])
+    assert (run.parent / "config.yaml").is_file() and list(run.parent.rglob("*.ckpt")), "Lightning's config and checkpoint"
+
+
+@pytest.mark.parametrize("args,fix", [
+    (["--config", "{yaml}"], "does not accept option 'model.bogus_key'"),
+    (["--model.bogus_key", "3"], "unrecognized arguments: --model.bogus_key"),
+    (["--model.lr", "abc"], 'Parser key "model.lr"'),
+    (["--data.epochs_per_experience", "0"], "must be an integer >= 1"),
+    (["--model.lr", "-1"], "--lr must be a number > 0"),
+])
+def test_bad_config_values_are_one_line(args, fix, tmp_path, capsys):
+    bad_yaml = tmp_path.parent / f"{tmp_path.name}-bad.yaml"
+    bad_yaml.write_text("model:\n  bogus_key: 3\n")
+    args = [a.replace("{yaml}", str(bad_yaml)) for a in args]
+    assert main(["fit", "--trainer.default_root_dir", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cvm: error: ") and fix in err[0], err
+    assert not list(tmp_path.rglob("*")), "nothing written"

@@ -117,6 +117,15 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         return list(self.benchmark.class_names)
 
     @property
+    def in_chans(self) -> int:
+        return int(self.benchmark.in_chans)
+
+    @property
+    def templates(self) -> list[str]:
+        """The benchmark's prompt templates for its concepts."""
+        return list(self.benchmark.templates)
+
+    @property
     def n_experiences(self) -> int:
         return self.benchmark.n_experiences
 

@@ -24,6 +24,8 @@ class ContinualMetricsCallback(pl.Callback):
     ``current_experience`` attribute when it has one (``CVMModule`` does),
     otherwise the number of ``fit`` calls so far minus one. A validation run
     before any ``fit`` records the reference accuracies for forward transfer.
+    ``n_experiences`` may be left out when the Trainer gets a data module
+    that has it (:class:`~cvm_lightning.data.ClassIncrementalDataModule`).
 
     After each validation run it logs ``{prefix}avg_acc``, ``avg_inc_acc``,
     ``forgetting``, ``bwt`` (and ``fwt``) through the Trainer's loggers and,
@@ -31,13 +33,17 @@ class ContinualMetricsCallback(pl.Callback):
     summed across processes, so the numbers are exact under DDP.
     """
 
-    def __init__(self, n_experiences: int, forgetting_mode: str = "max", prefix: str = "cl/") -> None:
-        self.matrix = AccuracyMatrix(n_experiences)
-        self._reference = AccuracyMatrix(n_experiences)
+    def __init__(self, n_experiences: int | None = None, forgetting_mode: str = "max", prefix: str = "cl/") -> None:
+        self._make_matrices(n_experiences)
         self.forgetting_mode = forgetting_mode
         self.prefix = prefix
         self.summary: dict[str, float] = {}
         self._fits = 0
+
+    def _make_matrices(self, n_experiences: int | None) -> None:
+        # None: the size comes from the Trainer's data module at setup.
+        self.matrix = AccuracyMatrix(n_experiences) if n_experiences is not None else None
+        self._reference = AccuracyMatrix(n_experiences) if n_experiences is not None else None
 
     @property
     def reference(self) -> torch.Tensor | None:
@@ -72,6 +78,11 @@ class ContinualMetricsCallback(pl.Callback):
         self._fits = int(state_dict["fits"])
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.matrix is None:
+            n_experiences = getattr(trainer.datamodule, "n_experiences", None)
+            if n_experiences is None:
+                raise ValueError("ContinualMetricsCallback needs n_experiences, or a data module that has it.")
+            self._make_matrices(int(n_experiences))
         self.matrix.to(pl_module.device)
         self._reference.to(pl_module.device)
 

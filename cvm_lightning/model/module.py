@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvm_lightning.concepts import ConceptBank
+from cvm_lightning.concepts import DEFAULT_TEMPLATES, ConceptBank
 from cvm_lightning.errors import ConceptError, ConfigError, DataError, TrainingDivergedError
 from cvm_lightning.model.augment import BatchAugment
 from cvm_lightning.model.backbones import create_backbone, feature_dim, upsample_small
@@ -52,12 +52,19 @@ class CVMModule(pl.LightningModule):
     Labels are integer class ids in the order of ``concept_bank``.
 
     Args:
-        concept_bank: the knowledge space. When ``None``, ``class_names`` and
-            ``concept_dim`` give its shape and the embeddings come from a
-            checkpoint (this is how ``load_from_checkpoint`` works).
+        concept_bank: the knowledge space, built beforehand. When ``None``,
+            ``class_names`` with ``text_model`` and ``templates`` build it
+            here (cached on disk); this is how a config file or ``cvm fit``
+            makes the model. With ``concept_dim`` too, the embeddings come
+            from a checkpoint (this is how ``load_from_checkpoint`` works).
+        class_names: the class names, in class-id order.
+        concept_dim: the concept width of a checkpoint's concepts.
         concept_source: how the concepts were made (text model and
             templates); filled from ``concept_bank`` and kept in checkpoints
             so new classes can be added consistently (``cvm learn``).
+        text_model: the text model of the concepts built from ``class_names``
+            (default all-MiniLM-L6-v2; ``"random"`` for the control).
+        templates: their prompt templates (default: photo prompts).
         backbone: a ``timm`` model name or a registered backbone.
         pretrained: load the backbone's pretrained weights (needs them cached).
         in_chans: image channels.
@@ -86,6 +93,7 @@ class CVMModule(pl.LightningModule):
         weight_decay: weight decay.
         scheduler: ``"none"`` or ``"cosine"`` (annealed over each ``fit``).
         buffer_size: replay memory size in samples (0 turns replay off).
+            The defaults of ``backbone``, ``input_size`` and ``buffer_size`` are ``cvm run``'s.
         replay_batch_size: replayed samples per batch (default: the batch size).
         seed: seed of the replay memory's sampling.
         recalibrate_bn: after each ``fit``, re-estimate BatchNorm statistics
@@ -112,10 +120,12 @@ class CVMModule(pl.LightningModule):
         class_names: Sequence[str] | None = None,
         concept_dim: int | None = None,
         concept_source: dict | None = None,
-        backbone: str = "mobilenetv3_small_100",
+        text_model: str | None = None,
+        templates: Sequence[str] | None = None,
+        backbone: str = "reduced_resnet18",
         pretrained: bool = False,
         in_chans: int = 3,
-        input_size: int | None = None,
+        input_size: int | None = 32,
         image_size: int | None = None,
         augment: str = "none",
         head: str = "linear",
@@ -129,7 +139,7 @@ class CVMModule(pl.LightningModule):
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         scheduler: str = "none",
-        buffer_size: int = 0,
+        buffer_size: int = 100,
         replay_batch_size: int | None = None,
         seed: int = 0,
         recalibrate_bn: bool = True,
@@ -139,11 +149,16 @@ class CVMModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         check_settings({name: value for name, value in locals().items() if name not in ("self", "concept_bank")})
+        if concept_bank is None and class_names is not None and concept_dim is None:
+            # Plain values (a config file, LightningCLI): build the concepts now; they are cached on disk.
+            concept_bank = ConceptBank.from_names(
+                check_class_names(class_names), text_model=text_model, templates=tuple(templates or DEFAULT_TEMPLATES)
+            )
         if concept_bank is not None:
             class_names, concept_dim = concept_bank.class_names, concept_bank.dim
             concept_source = {"text_model": asdict(concept_bank.text_model), "templates": list(concept_bank.templates)}
         if class_names is None or concept_dim is None:
-            raise ConfigError("CVMModule needs a concept_bank (or class_names and concept_dim with a checkpoint).")
+            raise ConfigError("CVMModule needs class_names (with text_model and templates) or a concept_bank.")
         class_names = check_class_names(class_names)
         self.save_hyperparameters(ignore=["concept_bank"])
         self.hparams["class_names"] = list(class_names)
