@@ -46,7 +46,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for backbone in args.backbones:
-            module = CVMModule(bank, backbone=backbone, input_size=32)
+            module = CVMModule(bank, backbone=backbone, input_size=32, buffer_size=0)
             module.start_experience(list(range(10)))
             module.eval()
             eager = DeployedCVM(module).eval()

@@ -90,7 +90,7 @@ def main() -> None:
         runs = {"linear": [], "cvm": [], "cvm+replay": []}
         for _ in range(args.rounds):
             runs["linear"].append(images_per_second(LinearHeadModule(backbone), loader, args.steps))
-            runs["cvm"].append(images_per_second(CVMModule(bank, backbone=backbone, input_size=32), loader, args.steps))
+            runs["cvm"].append(images_per_second(CVMModule(bank, backbone=backbone, input_size=32, buffer_size=0), loader, args.steps))
             replaying = CVMModule(bank, backbone=backbone, input_size=32, buffer_size=500)
             replaying.seen[N_CLASSES // 2 :] = True  # learned in "earlier experiences"
             replaying.replay.add(data.tensors[0][:500], data.tensors[1][:500] + N_CLASSES // 2, torch.zeros(500, bank.dim))

@@ -59,7 +59,7 @@ def trained(cifar10_root, tmp_path_factory):
                 (root / split / name / image.name).write_bytes(image.read_bytes())
     train, test, names, _ = load_image_folder(root, image_size=32)
     pl.seed_everything(0)
-    module = CVMModule(ConceptBank.from_names(names), backbone="reduced_resnet18")
+    module = CVMModule(ConceptBank.from_names(names), backbone="reduced_resnet18", buffer_size=0)
     trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, default_root_dir=folder)
     trainer.fit(module, DataLoader(train, batch_size=32, shuffle=True))

@@ -25,11 +25,6 @@ def test_lightning_dropin_example_runs_and_logs(tmp_path):
     assert list(tmp_path.rglob("events.out.tfevents.*"))
     artefacts = list(tmp_path.rglob("accuracy_matrix.json"))
     assert artefacts and '"forgetting"' in artefacts[0].read_text()
-    loop = run_example("lightning_dropin.py", "--epochs", "1", "--backbone", "mobilenetv3_small_050",
-                       "--input-size", "16", "--root", str(tmp_path / "loop"), "--loop")
-    assert loop.returncode == 0, loop.stderr[-2000:]
-    matrix = lambda out: out.split("accuracy matrix")[1]  # noqa: E731
-    assert matrix(loop.stdout) == matrix(result.stdout), "one fit and one fit per experience agree"
 
 
 @pytest.mark.slow

@@ -155,7 +155,7 @@ def test_callback_drops_into_a_plain_trainer_and_logs(digit_bank, tmp_path):
 
     pl.seed_everything(0)
     bench = build_benchmark("split-digits", StreamConfig(seed=0, n_experiences=2))
-    module = CVMModule(digit_bank, backbone="mobilenetv3_small_050", in_chans=1, input_size=16)
+    module = CVMModule(digit_bank, backbone="mobilenetv3_small_050", in_chans=1, input_size=16, buffer_size=0)
     callback = ContinualMetricsCallback(n_experiences=2)
     tests = [DataLoader(e.dataset, batch_size=128) for e in bench.test_stream]
     trainer = pl.Trainer(

@@ -17,6 +17,7 @@ def quiet_trainer(**kwargs):
 
 def small_module(bank, **kwargs):
     kwargs.setdefault("backbone", "mobilenetv3_small_050")
+    kwargs.setdefault("buffer_size", 0)
     return CVMModule(bank, in_chans=1, input_size=16, **kwargs)
 
 
@@ -32,7 +33,7 @@ def test_feature_width_is_measured_not_read():
 
 
 def test_vit_gets_img_size_for_small_images(digit_bank):
-    module = CVMModule(digit_bank, backbone="vit_tiny_patch16_224", in_chans=1, input_size=32, head="linear")
+    module = CVMModule(digit_bank, backbone="vit_tiny_patch16_224", in_chans=1, input_size=32, head="linear", buffer_size=0)
     logits = module(torch.rand(2, 1, 8, 8))
     assert logits.shape == (2, 10)
 
@@ -79,7 +80,7 @@ def test_nan_loss_stops_with_experience_and_step(digit_bank):
 def test_digits_iid_accuracy_with_a_plain_trainer(digit_bank):
     pl.seed_everything(0)
     train, test = load_digits_split()
-    module = CVMModule(digit_bank, backbone="reduced_resnet18", in_chans=1, input_size=32)
+    module = CVMModule(digit_bank, backbone="reduced_resnet18", in_chans=1, input_size=32, buffer_size=0)
     trainer = quiet_trainer(max_epochs=5)
     trainer.fit(module, DataLoader(train, batch_size=64, shuffle=True))
     accuracy = trainer.validate(module, DataLoader(test, batch_size=256), verbose=False)[0]["val/acc"]
@@ -162,7 +163,7 @@ def test_cosine_schedule_anneals_over_each_fit(digit_bank):
 
 @pytest.mark.parametrize("size", [32, 64])
 def test_reduced_resnet18_is_small_and_trains_on_small_images(digit_bank, size):
-    module = CVMModule(digit_bank, backbone="reduced_resnet18", in_chans=3)
+    module = CVMModule(digit_bank, backbone="reduced_resnet18", in_chans=3, buffer_size=0)
     backbone_params = sum(p.numel() for p in module.backbone.parameters())
     assert 1.0e6 < backbone_params < 1.2e6
     data = TensorDataset(torch.rand(16, 3, size, size), torch.tensor([0, 1] * 8))
