@@ -18,7 +18,14 @@ from pathlib import Path
 
 from cvm_lightning.errors import CVMError
 from cvm_lightning.paths import check_input_file, check_input_folder, check_output_file, check_output_folder
-from cvm_lightning.settings import CHOICES, MODEL_SUFFIXES, PREDICTION_SUFFIXES, STRATEGIES, check_settings
+from cvm_lightning.settings import (
+    CHOICES,
+    MODEL_SUFFIXES,
+    PREDICTION_SUFFIXES,
+    STRATEGIES,
+    check_class_names,
+    check_settings,
+)
 
 # Messages that `cvm run` triggers by design (the adapter fits without
 # validation loaders, evaluates with trainer.validate, uses in-memory data
@@ -35,6 +42,11 @@ CHECKPOINT_HELP = "pass the .ckpt file a training run wrote (`cvm run` writes OU
 
 def _strategies(value: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in value.split(",") if s.strip())
+
+
+def _names(value: str) -> list[str]:
+    """Comma-separated class names, spaces around each trimmed (empty names are kept, to be reported)."""
+    return [name.strip() for name in value.split(",")]
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,13 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
         "learn",
         help="teach a trained model new classes from a folder of images",
         description="Continue a checkpoint on one new experience: DATA/train/<class>/* (and DATA/test/<class>/* to "
-        "score it). Only the new concepts are computed; the replay memory keeps the old classes in play. The new "
-        "checkpoint is written beside the old one (NAME-learnedN.ckpt, or --out); the old one is never overwritten.",
+        "score it). Only the new concepts are computed; the replay memory keeps the old classes in play. With "
+        "--names instead of --data, the classes are added by name alone: their concepts come from the text model "
+        "and they are predicted at once, with no image and no training. The new checkpoint is written beside the "
+        "old one (NAME-learnedN.ckpt, or --out); the old one is never overwritten.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     learn.add_argument("--checkpoint", type=Path, required=True)
-    learn.add_argument("--data", type=Path, required=True, help="folder with train/<class>/ and test/<class>/")
-    learn.add_argument("--names", type=Path, default=None, help="folder<TAB>name[<TAB>description] lines (default: folder names)")
+    learn.add_argument("--data", type=Path, default=None, help="folder with train/<class>/ and test/<class>/")
+    learn.add_argument(
+        "--names", type=_names, default=None, metavar="A,B,...",
+        help="classes known by name only, without images: added at once from the text model (instead of --data)",
+    )
+    learn.add_argument("--names-file", type=Path, default=None, help="folder<TAB>name[<TAB>description] lines naming --data's folders (default: folder names)")
     learn.add_argument("--eval-data", type=Path, default=None, help="test images of the old classes, <class name>/<image>, to report their accuracy")
     learn.add_argument("--epochs", type=int, default=5)
     learn.add_argument("--batch-size", type=int, default=64)
@@ -193,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", type=Path, required=True, help=".ckpt, TorchScript .pt or .onnx file")
     predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
     predict.add_argument("--batch-size", type=int, default=64, help="images per batch (also the drift monitor's unit)")
+    predict.add_argument("--classes", type=_names, default=None, metavar="A,B,...", help="only these learned classes compete")
     predict.add_argument("--output", type=Path, default=None, help="write the predictions to a .csv or .json file")
     predict.add_argument("--monitor", action="store_true", help="report concept drift against --reference images")
     predict.add_argument("--reference", type=Path, default=None, help="held-out images of the learned classes (turns on --monitor)")
@@ -276,9 +295,23 @@ def _export(args: argparse.Namespace) -> int:
 
 def _learn(args: argparse.Namespace) -> int:
     check_input_file(args.checkpoint, "checkpoint", {".ckpt"}, fix=CHECKPOINT_HELP)
-    check_input_folder(args.data, "folder of new classes", fix="It needs train/<class>/<image> and test/<class>/<image>.")
+    if (args.data is None) == (args.names is None):
+        raise CVMError("Pass --data DIR (new classes with images) or --names A,B (new classes by name only), not both.")
     if args.names is not None:
-        check_input_file(args.names, "class-names file", fix="It holds folder<TAB>name[<TAB>description] lines.")
+        if args.names_file is not None or args.eval_data is not None:
+            raise CVMError("--names adds classes without images: --names-file and --eval-data go with --data.")
+        check_class_names(args.names, what="--names")
+        if args.out is not None:
+            check_output_file(args.out, inputs=[args.checkpoint], overwrite=args.overwrite, suffixes=(".ckpt",), what="checkpoint")
+        from cvm_lightning.deploy.learn import learn_names
+
+        out = learn_names(args.checkpoint, args.names, out=args.out, overwrite=args.overwrite)
+        print(f"Added {', '.join(args.names)} by name; wrote {out} ({args.checkpoint} is unchanged). "
+              "They are predicted from now on; teach them with images later through --data.")
+        return 0
+    check_input_folder(args.data, "folder of new classes", fix="It needs train/<class>/<image> and test/<class>/<image>.")
+    if args.names_file is not None:
+        check_input_file(args.names_file, "class-names file", fix="It holds folder<TAB>name[<TAB>description] lines.")
     if args.eval_data is not None:
         check_input_folder(args.eval_data, "--eval-data folder", fix="It holds <class name>/<image> of the old classes.")
     if args.out is not None:
@@ -286,7 +319,7 @@ def _learn(args: argparse.Namespace) -> int:
     from cvm_lightning.deploy.learn import learn_new_classes
 
     report = learn_new_classes(
-        args.checkpoint, args.data, names_file=args.names, eval_data=args.eval_data, epochs=args.epochs,
+        args.checkpoint, args.data, names_file=args.names_file, eval_data=args.eval_data, epochs=args.epochs,
         batch_size=args.batch_size, out=args.out,
     )
     print(f"Learned {', '.join(report.new_classes)}; wrote {report.checkpoint} ({args.checkpoint} is unchanged)")
@@ -316,7 +349,7 @@ def _predict(args: argparse.Namespace) -> int:
     files = image_files(args.paths)
     report = predict_files(
         args.model, files, batch_size=args.batch_size, reference=args.reference if monitor else None,
-        z_threshold=args.z_threshold,
+        z_threshold=args.z_threshold, classes=args.classes,
     )
     if args.output is None:
         for row in report.rows:

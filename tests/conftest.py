@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_helpers import TINY_RUN, make_image_folder
+from cvm_lightning.cli import main
 from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.streams.datasets import DIGIT_NAMES
 
@@ -53,3 +55,16 @@ def tinyimagenet_root(tmp_path_factory) -> Path:
 def _work_in_tmp(tmp_path, monkeypatch):
     """Trainers and runs write relative files (checkpoints/, runs/): keep them out of the repository."""
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory, _isolated_cache):
+    """A trained run: data, OUT/final.ckpt (trained at --input-size 16 on 32-px images) and an export."""
+    root = tmp_path_factory.mktemp("workspace")
+    data = make_image_folder(root / "data")
+    assert main(["run", *TINY_RUN, "--data-root", str(data), "--out", str(root / "run")]) == 0
+    checkpoint = root / "run" / "final.ckpt"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(root / "model.pt")]) == 0
+    new = make_image_folder(root / "new", classes=("horse", "truck"), train=8, test=4)
+    return {"root": root, "data": data, "ckpt": checkpoint, "pt": root / "model.pt", "new": new,
+            "images": data / "test" / "cat"}

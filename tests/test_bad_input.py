@@ -7,7 +7,6 @@ file under the test folder before and after.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -16,58 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_helpers import TINY_RUN, expect_error, make_image_folder
 from cvm_lightning.cli import main
 from cvm_lightning.errors import ConceptError, ConfigError, DataError
-
-CLASSES = ("cat", "dog", "frog", "ship")
-TINY_RUN = ["--benchmark", "imagefolder", "--n-experiences", "2", "--strategies", "cvm", "--epochs", "1",
-            "--buffer", "16", "--input-size", "16", "--no-progress"]
-
-
-def _write_images(folder: Path, count: int, colour: int, seed: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(count):
-        pixels = np.clip(rng.normal(colour, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"{i:03d}.png")
-
-
-def make_image_folder(root: Path, classes=CLASSES, train: int = 12, test: int = 4) -> Path:
-    """An ImageFolder of 32x32 PNGs, one mean colour per class (learnable in one epoch)."""
-    for c, name in enumerate(classes):
-        _write_images(root / "train" / name, train, 40 + 50 * c, c)
-        _write_images(root / "test" / name, test, 40 + 50 * c, 100 + c)
-    return root
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
-    """A trained run: data, OUT/final.ckpt (trained at --input-size 16 on 32-px images) and an export."""
-    root = tmp_path_factory.mktemp("workspace")
-    data = make_image_folder(root / "data")
-    assert main(["run", *TINY_RUN, "--data-root", str(data), "--out", str(root / "run")]) == 0
-    checkpoint = root / "run" / "final.ckpt"
-    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(root / "model.pt")]) == 0
-    new = make_image_folder(root / "new", classes=("horse", "truck"), train=8, test=4)
-    return {"root": root, "data": data, "ckpt": checkpoint, "pt": root / "model.pt", "new": new,
-            "images": data / "test" / "cat"}
-
-
-def checksums(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def expect_error(args: list[str], fix: str, capsys, root: Path) -> str:
-    """Run ``cvm args``: exit 2, one error line that contains ``fix``, nothing under ``root`` changed."""
-    before = checksums(root)
-    capsys.readouterr()
-    assert main(args) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("cvm: error: "), err
-    assert fix in err[0], err[0]
-    assert checksums(root) == before, "a rejected command changed files"
-    return err[0]
-
 
 RUN_CASES = {
     "negative lr": (["--lr", "-0.1"], "--lr must be a number > 0"),
@@ -146,7 +96,7 @@ def test_deploy_commands_never_write_over_their_inputs_or_existing_files(workspa
         (["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--epochs", "0"], "--epochs must be an integer >= 1"),
         (["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--eval-data", str(root / "typo")], "No --eval-data folder"),
         (["learn", "--checkpoint", ckpt, "--data", str(root / "nowhere")], "No folder of new classes"),
-        (["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--names", str(root / "n.txt")], "No class-names file"),
+        (["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--names-file", str(root / "n.txt")], "No class-names file"),
         (["learn", "--checkpoint", ckpt, "--data", str(workspace["data"])], "already classes of this model"),
         (["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--out", ckpt], "is also an input"),
     ]

@@ -193,7 +193,7 @@ def test_learn_adds_two_classes_to_a_model_of_eight(cifar10_root, tmp_path, caps
     trainer.save_checkpoint(checkpoint)
     before = checkpoint.read_bytes()
 
-    args = ["learn", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "new"), "--names", str(tmp_path / "names.txt"),
+    args = ["learn", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "new"), "--names-file", str(tmp_path / "names.txt"),
             "--eval-data", str(tmp_path / "old" / "test"), "--epochs", "2"]
     assert main(args) == 0
     out = capsys.readouterr().out

@@ -126,3 +126,27 @@ def learn_new_classes(
         trainer.save_checkpoint(tmp, weights_only=False)  # optimiser state kept: learning can go on from it
     old_accuracy = accuracy(module, old) if old is not None else None
     return LearnReport(out, names, accuracy(module, _relabel(test, ids)), old_accuracy)
+
+
+def save_module_checkpoint(module: CVMModule, source: Path, out: Path) -> Path:
+    """Write ``module`` as a copy of checkpoint ``source`` with its weights, concepts and names replaced (atomically)."""
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    checkpoint["state_dict"] = module.state_dict()
+    checkpoint["hyper_parameters"] = dict(module.hparams)
+    module.on_save_checkpoint(checkpoint)
+    with atomic_path(out, suffix=".ckpt") as tmp:
+        torch.save(checkpoint, tmp)
+    return out
+
+
+def learn_names(checkpoint: Path, names: list[str], *, out: Path | None = None, overwrite: bool = False) -> Path:
+    """Add classes known by name only to ``checkpoint`` (no images, no training); returns the new checkpoint.
+
+    The new concepts come from the checkpoint's text model and templates,
+    and the classes are predicted at once. The old checkpoint is never touched.
+    """
+    out = next_free_path(Path(checkpoint)) if out is None else Path(out)
+    check_output_file(out, inputs=[checkpoint], overwrite=overwrite, suffixes=(".ckpt",), what="checkpoint")
+    module = load_checkpoint(checkpoint)
+    module.add_classes(check_class_names(names, known=module.class_names, what="new class names"))
+    return save_module_checkpoint(module, Path(checkpoint), out)

@@ -77,6 +77,7 @@ class Predictor:
         except Exception as err:  # each loader raises its own kinds on a damaged or mislabelled file
             raise DataError(f"{self.path} is not a readable CVM model ({_reason(err)}). "
                             "Re-export it with `cvm export` or pass another checkpoint.") from None
+        self._columns: list[int] | None = None  # restrict(): the candidate classes' columns
         self.class_ids: list[int] = self.meta["class_ids"]
         self.class_names: list[str] = self.meta["class_names"]
         # Files of format 1 took [-1, 1] pixels; from format 2 on the graph normalises [0, 1] pixels itself.
@@ -109,12 +110,25 @@ class Predictor:
         self.meta = json.loads(session.get_modelmeta().custom_metadata_map[META_FILE])
         self._run = lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
 
+    def restrict(self, names: Sequence[str]) -> None:
+        """Let only the learned classes ``names`` compete from now on."""
+        from cvm_lightning.settings import check_class_names
+
+        names = check_class_names(names, what="--classes")
+        unknown = [n for n in names if n not in self.class_names]
+        if unknown:
+            raise DataError(f"--classes {unknown} are not learned classes of {self.path}; it knows: {', '.join(self.class_names)}.")
+        self._columns = [self.class_names.index(n) for n in names]
+        self.class_ids = [self.class_ids[i] for i in self._columns]
+        self.class_names = list(names)
+
     @torch.no_grad()
     def similarities(self, images: torch.Tensor) -> torch.Tensor:
-        """Cosine similarities (B x K) of images in [0, 1] (or uint8) to the learned classes."""
+        """Cosine similarities (B x K) of images in [0, 1] (or uint8) to the (candidate) learned classes."""
         check_pixels(images)
         images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        return self._run((images - self.mean) / self.std)
+        sims = self._run((images - self.mean) / self.std)
+        return sims[:, self._columns] if self._columns is not None else sims
 
     def predict(self, images: torch.Tensor) -> tuple[list[int], list[str], torch.Tensor]:
         best, index = self.similarities(images).max(dim=1)
@@ -178,15 +192,26 @@ class PredictionReport:
 
 
 def predict_files(
-    model: Path, files: Sequence[Path], *, batch_size: int = 64, reference: Path | None = None, z_threshold: float = 3.0
+    model: Path,
+    files: Sequence[Path],
+    *,
+    batch_size: int = 64,
+    reference: Path | None = None,
+    z_threshold: float = 3.0,
+    classes: Sequence[str] | None = None,
 ) -> PredictionReport:
-    """Predict every image file with ``model``; with ``reference``, also test the images for concept drift."""
+    """Predict every image file with ``model``; with ``reference``, also test the images for concept drift.
+
+    ``classes`` limits the candidates to those learned classes.
+    """
     from tqdm import tqdm
 
     from cvm_lightning.metrics.drift import ConceptDriftMonitor
 
     check_settings({"batch_size": batch_size, "z_threshold": z_threshold})
     predictor = Predictor(model)
+    if classes is not None:
+        predictor.restrict(classes)
     monitor = ConceptDriftMonitor(z_threshold) if reference is not None else None
     reference_stats = None
     if monitor is not None:

@@ -221,13 +221,34 @@ class CVMModule(pl.LightningModule):
                 "(ConceptBank.extend or CVMModule.add_concepts) or fix the labels."
             )
 
+    def add_classes(self, names: Sequence[str], descriptions: dict[str, str] | None = None) -> list[int]:
+        """Add classes known by name only, ready to predict at once; returns their ids.
+
+        Their concepts come from the model's own text model and prompt
+        templates (recorded in ``concept_source``) and are centred like the
+        others; nothing is trained. Images learned later refine them
+        (``cvm learn``), and checkpoints and exports keep them.
+        """
+        from cvm_lightning.concepts import TextModelSpec
+
+        names = check_class_names(names, known=self.class_names, what="new class names")
+        source = self.hparams.get("concept_source")
+        if not source:
+            raise ConceptError("This model does not record how its concepts were made; retrain it with this version.")
+        bank = ConceptBank.from_names(
+            names, text_model=TextModelSpec(**source["text_model"]), templates=source["templates"], descriptions=descriptions
+        )
+        ids = self.add_concepts(names, bank.embeddings)
+        self.seen[ids] = True
+        return ids
+
     def add_concepts(self, names: Sequence[str], embeddings: torch.Tensor) -> list[int]:
-        """Append new class concepts (unit rows of ``embeddings``); returns their ids."""
+        """Append new class concepts (unit rows of ``embeddings``), not yet seen; returns their ids."""
+        names = check_class_names(names, known=self.class_names, what="new class names")
         if embeddings.shape != (len(names), self.concepts.shape[1]):
             raise ConceptError(
                 f"Expected embeddings of shape ({len(names)}, {self.concepts.shape[1]}), got {tuple(embeddings.shape)}."
             )
-        names = check_class_names(names, known=self.class_names, what="new class names")
         first = len(self.seen)
         merged = [*self.class_names, *names]
         new = F.normalize(embeddings.to(self.concepts), dim=-1) - self.concept_center

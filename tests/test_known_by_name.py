@@ -1,0 +1,54 @@
+"""Classes known by name only: added from the text model, predicted at once, kept by checkpoints and exports."""
+
+import json
+
+import torch
+import torch.nn.functional as F
+
+from cvm_lightning.cli import main
+from cvm_lightning.concepts import ConceptBank
+from cli_helpers import expect_error
+
+
+def test_add_classes_builds_centred_concepts_with_the_models_own_text_model(digit_bank):
+    from cvm_lightning import CVMModule
+
+    module = CVMModule(digit_bank, backbone="reduced_resnet18", in_chans=1, input_size=16)
+    module.start_experience([0, 1])
+    ids = module.add_classes(["ten", "eleven"])
+    assert ids == [10, 11] and module.class_names[-2:] == ["ten", "eleven"]
+    assert bool(module.seen[ids].all()), "ready to predict at once"
+    expected = ConceptBank.from_names(["ten", "eleven"], templates=digit_bank.templates).embeddings
+    torch.testing.assert_close(module.concepts[ids], F.normalize(expected - module.concept_center, dim=-1))
+    logits = module.eval()(torch.rand(4, 1, 8, 8))
+    assert torch.isfinite(logits[:, ids]).all() and torch.isinf(logits[:, 2:10]).all(), "new classes compete, unseen do not"
+
+
+def test_learn_names_round_trips_through_checkpoint_export_and_predict(workspace, tmp_path, capsys):
+    out = tmp_path / "named.ckpt"
+    before = workspace["ckpt"].read_bytes()
+    assert main(["learn", "--checkpoint", str(workspace["ckpt"]), "--names", "horse, truck", "--out", str(out)]) == 0
+    assert "Added horse, truck by name" in capsys.readouterr().out
+    assert workspace["ckpt"].read_bytes() == before, "the old checkpoint is untouched"
+    exported = tmp_path / "named.pt"
+    assert main(["export", "--checkpoint", str(out), "--out", str(exported)]) == 0
+    files = {"cvm_meta.json": ""}
+    torch.jit.load(str(exported), _extra_files=files)
+    assert json.loads(files["cvm_meta.json"])["class_names"] == ["cat", "dog", "frog", "ship", "horse", "truck"]
+    capsys.readouterr()
+    images = str(workspace["images"])
+    assert main(["predict", "--model", str(exported), images, "--classes", "horse,truck"]) == 0
+    predicted = {line.split("\t")[1] for line in capsys.readouterr().out.splitlines()}
+    assert predicted <= {"horse", "truck"}, "only the candidate classes compete"
+    assert main(["predict", "--model", str(out), images, "--classes", "cat,truck"]) == 0
+
+
+def test_bad_names_are_one_line_and_write_nothing(workspace, capsys):
+    ckpt, root = str(workspace["ckpt"]), workspace["root"]
+    for names, fix in ((",", "empty name"), ("horse,horse", "Duplicate class names"), ("cat", "already classes"),
+                       ("horse, ", "empty name")):
+        expect_error(["learn", "--checkpoint", ckpt, "--names", names], fix, capsys, root)
+    expect_error(["learn", "--checkpoint", ckpt], "Pass --data DIR", capsys, root)
+    expect_error(["learn", "--checkpoint", ckpt, "--names", "horse", "--data", str(workspace["new"])], "not both", capsys, root)
+    expect_error(["predict", "--model", str(workspace["pt"]), str(workspace["images"]), "--classes", "cat,zebra"],
+                 "not learned classes", capsys, root)
