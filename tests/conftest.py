@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 
@@ -19,7 +20,11 @@ def _isolated_cache(tmp_path_factory):
     """Every test run gets its own concept cache, so nothing depends on the user's."""
     mp = pytest.MonkeyPatch()
     mp.setenv("CVM_CACHE_DIR", str(tmp_path_factory.mktemp("concept-cache")))
-    torch.set_num_threads(2)
+    # Under pytest-xdist (make test runs 2 workers on 2 cores) each worker, and every process it starts,
+    # uses one thread: two workers of 2 threads each oversubscribe the cores.
+    threads = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+    mp.setenv("OMP_NUM_THREADS", str(threads))
+    torch.set_num_threads(threads)
     yield
     mp.undo()
 
