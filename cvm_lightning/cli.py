@@ -22,10 +22,10 @@ from cvm_lightning.settings import (
     CHOICES,
     MODEL_SUFFIXES,
     PREDICTION_SUFFIXES,
-    STRATEGIES,
     check_class_names,
     check_settings,
 )
+from cvm_lightning.strategies import STRATEGIES
 
 # Messages that `cvm run` triggers by design (the adapter fits without
 # validation loaders, evaluates with trainer.validate, uses in-memory data
@@ -59,7 +59,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--strategies",
         type=_strategies,
         default=",".join(DEFAULT_STRATEGIES),
-        help=f"comma-separated strategies: {', '.join(STRATEGIES)} (cvm, then Avalanche's)",
+        help="comma-separated strategies. " + "; ".join(f"{e.name}: {e.help}" for e in STRATEGIES.values()),
     )
     parser.add_argument("--backbone", default=defaults.backbone, help="timm model name, for every strategy")
     parser.add_argument(

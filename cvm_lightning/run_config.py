@@ -7,21 +7,16 @@ torch is loaded and before anything is written.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from cvm_lightning.concepts.defaults import DEFAULT_TEXT_MODEL
 from cvm_lightning.errors import ConfigError, did_you_mean
-from cvm_lightning.settings import NEEDS_MEMORY, STRATEGIES, check_settings
+from cvm_lightning.settings import check_settings
+from cvm_lightning.strategies import SHARED_SETTINGS, STRATEGIES
 from cvm_lightning.streams.registry import DEFAULT_AUGMENT
 
 DEFAULT_STRATEGIES = ("cvm", "replay", "naive", "lwf", "ewc", "der")
-
-# Settings that only CVM reads: the Avalanche baselines' results do not depend on them.
-CVM_ONLY_SETTINGS = (
-    "text_model", "temperature", "loss", "negatives", "head", "distill", "semantic", "center_concepts", "devices", "strategy",
-)
-
 
 @dataclass
 class RunConfig:
@@ -76,7 +71,7 @@ class RunConfig:
         if self.augment is None:
             self.augment = DEFAULT_AUGMENT[self.benchmark]
         check_settings(asdict(self))
-        needy = [s for s in self.strategies if s in NEEDS_MEMORY]
+        needy = [s for s in self.strategies if STRATEGIES[s].needs_memory]
         if needy and self.buffer < 1:
             raise ConfigError(f"Strategies {', '.join(needy)} need a memory: pass --buffer N with N >= 1, or leave them out.")
         if not self.backbone.strip() or not self.text_model.strip():
@@ -106,13 +101,11 @@ class RunConfig:
             raise ConfigError(f"{path} cannot be read ({err}); start a new run with another --out.") from err
 
     def settings_of(self, strategy: str) -> dict:
-        """The settings that decide ``strategy``'s results (a cache key: display options left out)."""
-        values = replace(self, strategies=(strategy,)).to_json()
-        del values["progress"]
-        if strategy != "cvm":
-            for name in CVM_ONLY_SETTINGS:
-                del values[name]
-        return values
+        """What decides ``strategy``'s results (a cache key): the settings it reads and its fixed hyperparameters."""
+        entry = STRATEGIES[strategy]
+        values = self.to_json()
+        key = {name: values[name] for name in (*SHARED_SETTINGS, *entry.reads)}
+        return {"name": strategy, **key, "hyperparameters": dict(entry.hyperparameters)}
 
     def same_run(self, other: "RunConfig") -> bool:
         """Whether two configurations give the same results (progress display aside)."""

@@ -24,6 +24,7 @@ from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import check_backbone
 from cvm_lightning.resources import PeakRSS
 from cvm_lightning.run_config import RunConfig
+from cvm_lightning.strategies import STRATEGIES
 from cvm_lightning.streams import Benchmark, StreamConfig, build_benchmark
 from cvm_lightning.training import (
     BaselineSettings,
@@ -198,7 +199,8 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
             download=config.download,
         ),
     )
-    bank = build_concept_bank(config, benchmark) if "cvm" in config.strategies else None
+    needs_concepts = any(STRATEGIES[name].runs_on == "lightning" for name in config.strategies)
+    bank = build_concept_bank(config, benchmark) if needs_concepts else None
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_out_dir(config, out_dir)
     results = {
@@ -215,10 +217,11 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
             results["strategies"][name] = json.loads(finished.read_text())
             report(f"== {name}: finished earlier, kept from {finished}")
             continue
-        if name != "cvm" and rank_zero_only.rank != 0:
+        lightning = STRATEGIES[name].runs_on == "lightning"
+        if not lightning and rank_zero_only.rank != 0:  # only Lightning's strategies train in several processes
             continue
         report(f"== {name} on {benchmark.name} ({benchmark.n_experiences} experiences)")
-        if name == "cvm":
+        if lightning:
             result = run_cvm(config, benchmark, out_dir, bank)
         else:
             result = run_baseline(name, config, benchmark, report)

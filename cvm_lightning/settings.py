@@ -35,9 +35,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MODEL_SUFFIXES: dict[str, tuple[str, ...]] = {"torchscript": (".pt", ".ts", ".torchscript", ".jit"), "onnx": (".onnx",)}
 PREDICTION_SUFFIXES: tuple[str, ...] = (".csv", ".json")
 
-# The strategies ``cvm run`` compares: CVM, then Avalanche's (training/baselines.py implements them).
-STRATEGIES: tuple[str, ...] = ("cvm", "naive", "replay", "lwf", "ewc", "der", "gdumb")
-NEEDS_MEMORY: tuple[str, ...] = ("replay", "der", "gdumb")
 
 
 @dataclass(frozen=True)

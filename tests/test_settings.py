@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from cvm_lightning.errors import ConfigError
-from cvm_lightning.settings import CHOICES, NEEDS_MEMORY, STRATEGIES, check_settings
+from cvm_lightning.settings import CHOICES, check_settings
+from cvm_lightning.strategies import STRATEGIES
 
 
 def test_every_vocabulary_is_the_key_set_of_its_registry():
@@ -22,7 +23,8 @@ def test_every_vocabulary_is_the_key_set_of_its_registry():
     assert tuple(LOSSES) == CHOICES["loss"]
     assert tuple(OPTIMIZERS) == CHOICES["optimizer"]
     assert tuple(FORMATS) == CHOICES["format"]
-    assert ("cvm", *BASELINES) == STRATEGIES and set(NEEDS_MEMORY) <= set(BASELINES)
+    avalanche = [name for name, entry in STRATEGIES.items() if entry.runs_on == "avalanche"]
+    assert avalanche == list(BASELINES), "every Avalanche entry of the registry has a builder, and no builder is unlisted"
 
 
 @pytest.mark.parametrize("values", [{"lr": 0}, {"lr": float("inf")}, {"epochs": 1.5}, {"epochs": True},
@@ -42,3 +44,27 @@ def test_the_command_line_validates_without_importing_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == "cvm: error: --lr must be a number > 0 (for example 1e-3), got -1.0."
+
+
+def test_every_run_setting_is_part_of_some_strategys_cache_key():
+    """A setting no entry reads would be left out of the sweep's cache keys, and stale results reused."""
+    from dataclasses import fields
+
+    from cvm_lightning.run_config import RunConfig
+    from cvm_lightning.strategies import SHARED_SETTINGS
+
+    read = set(SHARED_SETTINGS).union(*(entry.reads for entry in STRATEGIES.values()))
+    assert {f.name for f in fields(RunConfig)} - read == {"strategies", "progress"}
+
+
+def test_cache_keys_follow_what_each_strategy_reads():
+    from dataclasses import replace
+
+    from cvm_lightning.run_config import RunConfig
+
+    base = RunConfig()
+    changed = replace(base, temperature=0.1)
+    assert changed.settings_of("cvm") != base.settings_of("cvm")
+    assert changed.settings_of("der") == base.settings_of("der"), "DER does not read CVM's temperature"
+    assert base.settings_of("der")["hyperparameters"] == {"alpha": 0.1, "beta": 0.5}
+    assert replace(base, lr=0.01).settings_of("der") != base.settings_of("der")

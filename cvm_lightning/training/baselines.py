@@ -19,7 +19,7 @@ from cvm_lightning.model.augment import BatchAugment
 from cvm_lightning.model.backbones import create_backbone, feature_dim, upsample_small
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
 from cvm_lightning.model.pixels import PixelNormalize, check_pixels
-from cvm_lightning.settings import NEEDS_MEMORY
+from cvm_lightning.strategies import STRATEGIES
 
 
 class ClassifierNet(nn.Module):
@@ -107,12 +107,17 @@ def _replay(model, optimizer, settings, plugins):
     return Naive(model=model, optimizer=optimizer, **_common(settings, [memory, *plugins]))
 
 
+def _hyper(name: str) -> dict:
+    """The fixed hyperparameters of ``name``, as the strategy registry records them."""
+    return dict(STRATEGIES[name].hyperparameters)
+
+
 BASELINES: dict[str, BaselineFactory] = {
     "naive": lambda m, o, s, p: Naive(model=m, optimizer=o, **_common(s, p)),
     "replay": _replay,
-    "lwf": lambda m, o, s, p: LwF(model=m, optimizer=o, alpha=1.0, temperature=2.0, **_common(s, p)),
-    "ewc": lambda m, o, s, p: EWC(model=m, optimizer=o, ewc_lambda=100.0, **_common(s, p)),
-    "der": lambda m, o, s, p: DER(model=m, optimizer=o, mem_size=s.buffer, alpha=0.1, beta=0.5, **_common(s, p)),
+    "lwf": lambda m, o, s, p: LwF(model=m, optimizer=o, **_hyper("lwf"), **_common(s, p)),
+    "ewc": lambda m, o, s, p: EWC(model=m, optimizer=o, **_hyper("ewc"), **_common(s, p)),
+    "der": lambda m, o, s, p: DER(model=m, optimizer=o, mem_size=s.buffer, **_hyper("der"), **_common(s, p)),
     "gdumb": lambda m, o, s, p: GDumb(model=m, optimizer=o, mem_size=s.buffer, **_common(s, p)),
 }
 
@@ -122,7 +127,7 @@ def build_baseline(
 ) -> SupervisedTemplate:
     """An Avalanche strategy by name (see ``BASELINES``)."""
     if name not in BASELINES:
-        raise ConfigError(f"Unknown strategy {name!r}.{did_you_mean(name, BASELINES)} Available: cvm, {', '.join(BASELINES)}.")
-    if name in NEEDS_MEMORY and settings.buffer < 1:
+        raise ConfigError(f"Unknown strategy {name!r}.{did_you_mean(name, BASELINES)} Available: {', '.join(BASELINES)}.")
+    if STRATEGIES[name].needs_memory and settings.buffer < 1:
         raise ConfigError(f"Strategy {name!r} needs a memory: pass --buffer N with N >= 1.")
     return BASELINES[name](model, optimizer, settings, plugins)

@@ -1,0 +1,61 @@
+"""The registry of the strategies ``cvm run`` compares: CVM beside Avalanche's, one entry each.
+
+An entry says how the strategy runs (``"lightning"``: CVM through Lightning;
+``"avalanche"``: an Avalanche strategy in Avalanche's loop), whether it needs
+a memory, which ``RunConfig`` settings decide its results beyond the ones
+every strategy shares, and its fixed hyperparameters. The command line,
+``RunConfig``'s checks and the sweep's cache keys all read it. It imports
+nothing heavy, so flags are checked before torch loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+@dataclass(frozen=True)
+class StrategyEntry:
+    """One strategy of ``cvm run``."""
+
+    name: str
+    help: str
+    runs_on: str = "avalanche"
+    needs_memory: bool = False
+    reads: tuple[str, ...] = ()
+    hyperparameters: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hyperparameters", MappingProxyType(dict(self.hyperparameters)))
+
+
+STRATEGIES: dict[str, StrategyEntry] = {}
+
+
+def register_strategy(entry: StrategyEntry) -> StrategyEntry:
+    """Make ``entry`` available to ``cvm run --strategies``."""
+    STRATEGIES[entry.name] = entry
+    return entry
+
+
+# Settings every strategy reads: the stream, the backbone and the training budget.
+SHARED_SETTINGS: tuple[str, ...] = (
+    "benchmark", "backbone", "epochs", "batch_size", "buffer", "lr", "weight_decay", "seed", "input_size", "augment",
+    "recalibrate_bn", "data_root", "train_per_class", "test_per_class", "n_experiences", "download",
+)
+
+for _entry in (
+    StrategyEntry(
+        "cvm", "Continual Visual Mapping: images mapped onto fixed language concepts, with replay", runs_on="lightning",
+        reads=("text_model", "temperature", "loss", "negatives", "head", "distill", "semantic", "center_concepts",
+               "devices", "strategy"),
+    ),
+    StrategyEntry("naive", "fine-tuning with nothing against forgetting, the lower bound"),
+    StrategyEntry("replay", "experience replay from a class-balanced memory", needs_memory=True),
+    StrategyEntry("lwf", "Learning without Forgetting, logit distillation", hyperparameters={"alpha": 1.0, "temperature": 2.0}),
+    StrategyEntry("ewc", "Elastic Weight Consolidation", hyperparameters={"ewc_lambda": 100.0}),
+    StrategyEntry("der", "DER++: replay of labels and logits", needs_memory=True, hyperparameters={"alpha": 0.1, "beta": 0.5}),
+    StrategyEntry("gdumb", "GDumb: retrain from a greedy class-balanced memory", needs_memory=True),
+):
+    register_strategy(_entry)
