@@ -57,5 +57,9 @@ for _entry in (
     StrategyEntry("ewc", "Elastic Weight Consolidation", hyperparameters={"ewc_lambda": 100.0}),
     StrategyEntry("der", "DER++: replay of labels and logits", needs_memory=True, hyperparameters={"alpha": 0.1, "beta": 0.5}),
     StrategyEntry("gdumb", "GDumb: retrain from a greedy class-balanced memory", needs_memory=True),
+    StrategyEntry(
+        "er_ace", "ER-ACE: replay with the asymmetric cross-entropy, CVM's loss on a learned linear head", needs_memory=True,
+    ),
+    StrategyEntry("cumulative", "retrain on every experience so far, all its data kept: an upper bound, no memory limit"),
 ):
     register_strategy(_entry)

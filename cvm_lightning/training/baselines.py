@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import chain
 from typing import Callable
 
 import torch
 from avalanche.core import SupervisedPlugin
-from avalanche.training import DER, EWC, GDumb, LwF, Naive
+from avalanche.training import DER, ER_ACE, EWC, Cumulative, GDumb, LwF, Naive
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ClassBalancedBuffer
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
+from torch.utils.data import DataLoader
 
 from cvm_lightning.errors import ConfigError, did_you_mean
 from cvm_lightning.model.augment import BatchAugment
@@ -70,15 +72,26 @@ class BatchNormRecalibrationPlugin(SupervisedPlugin):
     """Re-estimates BatchNorm statistics after each experience, as CVMModule does.
 
     See :func:`cvm_lightning.model.batchnorm.recalibrate_batchnorm`; the pass
-    runs over the strategy's training dataloader (replay included).
+    runs over the strategy's training dataloader (replay included). With
+    ``with_memory``, the strategy's ``storage_policy.buffer`` joins the pass:
+    ER-ACE draws its replayed batches apart from its dataloader, as CVM does.
     """
 
+    def __init__(self, with_memory: bool = False) -> None:
+        super().__init__()
+        self.with_memory = with_memory
+
     def after_training_exp(self, strategy, *args, **kwargs) -> None:
-        recalibrate_on_batches(strategy.model, strategy.dataloader, strategy.device)
+        batches = strategy.dataloader
+        memory = getattr(strategy, "storage_policy", None) if self.with_memory else None
+        if memory is not None and len(memory.buffer):
+            batches = chain(batches, DataLoader(memory.buffer, batch_size=strategy.train_mb_size))
+        recalibrate_on_batches(strategy.model, batches, strategy.device)
 
 
-def _common(settings: BaselineSettings, plugins: list) -> dict:
-    plugins = [FreshOptimizerState(), *([BatchNormRecalibrationPlugin()] if settings.recalibrate_bn else []), *plugins]
+def _common(settings: BaselineSettings, plugins: list, recalibrate_memory: bool = False) -> dict:
+    recalibration = [BatchNormRecalibrationPlugin(recalibrate_memory)] if settings.recalibrate_bn else []
+    plugins = [FreshOptimizerState(), *recalibration, *plugins]
     return {
         "criterion": nn.CrossEntropyLoss(),
         "train_mb_size": settings.batch_size,
@@ -107,6 +120,16 @@ def _replay(model, optimizer, settings, plugins):
     return Naive(model=model, optimizer=optimizer, **_common(settings, [memory, *plugins]))
 
 
+def _er_ace(model, optimizer, settings, plugins):
+    # Replayed batches as large as the new ones, like CVM's and Replay's.
+    strategy = ER_ACE(model=model, optimizer=optimizer, mem_size=settings.buffer, batch_size_mem=settings.batch_size,
+                      **_common(settings, plugins, recalibrate_memory=True))
+    policy = strategy.storage_policy
+    # ER_ACE 0.6 fills its memory through the deprecated update(), whose warning re-enables every DeprecationWarning.
+    policy.update = lambda agent, **kwargs: policy.post_adapt(agent, agent.experience)
+    return strategy
+
+
 def _hyper(name: str) -> dict:
     """The fixed hyperparameters of ``name``, as the strategy registry records them."""
     return dict(STRATEGIES[name].hyperparameters)
@@ -119,6 +142,8 @@ BASELINES: dict[str, BaselineFactory] = {
     "ewc": lambda m, o, s, p: EWC(model=m, optimizer=o, **_hyper("ewc"), **_common(s, p)),
     "der": lambda m, o, s, p: DER(model=m, optimizer=o, mem_size=s.buffer, **_hyper("der"), **_common(s, p)),
     "gdumb": lambda m, o, s, p: GDumb(model=m, optimizer=o, mem_size=s.buffer, **_common(s, p)),
+    "er_ace": _er_ace,
+    "cumulative": lambda m, o, s, p: Cumulative(model=m, optimizer=o, **_common(s, p)),
 }
 
 

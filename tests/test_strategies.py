@@ -1,0 +1,31 @@
+"""The strategy registry's newer entries run end to end, on the same stream and budget as the others."""
+
+import json
+
+import pytest
+
+from cvm_lightning.cli import main
+from cvm_lightning.strategies import STRATEGIES
+
+FAST = ["--epochs", "1", "--buffer", "40", "--no-progress", "--backbone", "mobilenetv3_small_050", "--input-size", "16"]
+
+
+def test_help_lists_every_registered_strategy(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, at hyphens too
+    for name, entry in STRATEGIES.items():
+        assert "".join(f"{name}: {entry.help}".split()) in text
+
+
+@pytest.mark.slow
+def test_er_ace_and_the_cumulative_upper_bound_run_beside_naive(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--strategies", "naive,er_ace,cumulative", "--out", str(out), *FAST]) == 0
+    results = json.loads((out / "results.json").read_text())["strategies"]
+    assert set(results) == {"naive", "er_ace", "cumulative"}
+    for result in results.values():
+        assert len(result["accuracy_matrix"]) == 5 and 0 <= result["final_avg_accuracy"] <= 1
+    assert results["cumulative"]["forgetting"] < results["naive"]["forgetting"], "retraining on all data forgets less"
+    assert results["er_ace"]["final_avg_accuracy"] > results["naive"]["final_avg_accuracy"], "replay beats fine-tuning"
+    assert "DeprecationWarning" not in capsys.readouterr().err
