@@ -301,8 +301,6 @@ def _learn(args: argparse.Namespace) -> int:
         if args.names_file is not None or args.eval_data is not None:
             raise CVMError("--names adds classes without images: --names-file and --eval-data go with --data.")
         check_class_names(args.names, what="--names")
-        if args.out is not None:
-            check_output_file(args.out, inputs=[args.checkpoint], overwrite=args.overwrite, suffixes=(".ckpt",), what="checkpoint")
         from cvm_lightning.deploy.learn import learn_names
 
         out = learn_names(args.checkpoint, args.names, out=args.out, overwrite=args.overwrite)
@@ -314,8 +312,6 @@ def _learn(args: argparse.Namespace) -> int:
         check_input_file(args.names_file, "class-names file", fix="It holds folder<TAB>name[<TAB>description] lines.")
     if args.eval_data is not None:
         check_input_folder(args.eval_data, "--eval-data folder", fix="It holds <class name>/<image> of the old classes.")
-    if args.out is not None:
-        check_output_file(args.out, inputs=[args.checkpoint], overwrite=args.overwrite, suffixes=(".ckpt",), what="checkpoint")
     from cvm_lightning.deploy.learn import learn_new_classes
 
     report = learn_new_classes(

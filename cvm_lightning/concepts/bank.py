@@ -72,7 +72,6 @@ class ConceptBank:
         cache_dir: str | Path | None = None,
     ) -> "ConceptBank":
         """Embed ``class_names`` (class id = position) with the text model."""
-        class_names = check_class_names(class_names)
         spec = TextModelSpec(name=text_model) if isinstance(text_model, str) else (text_model or TextModelSpec())
         bank = cls(
             [], torch.empty(0, 0), text_model=spec, templates=templates, descriptions=descriptions, cache_dir=cache_dir

@@ -10,7 +10,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from cvm_lightning.atomic import atomic_path
-from cvm_lightning.concepts import ConceptBank, TextModelSpec
 from cvm_lightning.deploy.export import trained_image_size
 from cvm_lightning.deploy.predict import load_checkpoint
 from cvm_lightning.errors import ConceptError, DataError
@@ -38,6 +37,12 @@ def next_free_path(checkpoint: Path) -> Path:
         if not candidate.exists():
             return candidate
     raise DataError(f"Too many learned checkpoints beside {checkpoint}.")
+
+
+def _output_path(checkpoint: Path, out: Path | None, overwrite: bool) -> Path:
+    """Where the new checkpoint goes (``out``, or the next free name beside ``checkpoint``), checked before any work."""
+    out = next_free_path(checkpoint) if out is None else Path(out)
+    return check_output_file(out, inputs=[checkpoint], overwrite=overwrite, suffixes=(".ckpt",), what="checkpoint")
 
 
 @torch.no_grad()
@@ -96,12 +101,8 @@ def learn_new_classes(
     never touched. Every input is checked before training starts.
     """
     check_settings({"epochs": epochs, "batch_size": batch_size})
-    out = next_free_path(Path(checkpoint)) if out is None else Path(out)
-    check_output_file(out, inputs=[checkpoint], overwrite=overwrite, suffixes=(".ckpt",), what="checkpoint")
+    out = _output_path(Path(checkpoint), out, overwrite)
     module = load_checkpoint(checkpoint)
-    source = module.hparams.get("concept_source")
-    if not source:
-        raise DataError(f"{checkpoint} does not record how its concepts were made; retrain it with this version.")
     image_size = _image_size(module)
     folders = list_class_folders(Path(data) / "train")
     names, descriptions = read_class_names(Path(data), folders, names_file)
@@ -113,10 +114,7 @@ def learn_new_classes(
             dataset.decode_all()  # a broken file stops here, before training
     # A few epochs on a few images: with the asymmetric loss the new concepts never catch up with the old ones.
     module.hparams["negatives"] = "seen"
-    bank = ConceptBank.from_names(
-        names, text_model=TextModelSpec(**source["text_model"]), templates=source["templates"], descriptions=descriptions
-    )
-    ids = module.add_concepts(names, bank.embeddings)
+    ids = module.add_classes(names, descriptions)
     experience = (module.current_experience if module.current_experience is not None else 0) + 1
     module.start_experience(ids, experience=experience)
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
@@ -145,8 +143,7 @@ def learn_names(checkpoint: Path, names: list[str], *, out: Path | None = None, 
     The new concepts come from the checkpoint's text model and templates,
     and the classes are predicted at once. The old checkpoint is never touched.
     """
-    out = next_free_path(Path(checkpoint)) if out is None else Path(out)
-    check_output_file(out, inputs=[checkpoint], overwrite=overwrite, suffixes=(".ckpt",), what="checkpoint")
+    out = _output_path(Path(checkpoint), out, overwrite)
     module = load_checkpoint(checkpoint)
-    module.add_classes(check_class_names(names, known=module.class_names, what="new class names"))
+    module.add_classes(names)
     return save_module_checkpoint(module, Path(checkpoint), out)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,9 +16,9 @@ from PIL import Image, UnidentifiedImageError
 from cvm_lightning.atomic import atomic_write_text
 from cvm_lightning.deploy.export import META_FILE, DeployedCVM, deployment_metadata
 from cvm_lightning.errors import CVMError, DataError
-from cvm_lightning.model.pixels import check_pixels
+from cvm_lightning.model.pixels import check_pixels, to_unit_range
 from cvm_lightning.paths import check_input_file
-from cvm_lightning.settings import MODEL_SUFFIXES, check_settings
+from cvm_lightning.settings import MODEL_SUFFIXES, check_class_names, check_settings
 from cvm_lightning.streams.images import IMAGE_SUFFIXES, image_transform
 
 TORCHSCRIPT_SUFFIXES = set(MODEL_SUFFIXES["torchscript"])
@@ -34,8 +35,6 @@ def _reason(err: Exception) -> str:
 
 def load_checkpoint(path: Path):
     """A :class:`CVMModule` from a ``.ckpt`` file, with a clear error for anything else."""
-    import warnings
-
     from cvm_lightning.model import CVMModule
 
     path = check_input_file(Path(path), "checkpoint", {".ckpt"}, fix="Pass the .ckpt file a training run wrote.")
@@ -91,8 +90,6 @@ class Predictor:
         self._run = lambda x: model(x)
 
     def _load_torchscript(self) -> None:
-        import warnings
-
         files = {META_FILE: ""}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*")
@@ -112,8 +109,6 @@ class Predictor:
 
     def restrict(self, names: Sequence[str]) -> None:
         """Let only the learned classes ``names`` compete from now on."""
-        from cvm_lightning.settings import check_class_names
-
         names = check_class_names(names, what="--classes")
         unknown = [n for n in names if n not in self.class_names]
         if unknown:
@@ -126,8 +121,7 @@ class Predictor:
     def similarities(self, images: torch.Tensor) -> torch.Tensor:
         """Cosine similarities (B x K) of images in [0, 1] (or uint8) to the (candidate) learned classes."""
         check_pixels(images)
-        images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        sims = self._run((images - self.mean) / self.std)
+        sims = self._run((to_unit_range(images) - self.mean) / self.std)
         return sims[:, self._columns] if self._columns is not None else sims
 
     def predict(self, images: torch.Tensor) -> tuple[list[int], list[str], torch.Tensor]:

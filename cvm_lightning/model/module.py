@@ -152,7 +152,7 @@ class CVMModule(pl.LightningModule):
         if concept_bank is None and class_names is not None and concept_dim is None:
             # Plain values (a config file, LightningCLI): build the concepts now; they are cached on disk.
             concept_bank = ConceptBank.from_names(
-                check_class_names(class_names), text_model=text_model, templates=tuple(templates or DEFAULT_TEMPLATES)
+                class_names, text_model=text_model, templates=tuple(templates or DEFAULT_TEMPLATES)
             )
         if concept_bank is not None:
             class_names, concept_dim = concept_bank.class_names, concept_bank.dim

@@ -7,6 +7,7 @@ or uint8 images in 0-255, and normalise them themselves, so a checkpoint,
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
@@ -27,9 +28,12 @@ class PixelNormalize(nn.Module):
         self.mean, self.std = mean, std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.uint8:
-            x = x.float() / 255.0
-        return (x - self.mean) / self.std
+        return (to_unit_range(x) - self.mean) / self.std
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images scaled to [0, 1] floats; float images as they are."""
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
 def check_pixels(x: torch.Tensor) -> None:
@@ -38,12 +42,12 @@ def check_pixels(x: torch.Tensor) -> None:
         return
     if not x.is_floating_point():
         raise DataError(f"Images must be float in [0, 1] or uint8 in 0-255, got {x.dtype}.")
-    if not bool(torch.isfinite(x).all()):
+    low, high = (float(v) for v in torch.aminmax(x))  # one pass; NaN or inf anywhere shows in the extremes
+    if not (math.isfinite(low) and math.isfinite(high)):
         raise DataError(
             "Images contain NaN or infinite values; the model cannot score them. "
             "Check the image decoding or the transform that made them."
         )
-    low, high = float(x.min()), float(x.max())
     if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
         warnings.warn(
             f"Images range over [{low:.2f}, {high:.2f}], but models take pixels in [0, 1] (or uint8) and "

@@ -103,20 +103,20 @@ def _common(settings: BaselineSettings, plugins: list, recalibrate_memory: bool 
     }
 
 
-class BufferReplayPlugin(ReplayPlugin):
-    """Avalanche's ``ReplayPlugin``, filling its memory through the storage policy's current API.
+class ClassBalancedMemory(ClassBalancedBuffer):
+    """Avalanche's ``ClassBalancedBuffer``, whose ``update`` goes straight to the current ``post_adapt``.
 
-    Avalanche 0.6's plugin still calls the deprecated ``update``, whose
-    warning re-enables every ``DeprecationWarning`` of the process.
+    Avalanche 0.6's ``ReplayPlugin`` and ``ER_ACE`` still call the deprecated
+    ``update``, whose warning re-enables every ``DeprecationWarning`` of the process.
     """
 
-    def after_training_exp(self, strategy, **kwargs) -> None:
-        self.storage_policy.post_adapt(strategy, strategy.experience)
+    def update(self, strategy, **kwargs) -> None:
+        self.post_adapt(strategy, strategy.experience)
 
 
 def _replay(model, optimizer, settings, plugins):
     # Class-balanced like CVM's memory, so only the method differs.
-    memory = BufferReplayPlugin(settings.buffer, storage_policy=ClassBalancedBuffer(settings.buffer, adaptive_size=True))
+    memory = ReplayPlugin(settings.buffer, storage_policy=ClassBalancedMemory(settings.buffer, adaptive_size=True))
     return Naive(model=model, optimizer=optimizer, **_common(settings, [memory, *plugins]))
 
 
@@ -124,9 +124,7 @@ def _er_ace(model, optimizer, settings, plugins):
     # Replayed batches as large as the new ones, like CVM's and Replay's.
     strategy = ER_ACE(model=model, optimizer=optimizer, mem_size=settings.buffer, batch_size_mem=settings.batch_size,
                       **_common(settings, plugins, recalibrate_memory=True))
-    policy = strategy.storage_policy
-    # ER_ACE 0.6 fills its memory through the deprecated update(), whose warning re-enables every DeprecationWarning.
-    policy.update = lambda agent, **kwargs: policy.post_adapt(agent, agent.experience)
+    strategy.storage_policy = ClassBalancedMemory(settings.buffer, adaptive_size=True)  # what ER_ACE makes, quiet
     return strategy
 
 
