@@ -34,7 +34,9 @@ def child(variant: str) -> dict:
     from cvm_lightning.resources import PeakRSS
     from cvm_lightning.runner import RunConfig, build_cvm_module
     from cvm_lightning.streams import StreamConfig, build_benchmark
-    from cvm_lightning.training import LightningStreamAdapter
+    import pytorch_lightning as pl
+
+    from cvm_lightning.data import ClassIncrementalDataModule
 
     warnings.filterwarnings("ignore")
     rss = lambda: psutil.Process().memory_info().rss / 2**20  # noqa: E731
@@ -49,11 +51,13 @@ def child(variant: str) -> dict:
     config = RunConfig(epochs=1, progress=False)
     benchmark = build_benchmark(config.benchmark, StreamConfig(seed=0))
     module = build_cvm_module(config, benchmark)
-    adapter = LightningStreamAdapter(module, epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                                     enable_progress_bar=False)
+    dm = ClassIncrementalDataModule.from_benchmark(benchmark, epochs_per_experience=1)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
     before = rss()
     with PeakRSS() as peak:
-        adapter.fit_experience(benchmark.train_stream[0], 0)
+        module.start_experience(dm.classes_of(0), experience=0)
+        trainer.fit(module, dm.train_dataloader_of(0))
     return {"variant": variant, "start_mb": start, "before_training_mb": before, "training_peak_mb": peak.peak_mb,
             "lm_parameters_mb": lm_mb, "torch_threads": torch.get_num_threads()}
 

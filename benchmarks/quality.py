@@ -20,12 +20,11 @@ import json
 import shlex
 import sys
 import time
-import warnings
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from cvm_lightning.atomic import atomic_write_text
-from cvm_lightning.cli import EXPECTED_WARNINGS, add_run_arguments, config_from_args
+from cvm_lightning.cli import add_run_arguments, config_from_args
 from cvm_lightning.sweep import ABLATIONS, markdown, run_cells, summary_rows
 
 
@@ -37,8 +36,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-ablations", nargs="+", default=None, help="run only the ablations whose name contains one of these words")
     parser.add_argument("--out", type=Path, default=Path("runs") / f"quality-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args(argv)
-    for pattern in EXPECTED_WARNINGS:
-        warnings.filterwarnings("ignore", message=pattern)
 
     base = config_from_args(args)
     strategies = run_cells(base, args.seeds, {"default": {}}, args.out)["default"]

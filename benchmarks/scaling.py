@@ -25,7 +25,9 @@ from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.model import CVMModule
 from cvm_lightning.streams.datasets import TensorImageDataset
 from cvm_lightning.streams.registry import split_by_class
-from cvm_lightning.training import LightningStreamAdapter
+from cvm_lightning.data import ClassIncrementalDataModule
+from cvm_lightning.streams import Benchmark
+from cvm_lightning.training import ExperienceSchedule
 
 
 def stream(n_classes: int, n_experiences: int, train_per_experience: int):
@@ -40,17 +42,31 @@ def measure(n_classes: int, n_experiences: int, train_per_experience: int) -> di
     scenario = stream(n_classes, n_experiences, train_per_experience)
     bank = ConceptBank.from_names([f"thing {i}" for i in range(n_classes)], text_model="random")
     module = CVMModule(bank, backbone="reduced_resnet18", input_size=32, buffer_size=200)
-    adapter = LightningStreamAdapter(module, epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                                     enable_progress_bar=False)
-    train, evaluate = [], []
-    for index, experience in enumerate(scenario.train_stream):
-        before = adapter.train_seconds
-        adapter.fit_experience(experience, index)
-        train.append(adapter.train_seconds - before)
-        start = time.perf_counter()
-        adapter.evaluate(scenario.test_stream)
-        evaluate.append(time.perf_counter() - start)
-    return {"classes": n_classes, "experiences": n_experiences, "train_s": train, "eval_s": evaluate}
+    benchmark = Benchmark("scaling", scenario, bank.class_names, in_chans=3, image_size=32)
+    dm = ClassIncrementalDataModule.from_benchmark(benchmark, epochs_per_experience=1)
+    timer = ExperienceTimes()
+    trainer = pl.Trainer(callbacks=[ExperienceSchedule(), timer], max_epochs=dm.max_epochs, accelerator="cpu",
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    return {"classes": n_classes, "experiences": n_experiences, "train_s": timer.train, "eval_s": timer.evaluate}
+
+
+class ExperienceTimes(pl.Callback):
+    """Seconds of each experience's training epoch and of the evaluation after it."""
+
+    def __init__(self) -> None:
+        self.train, self.evaluate, self._start = [], [], 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module):
+        now = time.perf_counter()
+        self.train.append(now - self._start)
+        self._start = now
+
+    def on_validation_end(self, trainer, pl_module):
+        self.evaluate.append(time.perf_counter() - self._start)
 
 
 def main() -> None:

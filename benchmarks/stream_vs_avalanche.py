@@ -4,7 +4,7 @@
 
 Three ways to train the same stream (split-digits, 5 experiences, reduced
 ResNet-18 at 32x32, no replay, no evaluation): CVMModule through
-``LightningStreamAdapter``; the same CVMModule in Avalanche's loop
+one ``trainer.fit`` over ``ClassIncrementalDataModule``; the same CVMModule in Avalanche's loop
 (``CVMStrategy``, a ``SupervisedTemplate``); and Avalanche's ``Naive`` with
 the same backbone and a linear head. Rounds alternate the three; figures are
 medians. Target: Avalanche's time / Lightning's time >= 1.0.
@@ -24,18 +24,20 @@ from avalanche.training import Naive
 from _report import table, write_json
 from cvm_lightning.runner import RunConfig, build_cvm_module
 from cvm_lightning.streams import StreamConfig, build_benchmark
-from cvm_lightning.training import ClassifierNet, CVMStrategy, LightningStreamAdapter
+from cvm_lightning.data import ClassIncrementalDataModule
+from cvm_lightning.training import ClassifierNet, CVMStrategy, ExperienceSchedule, RunState
 
 
 def lightning(config, benchmark) -> float:
     module = build_cvm_module(config, benchmark)
-    adapter = LightningStreamAdapter(
-        module, epochs=config.epochs, batch_size=config.batch_size, accelerator="cpu", logger=False,
-        enable_checkpointing=False, enable_progress_bar=False,
+    dm = ClassIncrementalDataModule.from_benchmark(benchmark, epochs_per_experience=config.epochs, batch_size=config.batch_size)
+    clock = RunState()
+    trainer = pl.Trainer(
+        callbacks=[ExperienceSchedule(), clock], max_epochs=dm.max_epochs, limit_val_batches=0, accelerator="cpu",
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )
-    for index, experience in enumerate(benchmark.train_stream):
-        adapter.fit_experience(experience, index)
-    return adapter.train_seconds
+    trainer.fit(module, datamodule=dm)
+    return clock.train_seconds
 
 
 def avalanche_loop(make_strategy, benchmark) -> float:
@@ -75,7 +77,7 @@ def main() -> None:
         times["naive"].append(avalanche_loop(naive, benchmark))
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = [
-        {"path": "CVMModule, Lightning stream adapter", "train s": f"{med['lightning']:.1f}", "Avalanche / this": "-"},
+        {"path": "CVMModule, one trainer.fit (ExperienceSchedule)", "train s": f"{med['lightning']:.1f}", "Avalanche / this": "-"},
         {"path": "CVMModule, Avalanche loop (CVMStrategy)", "train s": f"{med['cvm_in_avalanche']:.1f}",
          "Avalanche / this": f"{med['cvm_in_avalanche'] / med['lightning']:.2f}x"},
         {"path": "Avalanche Naive, linear head", "train s": f"{med['naive']:.1f}",

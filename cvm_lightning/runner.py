@@ -14,8 +14,8 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cvm_lightning.atomic import atomic_write_text
-
 from cvm_lightning.concepts import ConceptBank, TextModelSpec
+from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.errors import ConfigError, did_you_mean
 from cvm_lightning.metrics import ContinualMetricsCallback
 from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
@@ -27,10 +27,14 @@ from cvm_lightning.run_config import RunConfig
 from cvm_lightning.strategies import STRATEGIES
 from cvm_lightning.streams import Benchmark, StreamConfig, build_benchmark
 from cvm_lightning.training import (
+    AtomicCheckpointIO,
     BaselineSettings,
     ClassifierNet,
-    LightningStreamAdapter,
+    ExperienceSchedule,
+    RunState,
     build_baseline,
+    experience_checkpoints,
+    fit_resumable,
 )
 
 @dataclass
@@ -95,31 +99,36 @@ def build_cvm_module(config: RunConfig, benchmark: Benchmark, bank: ConceptBank 
 
 
 def run_cvm(config: RunConfig, benchmark: Benchmark, out_dir: Path, bank: ConceptBank | None = None) -> StrategyResult:
-    """CVM through the Lightning stream adapter, checkpointed in ``out_dir/checkpoints/cvm``.
+    """CVM in one ``trainer.fit`` over the stream's data module, checkpointed in ``out_dir/checkpoints/cvm``.
 
+    It uses the same data module and callbacks as a Lightning user's code.
     If that folder holds checkpoints of an interrupted run, training resumes
-    after the newest readable one. The trained model is ``out_dir/final.ckpt``.
+    from the newest readable one. The trained model is ``out_dir/final.ckpt``.
     """
     pl.seed_everything(config.seed, verbose=False)
     with PeakRSS() as peak:
         module = build_cvm_module(config, benchmark, bank)
-        metrics = ContinualMetricsCallback(benchmark.n_experiences)
-        adapter = LightningStreamAdapter(
-            module,
-            epochs=config.epochs,
-            batch_size=config.batch_size,
-            checkpoint_dir=out_dir / "checkpoints" / "cvm",
-            callbacks=[metrics],
+        data = ClassIncrementalDataModule.from_benchmark(
+            benchmark, epochs_per_experience=config.epochs, batch_size=config.batch_size, seed=config.seed
+        )
+        metrics, state = ContinualMetricsCallback(), RunState()
+        checkpoints = out_dir / "checkpoints" / "cvm"
+        trainer = pl.Trainer(
+            callbacks=[ExperienceSchedule(), metrics, state, experience_checkpoints(checkpoints, config.epochs)],
+            plugins=[AtomicCheckpointIO()],
             logger=CSVLogger(out_dir / "logs", name="cvm"),
-            enable_checkpointing=False,
+            max_epochs=data.max_epochs,
+            log_every_n_steps=1,  # experiences of a few batches still log their losses
+            num_sanity_val_steps=0,
+            enable_model_summary=False,
             enable_progress_bar=config.progress,
             accelerator="cpu",
             devices=config.devices,
             strategy=config.strategy,
         )
-        adapter.fit_stream(benchmark.train_stream, benchmark.test_stream)
-        adapter.save_final(out_dir / FINAL_CHECKPOINT)
-    return _result(metrics.matrix.compute(), adapter.train_seconds, module, peak.peak_mb)
+        fit_resumable(trainer, module, data, checkpoints)
+        trainer.save_checkpoint(out_dir / FINAL_CHECKPOINT, weights_only=False)
+    return _result(metrics.matrix.compute(), state.train_seconds, module, peak.peak_mb)
 
 
 def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Callable[[str], None]) -> StrategyResult:

@@ -2,8 +2,7 @@
 
 Runs as it is (offline, CPU) on split-digits. `--loop` shows the other form,
 for plain dataloaders: `start_experience` and one `fit` per experience on
-the same Trainer. Both give the same accuracy matrix (tests/test_datamodule.py
-checks it cell for cell).
+the same Trainer.
 
     python examples/lightning_dropin.py --epochs 3 [--loop]
 """

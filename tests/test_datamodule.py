@@ -12,7 +12,7 @@ from cvm_lightning.cli import main
 from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.errors import ConfigError
 from cvm_lightning.metrics import ContinualMetricsCallback
-from cvm_lightning.training import ExperienceSchedule, LightningStreamAdapter
+from cvm_lightning.training import AtomicCheckpointIO, ExperienceSchedule, RunState, experience_checkpoints, fit_resumable
 
 SMALL = dict(backbone="reduced_resnet18", in_chans=1, input_size=16, buffer_size=60)
 
@@ -22,26 +22,50 @@ def _module(dm: ClassIncrementalDataModule) -> CVMModule:
     return CVMModule(bank, **SMALL)
 
 
-def test_one_fit_trains_every_experience_and_matches_one_fit_per_experience(tmp_path):
+class StopAfter(pl.Callback):
+    """Ends the fit after ``experience``'s validation, as a crash right after its checkpoint would."""
+
+    def __init__(self, experience: int) -> None:
+        self.experience = experience
+
+    def on_validation_end(self, trainer, pl_module):
+        if pl_module.current_experience == self.experience:
+            trainer.should_stop = True
+
+
+def _stream_trainer(dm, root, *extra):
+    metrics = ContinualMetricsCallback()
+    trainer = pl.Trainer(
+        callbacks=[ExperienceSchedule(), metrics, RunState(), experience_checkpoints(root / "ckpt", 1), *extra],
+        plugins=[AtomicCheckpointIO()], logger=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=root, max_epochs=dm.max_epochs,
+    )
+    return trainer, metrics
+
+
+def test_one_fit_trains_every_experience_and_a_resumed_fit_ends_identically(tmp_path):
     dm = ClassIncrementalDataModule("split-digits", epochs_per_experience=1, train_per_class=30)
     pl.seed_everything(0)
     model = _module(dm)
-    metrics = ContinualMetricsCallback(dm.n_experiences)
-    trainer = pl.Trainer(callbacks=[ExperienceSchedule(), metrics], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.fit(model, datamodule=dm)
+    trainer, metrics = _stream_trainer(dm, tmp_path / "whole")
+    assert fit_resumable(trainer, model, dm, tmp_path / "whole" / "ckpt") is None
     assert trainer.current_epoch == dm.max_epochs == 5
     assert bool(model.seen.all()) and model.current_experience == 4
     one_fit = metrics.matrix.compute()
     assert not torch.isnan(one_fit.tril()).any(), "every experience ended with a validation row"
+    assert sorted(p.name for p in (tmp_path / "whole" / "ckpt").iterdir()) == ["experience-3.ckpt", "experience-4.ckpt"]
 
     pl.seed_everything(0)
-    reference = _module(dm)
-    reference_metrics = ContinualMetricsCallback(dm.n_experiences)
-    adapter = LightningStreamAdapter(reference, epochs=1, callbacks=[reference_metrics], logger=False,
-                                     enable_checkpointing=False, enable_progress_bar=False)
-    adapter.fit_stream(dm.benchmark.train_stream, dm.benchmark.test_stream)
-    torch.testing.assert_close(one_fit, reference_metrics.matrix.compute())
+    first, _ = _stream_trainer(dm, tmp_path / "cut", StopAfter(1))
+    fit_resumable(first, _module(dm), dm, tmp_path / "cut" / "ckpt")
+    assert first.current_epoch == 2
+    torch.manual_seed(123)  # a resumed process starts from other generator states
+    second, resumed_metrics = _stream_trainer(dm, tmp_path / "cut")
+    resumed_model = _module(dm)
+    assert fit_resumable(second, resumed_model, dm, tmp_path / "cut" / "ckpt").name == "experience-1.ckpt"
+    assert second.current_epoch == 5
+    torch.testing.assert_close(resumed_metrics.matrix.compute(), one_fit, rtol=0, atol=0)
+    torch.testing.assert_close(resumed_model.head.proj.weight, model.head.proj.weight, rtol=0, atol=0)
 
 
 def test_the_schedule_needs_the_data_module():

@@ -7,7 +7,15 @@ from cvm_lightning.metrics import ContinualMetricsCallback
 from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
 from cvm_lightning.model import CVMModule
 from cvm_lightning.streams import StreamConfig, build_benchmark
-from cvm_lightning.training import CVMStrategy, LightningStreamAdapter
+from cvm_lightning.data import ClassIncrementalDataModule
+from cvm_lightning.training import (
+    AtomicCheckpointIO,
+    CVMStrategy,
+    ExperienceSchedule,
+    experience_checkpoints,
+    fit_resumable,
+)
+from cvm_lightning.training.checkpoints import latest_checkpoint
 
 SMALL = {"backbone": "mobilenetv3_small_050", "in_chans": 1, "input_size": 16, "buffer_size": 60}
 
@@ -36,16 +44,23 @@ def test_benchmark_errors_name_the_fix():
         build_benchmark("split-digits", StreamConfig(n_experiences=3))
 
 
+def stream_trainer(digits, epochs, checkpoint_dir=None, *callbacks):
+    dm = ClassIncrementalDataModule.from_benchmark(digits, epochs_per_experience=epochs, batch_size=32)
+    metrics = ContinualMetricsCallback()
+    saving = [experience_checkpoints(checkpoint_dir, epochs)] if checkpoint_dir is not None else []
+    trainer = pl.Trainer(
+        callbacks=[ExperienceSchedule(), metrics, *saving, *callbacks], plugins=[AtomicCheckpointIO()], logger=False,
+        enable_progress_bar=False, enable_checkpointing=bool(saving), enable_model_summary=False, max_epochs=dm.max_epochs,
+    )
+    return dm, trainer, metrics
+
+
 def lightning_run(bank, digits, epochs):
     pl.seed_everything(0)
     module = CVMModule(bank, **SMALL)
-    callback = ContinualMetricsCallback(digits.n_experiences)
-    adapter = LightningStreamAdapter(
-        module, epochs=epochs, batch_size=32, callbacks=[callback], logger=False,
-        enable_progress_bar=False, enable_checkpointing=False,
-    )
-    adapter.fit_stream(digits.train_stream, digits.test_stream)
-    return module, adapter, callback.matrix.compute()
+    dm, trainer, metrics = stream_trainer(digits, epochs)
+    trainer.fit(module, datamodule=dm)
+    return module, trainer, metrics.matrix.compute()
 
 
 def avalanche_run(bank, digits, epochs):
@@ -60,11 +75,11 @@ def avalanche_run(bank, digits, epochs):
 
 
 @pytest.mark.slow
-def test_lightning_adapter_and_avalanche_strategy_agree(digit_bank, digits):
-    module, adapter, R_lightning = lightning_run(digit_bank, digits, epochs=3)
+def test_one_lightning_fit_and_the_avalanche_strategy_agree(digit_bank, digits):
+    module, trainer, R_lightning = lightning_run(digit_bank, digits, epochs=3)
     _, R_avalanche = avalanche_run(digit_bank, digits, epochs=3)
-    # The adapter trained every experience for `epochs` epochs on one Trainer.
-    assert adapter.trainer.current_epoch == 15
+    # One fit trained every experience for `epochs` epochs.
+    assert trainer.current_epoch == 15
     assert module.seen.all() and len(module.replay) == 60
     assert not torch.isnan(R_lightning).any()
     # Chance on experience i is 1 / (2i + 2); the asymmetric loss trades some of this for less forgetting.
@@ -75,44 +90,46 @@ def test_lightning_adapter_and_avalanche_strategy_agree(digit_bank, digits):
     assert abs(final_l - final_a) < 0.15, (final_l, final_a)
 
 
-def test_empty_experience_is_a_clear_error(digit_bank, digits):
+def test_empty_experience_is_a_clear_error(digits):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
     from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience
 
     empty = DatasetExperience(dataset=digits.train_stream[0].dataset.subset([]))
-    adapter = LightningStreamAdapter(CVMModule(digit_bank, **SMALL), epochs=1, logger=False, enable_progress_bar=False)
+    scenario = SimpleNamespace(train_stream=[empty, *digits.train_stream[1:]], test_stream=digits.test_stream)
+    dm = ClassIncrementalDataModule.from_benchmark(replace(digits, scenario=scenario))
     with pytest.raises(DataError, match="empty"):
-        adapter.fit_experience(empty, index=0)
+        dm.train_dataloader_of(0)
+
+
+class DivergeAt(pl.Callback):
+    """Makes the loss infinite from the first batch of ``epoch`` on."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            torch.nn.init.constant_(pl_module.head.proj.weight, float("inf"))
 
 
 def test_nan_loss_keeps_the_last_checkpoint_and_names_the_step(digit_bank, digits, tmp_path):
     from cvm_lightning.errors import TrainingDivergedError
 
-    adapter = LightningStreamAdapter(
-        CVMModule(digit_bank, **SMALL), epochs=1, checkpoint_dir=tmp_path, logger=False, enable_progress_bar=False
-    )
-    adapter.fit_experience(digits.train_stream[0], 0)
-    adapter.evaluate(digits.test_stream)
-    adapter.position.next_experience = 1
-    saved = adapter.checkpoints.save(adapter.trainer, 0)
-    before = saved.read_bytes()
-    torch.nn.init.constant_(adapter.module.head.proj.weight, float("inf"))  # the loss diverges at the next step
+    dm, trainer, _ = stream_trainer(digits, 1, tmp_path, DivergeAt(1))
     with pytest.raises(TrainingDivergedError, match="experience 1, step"):
-        adapter.fit_experience(digits.train_stream[1], 1)
-    assert saved.read_bytes() == before, "the last good checkpoint is untouched"
-    resumed = LightningStreamAdapter(
-        CVMModule(digit_bank, **SMALL), epochs=1, checkpoint_dir=tmp_path, logger=False, enable_progress_bar=False
-    )
-    assert resumed.resume() == 1
+        trainer.fit(CVMModule(digit_bank, **SMALL), datamodule=dm)
+    assert [p.name for p in tmp_path.iterdir()] == ["experience-0.ckpt"], "the last good checkpoint is kept, nothing half-written"
+    assert latest_checkpoint(tmp_path).name == "experience-0.ckpt"
 
 
 def test_checkpoint_of_another_backbone_is_refused(digit_bank, digits, tmp_path):
-    adapter = LightningStreamAdapter(
-        CVMModule(digit_bank, **SMALL), epochs=1, checkpoint_dir=tmp_path, logger=False, enable_progress_bar=False
-    )
-    adapter.fit_experience(digits.train_stream[0], 0)
-    adapter.checkpoints.save(adapter.trainer, 0)
+    dm, trainer, _ = stream_trainer(digits, 1, tmp_path, DivergeAt(1))
+    with pytest.raises(Exception):
+        trainer.fit(CVMModule(digit_bank, **SMALL), datamodule=dm)
     other = CVMModule(digit_bank, **{**SMALL, "backbone": "reduced_resnet18"})
-    mismatched = LightningStreamAdapter(other, epochs=1, checkpoint_dir=tmp_path, logger=False, enable_progress_bar=False)
+    dm, trainer, _ = stream_trainer(digits, 1, tmp_path)
     with pytest.raises(ConfigError, match="another backbone or concept bank"):
-        mismatched.resume()
+        fit_resumable(trainer, other, dm, tmp_path)
     assert (tmp_path / "experience-0.ckpt").is_file()

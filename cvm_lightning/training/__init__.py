@@ -1,4 +1,4 @@
-"""Training on streams: the Lightning adapter, CVM in Avalanche's loop, the baselines."""
+"""Training on streams: the Lightning schedule and resumable checkpoints, CVM in Avalanche's loop, the baselines."""
 
 from cvm_lightning.training.avalanche_strategy import CVMStrategy
 from cvm_lightning.training.baselines import (
@@ -8,16 +8,19 @@ from cvm_lightning.training.baselines import (
     ClassifierNet,
     build_baseline,
 )
-from cvm_lightning.training.lightning_stream import LightningStreamAdapter
+from cvm_lightning.training.checkpoints import AtomicCheckpointIO, RunState, experience_checkpoints, fit_resumable
 from cvm_lightning.training.schedule import ExperienceSchedule
 
 __all__ = [
+    "AtomicCheckpointIO",
     "BASELINES",
     "BatchNormRecalibrationPlugin",
     "BaselineSettings",
     "CVMStrategy",
     "ClassifierNet",
     "ExperienceSchedule",
-    "LightningStreamAdapter",
+    "RunState",
     "build_baseline",
+    "experience_checkpoints",
+    "fit_resumable",
 ]

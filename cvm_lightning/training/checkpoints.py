@@ -1,17 +1,22 @@
-"""Experience-boundary checkpoints of a stream: written atomically, resumed exactly.
+"""Resumable stream runs on Lightning's own checkpointing: atomic writes, exact resume.
 
-A checkpoint is a regular Lightning checkpoint (``trainer.save_checkpoint``):
-the module's weights, concepts and replay memory (``CVMModule.on_save_checkpoint``)
-and every callback's state, including the metrics so far and a
-:class:`StreamPosition` with the next experience, the training time and the
-random-number generators' states. Restoring those states is what makes a
+A stream run keeps one ``experience-{i}.ckpt`` per finished experience (the
+two newest), written by Lightning's ``ModelCheckpoint`` after the
+experience's validation, through :class:`AtomicCheckpointIO`. Each is a
+regular Lightning checkpoint: weights, optimiser, loops, the module's
+concepts and replay memory (``CVMModule.on_save_checkpoint``) and every
+callback's state, the accuracy matrix so far included. :class:`RunState`
+adds the random generators and the training time, which is what makes a
 resumed seeded run end with the same numbers as an uninterrupted one.
+:func:`fit_resumable` is ``trainer.fit`` from the newest readable one.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,10 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from cvm_lightning.errors import ConfigError
 
 _NAME = re.compile(r"experience-(\d+)\.ckpt$")
 
@@ -44,72 +53,116 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
 
 
-class StreamPosition(pl.Callback):
-    """Where a stream run is: saved in every checkpoint, restored on resume."""
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO``, writing to a temporary name and renaming it onto the target.
 
-    def __init__(self) -> None:
-        self.next_experience = 0
-        self.train_seconds = 0.0
-        self.saved_rng: dict[str, Any] | None = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"next_experience": self.next_experience, "train_seconds": self.train_seconds, "rng": rng_state()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.next_experience = int(state_dict["next_experience"])
-        self.train_seconds = float(state_dict["train_seconds"])
-        self.saved_rng = state_dict["rng"]
-
-
-def save_atomically(trainer: pl.Trainer, path: Path) -> Path:
-    """``trainer.save_checkpoint`` to a temporary name, then renamed onto ``path``; every process must call this."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    trainer.save_checkpoint(tmp, weights_only=False)  # rank 0 writes; all ranks wait for it
-    if trainer.is_global_zero:
-        tmp.replace(path)
-    return path
-
-
-class ExperienceCheckpoints:
-    """``experience-{i}.ckpt`` files in ``dirpath``, the ``keep`` newest kept.
-
-    Each file is written under a temporary name and renamed, so a crash
-    leaves either the old set or the new one. :meth:`latest` returns the
-    newest checkpoint that loads; an unreadable one is reported, left in
-    place for inspection, and the one before it is used.
+    A process killed while writing leaves the previous file whole, never a
+    truncated one. Pass it as ``pl.Trainer(plugins=[AtomicCheckpointIO()])``.
     """
 
-    def __init__(self, dirpath: Path, keep: int = 2) -> None:
-        self.dirpath = Path(dirpath)
-        self.keep = max(1, keep)
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        super().save_checkpoint(checkpoint, tmp, storage_options)
+        os.replace(tmp, path)
 
-    def paths(self) -> list[Path]:
-        """Checkpoint files, newest experience first."""
-        if not self.dirpath.is_dir():
-            return []
-        found = [(int(m.group(1)), p) for p in self.dirpath.iterdir() if (m := _NAME.search(p.name))]
-        return [p for _, p in sorted(found, reverse=True)]
 
-    def save(self, trainer: pl.Trainer, experience: int) -> Path:
-        """Checkpoint the trainer after ``experience``; every process must call this."""
-        path = save_atomically(trainer, self.dirpath / f"experience-{experience}.ckpt")
-        if trainer.is_global_zero:
-            for old in self.paths()[self.keep :]:
-                old.unlink()
-        trainer.strategy.barrier("cvm-checkpoint")
-        return path
+class RunState(pl.Callback):
+    """Saves the random generators and the training time in every checkpoint; restores them on resume.
 
-    def latest(self) -> dict[str, Any] | None:
-        """The newest readable checkpoint, or ``None`` when there is none."""
-        for path in self.paths():
-            try:
-                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-                checkpoint["cvm_path"] = str(path)
-                return checkpoint
-            except Exception as err:  # truncated, corrupt or foreign: all mean "use the previous one"
-                warnings.warn(
-                    f"Checkpoint {path} cannot be read ({type(err).__name__}: {str(err)[:200]}); it is left in "
-                    "place and the previous checkpoint is used instead.",
-                    stacklevel=2,
-                )
+    ``train_seconds`` counts training epochs only, not validation, and
+    carries over a resume.
+    """
+
+    def __init__(self) -> None:
+        self.train_seconds = 0.0
+        self._saved_rng: dict[str, Any] | None = None
+        self._epoch_start: float | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"train_seconds": self.train_seconds, "rng": rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_seconds = float(state_dict["train_seconds"])
+        self._saved_rng = state_dict["rng"]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Restored here, after everything between loading and training that might draw from them.
+        if self._saved_rng is not None:
+            set_rng_state(self._saved_rng)
+            self._saved_rng = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def _stop_clock(self) -> None:
+        if self._epoch_start is not None:
+            self.train_seconds += time.perf_counter() - self._epoch_start
+            self._epoch_start = None
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_clock()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop_clock()
+
+
+def experience_checkpoints(dirpath: str | Path, epochs_per_experience: int, keep: int = 2) -> ModelCheckpoint:
+    """Lightning's ``ModelCheckpoint`` saving ``experience-{i}.ckpt`` after each experience's validation.
+
+    It reads the ``experience`` value that
+    :class:`~cvm_lightning.training.ExperienceSchedule` logs, and keeps the
+    ``keep`` newest files.
+    """
+    return ModelCheckpoint(
+        dirpath=dirpath, filename="experience-{experience:.0f}", auto_insert_metric_name=False,
+        monitor="experience", mode="max", save_top_k=keep, every_n_epochs=epochs_per_experience,
+        save_on_train_epoch_end=False, enable_version_counter=False,
+    )
+
+
+def latest_checkpoint(dirpath: str | Path) -> Path | None:
+    """The newest ``experience-{i}.ckpt`` in ``dirpath`` that loads, or ``None``.
+
+    An unreadable one (damaged on disk) is reported, left in place, and the one before it is used.
+    """
+    dirpath = Path(dirpath)
+    if not dirpath.is_dir():
         return None
+    found = sorted(((int(m.group(1)), p) for p in dirpath.iterdir() if (m := _NAME.search(p.name))), reverse=True)
+    for _, path in found:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return path
+        except Exception as err:  # truncated, corrupt or foreign: all mean "use the previous one"
+            warnings.warn(
+                f"Checkpoint {path} cannot be read ({type(err).__name__}: {str(err)[:200]}); it is left in "
+                "place and the previous checkpoint is used instead.",
+                stacklevel=2,
+            )
+    return None
+
+
+def _first_mismatch(err: RuntimeError) -> str:
+    lines = [line.strip() for line in str(err).splitlines()]
+    return lines[1] if len(lines) > 1 else lines[0]
+
+
+def fit_resumable(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.LightningDataModule,
+                  checkpoint_dir: str | Path) -> Path | None:
+    """``trainer.fit(model, datamodule=...)``, resumed from the newest readable checkpoint of ``checkpoint_dir``.
+
+    Returns the checkpoint it resumed from (``None``: a fresh start). A
+    checkpoint of another model is a :class:`~cvm_lightning.errors.ConfigError`.
+    """
+    resume = latest_checkpoint(checkpoint_dir)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+    except RuntimeError as err:
+        if resume is None or "Error(s) in loading state_dict" not in str(err):
+            raise
+        raise ConfigError(
+            f"{resume} was saved by a model with another backbone or concept bank ({_first_mismatch(err)}). "
+            "Resume with the configuration that made it, or use a new output folder."
+        ) from err
+    return resume

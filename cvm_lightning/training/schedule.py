@@ -24,7 +24,9 @@ class ExperienceSchedule(pl.Callback):
     learning-rate schedule, as a fresh optimiser per experience would. After
     the experience's last training batch it re-estimates BatchNorm statistics
     (when the module's ``recalibrate_bn`` is on), averaged across processes
-    under DDP, before Lightning validates. The progress bar shows the experience.
+    under DDP, before Lightning validates. The progress bar shows the
+    experience, and each validation logs it as ``experience``, which
+    :func:`~cvm_lightning.training.experience_checkpoints` names its files by.
     """
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -61,6 +63,10 @@ class ExperienceSchedule(pl.Callback):
         for config in trainer.lr_scheduler_configs:
             if hasattr(pl_module, "build_scheduler"):
                 config.scheduler = pl_module.build_scheduler(config.scheduler.optimizer)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            pl_module.log("experience", float(self._experience(trainer)), on_epoch=True, sync_dist=False)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
