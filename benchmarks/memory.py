@@ -48,7 +48,7 @@ def child(variant: str) -> dict:
     with tempfile.TemporaryDirectory() as cache:
         ConceptBank.from_names(["warm-up"], cache_dir=cache)  # the LM is loaded and released here
     gc.collect()
-    config = RunConfig(epochs=1, progress=False)
+    config = RunConfig(epochs_per_experience=1, progress=False)
     benchmark = build_benchmark(config.benchmark, StreamConfig(seed=0))
     module = build_cvm_module(config, benchmark)
     dm = ClassIncrementalDataModule.from_benchmark(benchmark, epochs_per_experience=1)

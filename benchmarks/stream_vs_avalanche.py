@@ -30,7 +30,7 @@ from cvm_lightning.training import ClassifierNet, CVMStrategy, ExperienceSchedul
 
 def lightning(config, benchmark) -> float:
     module = build_cvm_module(config, benchmark)
-    dm = ClassIncrementalDataModule.from_benchmark(benchmark, epochs_per_experience=config.epochs, batch_size=config.batch_size)
+    dm = ClassIncrementalDataModule.from_benchmark(benchmark, epochs_per_experience=config.epochs_per_experience, batch_size=config.batch_size)
     clock = RunState()
     trainer = pl.Trainer(
         callbacks=[ExperienceSchedule(), clock], max_epochs=dm.max_epochs, limit_val_batches=0, accelerator="cpu",
@@ -55,9 +55,9 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    config = RunConfig(epochs=args.epochs, buffer=0, recalibrate_bn=False, progress=False)
+    config = RunConfig(strategies=("cvm",), epochs_per_experience=args.epochs, buffer_size=0, recalibrate_bn=False, progress=False)
     benchmark = build_benchmark(config.benchmark, StreamConfig(seed=0))
-    common = dict(train_mb_size=config.batch_size, train_epochs=config.epochs, device="cpu", evaluator=None)
+    common = dict(train_mb_size=config.batch_size, train_epochs=config.epochs_per_experience, device="cpu", evaluator=None)
 
     def cvm_strategy():
         module = build_cvm_module(config, benchmark)

@@ -24,6 +24,7 @@ from cvm_lightning.settings import (
     PREDICTION_SUFFIXES,
     check_class_names,
     check_settings,
+    flag,
 )
 from cvm_lightning.strategies import STRATEGIES
 
@@ -40,81 +41,40 @@ def _names(value: str) -> list[str]:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of one stream run (shared by ``cvm run`` and ``benchmarks/quality.py``)."""
-    from cvm_lightning.run_config import DEFAULT_STRATEGIES, RunConfig
+    """The flags of one stream run, one per :data:`~cvm_lightning.run_config.SETTINGS` entry.
 
-    defaults = RunConfig()
-    parser.add_argument("--benchmark", default=defaults.benchmark, help="benchmark name (see `cvm benchmarks`)")
-    parser.add_argument(
-        "--strategies",
-        type=_strategies,
-        default=",".join(DEFAULT_STRATEGIES),
-        help="comma-separated strategies. " + "; ".join(f"{e.name}: {e.help}" for e in STRATEGIES.values()),
-    )
-    parser.add_argument("--backbone", default=defaults.backbone, help="timm model name, for every strategy")
-    parser.add_argument(
-        "--text-model",
-        default=defaults.text_model,
-        help="Hugging Face model name or local folder for the concepts; 'random' for random unit vectors",
-    )
-    parser.add_argument("--epochs", type=int, default=defaults.epochs, help="epochs per experience")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size, help="training batch size")
-    parser.add_argument(
-        "--buffer", type=int, default=defaults.buffer, help="memory budget in samples of every memory-based strategy (0: CVM without replay)"
-    )
-    parser.add_argument("--loss", default=defaults.loss, choices=CHOICES["loss"], help="CVM's alignment loss")
-    parser.add_argument(
-        "--negatives", default=defaults.negatives, choices=CHOICES["negatives"],
-        help="concepts competing in CVM's loss: seen (classes so far), all, or asymmetric (ER-ACE: new samples "
-        "compete among their batch's classes, replayed ones among all seen)",
-    )
-    parser.add_argument(
-        "--center-concepts", action=argparse.BooleanOptionalAction, default=defaults.center_concepts,
-        help="subtract the concepts' mean before normalising (spreads prompt-sentence embeddings apart)",
-    )
-    parser.add_argument(
-        "--semantic", type=float, default=defaults.semantic,
-        help="weight of CVM's semantic-distance term (image-to-concept similarities follow the language model's)",
-    )
-    parser.add_argument(
-        "--distill", type=float, default=defaults.distill,
-        help="weight of CVM's drift penalty on replayed samples (their embedding stays near the stored one)",
-    )
-    parser.add_argument("--head", default=defaults.head, choices=CHOICES["head"], help="CVM's concept-alignment head")
-    parser.add_argument(
-        "--recalibrate-bn", action=argparse.BooleanOptionalAction, default=defaults.recalibrate_bn,
-        help="re-estimate BatchNorm statistics after each experience (every strategy)",
-    )
-    parser.add_argument("--temperature", type=float, default=defaults.temperature, help="CVM's softmax temperature (> 0)")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help="learning rate (AdamW) of every strategy (> 0)")
-    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="AdamW weight decay of every strategy")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the weights and the class order")
-    parser.add_argument(
-        "--augment", default=None, choices=CHOICES["augment"],
-        help="training augmentation of every strategy, replayed samples included (crop: pad-and-crop shifts); "
-        "default %(default)s: the benchmark's own, listed by `cvm benchmarks`",
-    )
-    parser.add_argument(
-        "--input-size", type=int, default=defaults.input_size,
-        help="smallest image side the backbone sees: smaller images are upsampled to it inside the model",
-    )
-    parser.add_argument("--data-root", type=Path, default=None, help="folder holding the benchmark's data")
-    parser.add_argument("--train-per-class", type=int, default=None, help="keep at most N training images per class")
-    parser.add_argument("--test-per-class", type=int, default=None, help="keep at most N test images per class")
-    parser.add_argument("--n-experiences", type=int, default=None, help="number of experiences (benchmark default if unset)")
-    parser.add_argument("--download", action="store_true", help="allow downloading data and text models (needs internet)")
-    parser.add_argument("--devices", type=int, default=defaults.devices, help="CPU processes for CVM's training (Lightning devices)")
-    parser.add_argument("--strategy", default=defaults.strategy, help="Lightning strategy for CVM, e.g. ddp (gloo on CPU)")
+    Shared by ``cvm run`` and ``benchmarks/quality.py``. Each flag is the
+    setting's name (``--batch-size``), or its short spelling where one exists
+    (``--buffer`` for ``buffer_size``, also accepted in full).
+    """
+    from cvm_lightning.run_config import SETTINGS, applies_to
+
+    for setting in SETTINGS.values():
+        names = [flag(setting.name)]
+        if names[0] != "--" + setting.name.replace("_", "-"):
+            names.append("--" + setting.name.replace("_", "-"))
+        options: dict = {"dest": setting.name, "default": setting.default, "help": f"[{applies_to(setting.name)}] {setting.help}"}
+        if setting.kind == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = _PARSERS[setting.kind]
+            if len(names) > 1:
+                options["metavar"] = "N"
+        if setting.name in CHOICES:
+            options["choices"] = CHOICES[setting.name]
+        if setting.name == "strategies":
+            options.update(type=_strategies, default=",".join(setting.default), metavar="A,B,...")
+        parser.add_argument(*names, **options)
+
+
+_PARSERS = {"int": int, "float": float, "path": Path, "str": str}
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`RunConfig` of parsed :func:`add_run_arguments` flags (flag names are its field names)."""
-    from dataclasses import fields
+    """The :class:`RunConfig` of parsed :func:`add_run_arguments` flags (their destinations are its field names)."""
+    from cvm_lightning.run_config import SETTINGS, RunConfig
 
-    from cvm_lightning.run_config import RunConfig
-
-    values = {f.name: getattr(args, f.name) for f in fields(RunConfig) if hasattr(args, f.name)}
-    return RunConfig(**values, progress=not getattr(args, "no_progress", False))
+    return RunConfig(**{name: getattr(args, name) for name in SETTINGS})
 
 
 def _add_overwrite(parser: argparse.ArgumentParser) -> None:
@@ -143,7 +103,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", type=Path, default=None, metavar="DIR",
         help="continue the interrupted run in DIR with its saved configuration (other run flags are ignored)",
     )
-    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     sub.add_parser("benchmarks", help="list the available benchmarks")
     for command, what in LIGHTNING_COMMANDS.items():
@@ -239,7 +198,7 @@ def _run(args: argparse.Namespace) -> int:
         out = args.resume
         if not (out / "run_config.json").is_file():
             raise CVMError(f"{out} holds no run to resume (no run_config.json); start one with `cvm run --out {out}`.")
-        config = replace(RunConfig.load(out / "run_config.json"), progress=not args.no_progress)
+        config = replace(RunConfig.load(out / "run_config.json"), progress=args.progress)
     else:
         config = config_from_args(args)
         out = args.out or _default_out()

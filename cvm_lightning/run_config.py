@@ -1,55 +1,58 @@
-"""``RunConfig``: every setting of ``cvm run``, validated when it is made.
+"""``RunConfig``: every setting of ``cvm run``, derived from the signatures of what it builds.
 
-It imports nothing heavy, so the command line rejects a bad value before
-torch is loaded and before anything is written.
+The stream's settings are ``ClassIncrementalDataModule``'s keyword
+parameters and CVM's are ``CVMModule``'s, with their defaults and docstring
+help (read by :mod:`cvm_lightning.signatures`); only the settings of the
+comparison itself (:data:`RUN_SETTINGS`) are declared here. ``cvm run``'s
+flags, ``run_config.json``, the sweep's cache keys and the docs' option
+table all come from :data:`SETTINGS`. The module imports nothing heavy, so
+the command line rejects a bad value before torch is loaded and before
+anything is written.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, field, make_dataclass
 from pathlib import Path
+from typing import Any
 
-from cvm_lightning.concepts.defaults import DEFAULT_TEXT_MODEL
 from cvm_lightning.errors import ConfigError, did_you_mean
 from cvm_lightning.settings import check_settings
+from cvm_lightning.signatures import Setting, read_settings
 from cvm_lightning.strategies import SHARED_SETTINGS, STRATEGIES
 from cvm_lightning.streams.registry import DEFAULT_AUGMENT
 
 DEFAULT_STRATEGIES = ("cvm", "replay", "naive", "lwf", "ewc", "der")
 
-@dataclass
-class RunConfig:
-    """Everything ``cvm run`` takes; the same settings apply to every strategy."""
+# CVMModule parameters that come from the benchmark or the training data, not from the user.
+FROM_THE_DATA = ("concept_bank", "class_names", "concept_dim", "concept_source", "templates", "in_chans", "image_size")
 
-    benchmark: str = "split-digits"
-    strategies: tuple[str, ...] = DEFAULT_STRATEGIES
-    backbone: str = "reduced_resnet18"
-    text_model: str = DEFAULT_TEXT_MODEL
-    epochs: int = 5
-    batch_size: int = 64
-    buffer: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    input_size: int = 32
-    augment: str | None = None  # None: the benchmark's default (DEFAULT_AUGMENT)
-    temperature: float = 0.05
-    loss: str = "ce"
-    negatives: str = "asymmetric"
-    head: str = "linear"
-    recalibrate_bn: bool = True
-    distill: float = 1.0
-    semantic: float = 0.0
-    center_concepts: bool = True
-    data_root: Path | None = None
-    train_per_class: int | None = None
-    test_per_class: int | None = None
-    n_experiences: int | None = None
-    download: bool = False
-    devices: int = 1
-    strategy: str = "auto"
-    progress: bool = True
+DATA_SETTINGS: dict[str, Setting] = read_settings("data/datamodule.py", "ClassIncrementalDataModule")
+MODEL_SETTINGS: dict[str, Setting] = read_settings("model/module.py", "CVMModule", exclude=FROM_THE_DATA)
+
+RUN_SETTINGS: dict[str, Setting] = {s.name: s for s in (
+    Setting("strategies", "tuple[str, ...]", DEFAULT_STRATEGIES,
+            "comma-separated strategies. " + "; ".join(f"{e.name}: {e.help}" for e in STRATEGIES.values())),
+    # Overrides CVMModule's "none": each benchmark names the augmentation that suits its images.
+    Setting("augment", "str | None", None,
+            "training augmentation of every strategy, replayed samples included (crop: pad-and-crop shifts); "
+            "default: the benchmark's own, listed by `cvm benchmarks`"),
+    Setting("devices", "int", 1, "CPU processes for CVM's training (Lightning devices)"),
+    Setting("strategy", "str", "auto", "Lightning strategy for CVM, e.g. ddp (gloo on CPU)"),
+    Setting("progress", "bool", True, "show progress bars"),
+)}
+
+# Every setting, once: the comparison's, then the stream's, then CVM's (a name in two places is declared by the first).
+SETTINGS: dict[str, Setting] = {**MODEL_SETTINGS, **DATA_SETTINGS, **RUN_SETTINGS}
+SETTINGS = {name: SETTINGS[name] for name in (*RUN_SETTINGS, *DATA_SETTINGS, *MODEL_SETTINGS) if name in SETTINGS}
+
+# run_config.json files written before the settings took their signature names.
+_RENAMED = {"buffer": "buffer_size", "epochs": "epochs_per_experience"}
+
+
+class _RunConfigMethods:
+    """The behaviour of :class:`RunConfig`; its fields are :data:`SETTINGS`."""
 
     def __post_init__(self) -> None:
         if isinstance(self.strategies, str):
@@ -72,10 +75,18 @@ class RunConfig:
             self.augment = DEFAULT_AUGMENT[self.benchmark]
         check_settings(asdict(self))
         needy = [s for s in self.strategies if STRATEGIES[s].needs_memory]
-        if needy and self.buffer < 1:
+        if needy and self.buffer_size < 1:
             raise ConfigError(f"Strategies {', '.join(needy)} need a memory: pass --buffer N with N >= 1, or leave them out.")
         if not self.backbone.strip() or not self.text_model.strip():
             raise ConfigError("--backbone and --text-model need a name.")
+
+    def model_settings(self) -> dict[str, Any]:
+        """The keyword arguments of ``CVMModule`` (its concepts and channels come from the benchmark)."""
+        return {name: getattr(self, name) for name in MODEL_SETTINGS}
+
+    def data_settings(self) -> dict[str, Any]:
+        """The keyword arguments of ``ClassIncrementalDataModule``."""
+        return {name: getattr(self, name) for name in DATA_SETTINGS}
 
     def to_json(self) -> dict:
         """The settings as JSON values (paths as strings, tuples as lists)."""
@@ -84,12 +95,10 @@ class RunConfig:
     @classmethod
     def from_json(cls, values: dict) -> "RunConfig":
         """The inverse of :meth:`to_json`."""
-        known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in values.items() if k in known}
+        values = {_RENAMED.get(k, k): v for k, v in values.items()}
+        values = {k: v for k, v in values.items() if k in SETTINGS}
         values["strategies"] = tuple(values.get("strategies", DEFAULT_STRATEGIES))
         values.setdefault("augment", "none")  # saved before --augment existed: trained without
-        if values.get("data_root") is not None:
-            values["data_root"] = Path(values["data_root"])
         return cls(**values)
 
     @classmethod
@@ -101,10 +110,14 @@ class RunConfig:
             raise ConfigError(f"{path} cannot be read ({err}); start a new run with another --out.") from err
 
     def settings_of(self, strategy: str) -> dict:
-        """What decides ``strategy``'s results (a cache key): the settings it reads and its fixed hyperparameters."""
+        """What decides ``strategy``'s results (a cache key): the settings it reads and its fixed hyperparameters.
+
+        A strategy that runs on Lightning is CVM, which reads every ``CVMModule`` setting.
+        """
         entry = STRATEGIES[strategy]
         values = self.to_json()
-        key = {name: values[name] for name in (*SHARED_SETTINGS, *entry.reads)}
+        names = [*SHARED_SETTINGS, *entry.reads, *(MODEL_SETTINGS if entry.runs_on == "lightning" else ())]
+        key = {name: values[name] for name in dict.fromkeys(names)}
         return {"name": strategy, **key, "hyperparameters": dict(entry.hyperparameters)}
 
     def same_run(self, other: "RunConfig") -> bool:
@@ -112,3 +125,31 @@ class RunConfig:
         a, b = self.to_json(), other.to_json()
         a.pop("progress"), b.pop("progress")
         return a == b
+
+
+RunConfig = make_dataclass(
+    "RunConfig",
+    [(s.name, s.annotation, field(default=s.default)) for s in SETTINGS.values()],
+    bases=(_RunConfigMethods,),
+    namespace={"__doc__": "Everything ``cvm run`` takes (:data:`SETTINGS`); the same settings apply to every strategy.",
+               "__module__": __name__},
+)
+
+
+def applies_to(name: str) -> str:
+    """Which strategies setting ``name`` applies to, from the strategy registry."""
+    if name in SHARED_SETTINGS:
+        return "every strategy"
+    return "the comparison" if name in ("strategies", "progress") else "CVM"
+
+
+def options_markdown() -> str:
+    """The docs' table of ``cvm run``'s settings: flag, who reads it, default, and meaning."""
+    from cvm_lightning.settings import flag
+
+    lines = ["| flag | applies to | default | meaning |", "|---|---|---|---|"]
+    for setting in SETTINGS.values():
+        default = ",".join(setting.default) if isinstance(setting.default, tuple) else setting.default
+        meaning = setting.help.split(". cvm:")[0].replace("|", "/")
+        lines.append(f"| `{flag(setting.name)}` | {applies_to(setting.name)} | `{default}` | {meaning} |")
+    return "\n".join(lines)

@@ -25,7 +25,7 @@ from cvm_lightning.model.backbones import check_backbone
 from cvm_lightning.resources import PeakRSS
 from cvm_lightning.run_config import RunConfig
 from cvm_lightning.strategies import STRATEGIES
-from cvm_lightning.streams import Benchmark, StreamConfig, build_benchmark
+from cvm_lightning.streams import Benchmark
 from cvm_lightning.training import (
     AtomicCheckpointIO,
     BaselineSettings,
@@ -75,30 +75,14 @@ def build_concept_bank(config: RunConfig, benchmark: Benchmark) -> ConceptBank:
 
 
 def build_cvm_module(config: RunConfig, benchmark: Benchmark, bank: ConceptBank | None = None) -> CVMModule:
-    """The CVM model for ``benchmark``: its concept bank plus the configured backbone."""
+    """The CVM model for ``benchmark``: its concept bank plus every ``CVMModule`` setting of ``config``."""
     bank = bank if bank is not None else build_concept_bank(config, benchmark)
-    return CVMModule(
-        bank,
-        backbone=config.backbone,
-        in_chans=benchmark.in_chans,
-        input_size=config.input_size,
-        augment=config.augment,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-        buffer_size=config.buffer,
-        seed=config.seed,
-        temperature=config.temperature,
-        loss=config.loss,
-        negatives=config.negatives,
-        head=config.head,
-        recalibrate_bn=config.recalibrate_bn,
-        distill=config.distill,
-        semantic=config.semantic,
-        center_concepts=config.center_concepts,
-    )
+    return CVMModule(bank, in_chans=benchmark.in_chans, **config.model_settings())
 
 
-def run_cvm(config: RunConfig, benchmark: Benchmark, out_dir: Path, bank: ConceptBank | None = None) -> StrategyResult:
+def run_cvm(
+    config: RunConfig, data: ClassIncrementalDataModule, out_dir: Path, bank: ConceptBank | None = None
+) -> StrategyResult:
     """CVM in one ``trainer.fit`` over the stream's data module, checkpointed in ``out_dir/checkpoints/cvm``.
 
     It uses the same data module and callbacks as a Lightning user's code.
@@ -107,14 +91,11 @@ def run_cvm(config: RunConfig, benchmark: Benchmark, out_dir: Path, bank: Concep
     """
     pl.seed_everything(config.seed, verbose=False)
     with PeakRSS() as peak:
-        module = build_cvm_module(config, benchmark, bank)
-        data = ClassIncrementalDataModule.from_benchmark(
-            benchmark, epochs_per_experience=config.epochs, batch_size=config.batch_size, seed=config.seed
-        )
+        module = build_cvm_module(config, data.benchmark, bank)
         metrics, state = ContinualMetricsCallback(), RunState()
         checkpoints = out_dir / "checkpoints" / "cvm"
         trainer = pl.Trainer(
-            callbacks=[ExperienceSchedule(), metrics, state, experience_checkpoints(checkpoints, config.epochs)],
+            callbacks=[ExperienceSchedule(), metrics, state, experience_checkpoints(checkpoints, data.epochs_per_experience)],
             plugins=[AtomicCheckpointIO()],
             logger=CSVLogger(out_dir / "logs", name="cvm"),
             max_epochs=data.max_epochs,
@@ -145,7 +126,8 @@ def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Cal
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         recorder = AccuracyMatrixPlugin(benchmark.n_experiences)
         settings = BaselineSettings(
-            buffer=config.buffer, batch_size=config.batch_size, epochs=config.epochs, recalibrate_bn=config.recalibrate_bn
+            buffer=config.buffer_size, batch_size=config.batch_size, epochs=config.epochs_per_experience,
+            recalibrate_bn=config.recalibrate_bn,
         )
         strategy = build_baseline(name, model, optimizer, settings, [recorder])
         train_seconds = 0.0
@@ -197,17 +179,8 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
     # Everything is checked (names, data, text model) before the first file is written.
     check_backbone(config.backbone)
     check_lightning_strategy(config.strategy)
-    benchmark = build_benchmark(
-        config.benchmark,
-        StreamConfig(
-            seed=config.seed,
-            data_root=config.data_root,
-            train_per_class=config.train_per_class,
-            test_per_class=config.test_per_class,
-            n_experiences=config.n_experiences,
-            download=config.download,
-        ),
-    )
+    data = ClassIncrementalDataModule(**config.data_settings())
+    benchmark = data.benchmark
     needs_concepts = any(STRATEGIES[name].runs_on == "lightning" for name in config.strategies)
     bank = build_concept_bank(config, benchmark) if needs_concepts else None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -231,7 +204,7 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
             continue
         report(f"== {name} on {benchmark.name} ({benchmark.n_experiences} experiences)")
         if lightning:
-            result = run_cvm(config, benchmark, out_dir, bank)
+            result = run_cvm(config, data, out_dir, bank)
         else:
             result = run_baseline(name, config, benchmark, report)
         results["strategies"][name] = asdict(result)

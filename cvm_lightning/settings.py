@@ -91,7 +91,7 @@ RANGES: dict[str, Range] = {
 }
 
 # Where a Python argument and its command-line flag are named differently.
-FLAGS = {"buffer_size": "--buffer", "image_size": "--image-size"}
+FLAGS = {"buffer_size": "--buffer", "epochs_per_experience": "--epochs"}
 
 
 def flag(name: str) -> str:

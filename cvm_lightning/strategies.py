@@ -1,6 +1,7 @@
 """The registry of the strategies ``cvm run`` compares: CVM beside Avalanche's, one entry each.
 
-An entry says how the strategy runs (``"lightning"``: CVM through Lightning;
+An entry says how the strategy runs (``"lightning"``: CVM through Lightning,
+reading every ``CVMModule`` setting;
 ``"avalanche"``: an Avalanche strategy in Avalanche's loop), whether it needs
 a memory, which ``RunConfig`` settings decide its results beyond the ones
 every strategy shares, and its fixed hyperparameters. The command line,
@@ -41,15 +42,16 @@ def register_strategy(entry: StrategyEntry) -> StrategyEntry:
 
 # Settings every strategy reads: the stream, the backbone and the training budget.
 SHARED_SETTINGS: tuple[str, ...] = (
-    "benchmark", "backbone", "epochs", "batch_size", "buffer", "lr", "weight_decay", "seed", "input_size", "augment",
-    "recalibrate_bn", "data_root", "train_per_class", "test_per_class", "n_experiences", "download",
+    "benchmark", "backbone", "epochs_per_experience", "batch_size", "buffer_size", "lr", "weight_decay", "seed",
+    "input_size", "augment", "recalibrate_bn", "data_root", "train_per_class", "test_per_class", "n_experiences",
+    "download",
 )
 
 for _entry in (
     StrategyEntry(
         "cvm", "Continual Visual Mapping: images mapped onto fixed language concepts, with replay", runs_on="lightning",
-        reads=("text_model", "temperature", "loss", "negatives", "head", "distill", "semantic", "center_concepts",
-               "devices", "strategy"),
+        # and every CVMModule setting (RunConfig.settings_of)
+        reads=("eval_batch_size", "num_workers", "devices", "strategy"),
     ),
     StrategyEntry("naive", "fine-tuning with nothing against forgetting, the lower bound"),
     StrategyEntry("replay", "experience replay from a class-balanced memory", needs_memory=True),

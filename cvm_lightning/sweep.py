@@ -24,7 +24,7 @@ METRICS = ("final_avg_accuracy", "forgetting", "bwt")
 # Each CVM option off (or swapped for its alternative), one at a time.
 ABLATIONS: dict[str, dict] = {
     "random concepts (--text-model random)": {"text_model": "random"},
-    "no replay (--buffer 0)": {"buffer": 0},
+    "no replay (--buffer 0)": {"buffer_size": 0},
     "no BatchNorm recalibration": {"recalibrate_bn": False},
     "no concept centring (--no-center-concepts)": {"center_concepts": False},
     "symmetric loss (--negatives seen)": {"negatives": "seen"},

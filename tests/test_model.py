@@ -214,3 +214,20 @@ def test_reduced_resnet18_is_a_timm_model():
     assert classifier(torch.rand(2, 1, 32, 32)).shape == (2, 10)
     features = timm.create_model("reduced_resnet18", num_classes=0)
     assert features(torch.rand(2, 3, 32, 32)).shape == (2, 160)
+
+
+def test_checkpoints_with_the_flat_layout_of_earlier_versions_still_load(digit_bank, tmp_path):
+    """Before the encoder and concept space were submodules, their keys sat at the top of the state dict."""
+    module = small_module(digit_bank)
+    module.start_experience([0, 1])
+    flat = {}
+    for key, value in module.state_dict().items():
+        flat[key.removeprefix("space.").removeprefix("encoder.")] = value
+    assert any(k.startswith("backbone.") for k in flat) and "concepts" in flat
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": flat, "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": pl.__version__}, path)
+    loaded = CVMModule.load_from_checkpoint(path)
+    assert loaded.seen.tolist() == module.seen.tolist()
+    torch.testing.assert_close(loaded.concepts, module.concepts)
+    torch.testing.assert_close(loaded.state_dict(), module.state_dict())

@@ -50,10 +50,10 @@ def test_every_run_setting_is_part_of_some_strategys_cache_key():
     """A setting no entry reads would be left out of the sweep's cache keys, and stale results reused."""
     from dataclasses import fields
 
-    from cvm_lightning.run_config import RunConfig
+    from cvm_lightning.run_config import MODEL_SETTINGS, RunConfig
     from cvm_lightning.strategies import SHARED_SETTINGS
 
-    read = set(SHARED_SETTINGS).union(*(entry.reads for entry in STRATEGIES.values()))
+    read = set(SHARED_SETTINGS).union(*(entry.reads for entry in STRATEGIES.values()), MODEL_SETTINGS)
     assert {f.name for f in fields(RunConfig)} - read == {"strategies", "progress"}
 
 

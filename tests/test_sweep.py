@@ -2,8 +2,8 @@ from cvm_lightning.runner import RunConfig
 from cvm_lightning.sweep import run_cells, summary_rows
 
 FAST = RunConfig(
-    strategies=("cvm", "replay"), epochs=1, input_size=8, train_per_class=20, test_per_class=10,
-    n_experiences=2, buffer=20, progress=False,
+    strategies=("cvm", "replay"), epochs_per_experience=1, input_size=8, train_per_class=20, test_per_class=10,
+    n_experiences=2, buffer_size=20, progress=False,
 )
 
 
@@ -21,7 +21,7 @@ def test_cells_are_reused_and_a_cvm_option_reruns_only_cvm(tmp_path):
     assert again == first
 
     ran.clear()
-    table = run_cells(FAST, [0], {"default": {}, "stiffer": {"distill": 5.0}, "more epochs": {"epochs": 2}}, tmp_path, report=report)
+    table = run_cells(FAST, [0], {"default": {}, "stiffer": {"distill": 5.0}, "more epochs": {"epochs_per_experience": 2}}, tmp_path, report=report)
     assert ran == ["cvm", "cvm", "replay"], "distill is CVM's alone; epochs apply to every strategy"
     assert table["stiffer"]["replay"] == first["default"]["replay"]
     rows = summary_rows(table)

@@ -79,6 +79,7 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
                         "eval_batch_size": eval_batch_size, "num_workers": num_workers, "seed": seed,
                         "train_per_class": train_per_class, "test_per_class": test_per_class,
                         "n_experiences": n_experiences})
+        data_root = str(data_root) if data_root is not None else None  # checkpoints hold plain values only
         self.save_hyperparameters()
         self._benchmark: Benchmark | None = None
 

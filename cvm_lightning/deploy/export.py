@@ -32,7 +32,7 @@ META_FILE = "cvm_meta.json"
 
 
 class DeployedCVM(nn.Module):
-    """Pixel normalisation + backbone + head + learned concepts: images in [0, 1] -> similarities over learned classes.
+    """The trained ``VisualEncoder`` (no augmentation) + head + learned concepts: images in [0, 1] -> similarities over learned classes.
 
     With ``image_size`` (an exported graph, whose images always have that
     side) the upsampling to the model's input size is decided here, so a
@@ -41,8 +41,8 @@ class DeployedCVM(nn.Module):
 
     def __init__(self, module: CVMModule, image_size: int | None = None) -> None:
         super().__init__()
-        self.normalize = module.normalize
-        self.backbone = module.backbone
+        self.normalize = module.encoder.normalize
+        self.backbone = module.encoder.backbone
         self.head = module.head
         input_size = int(module.hparams["input_size"] or 0)
         self.input_size = input_size if image_size is None or image_size < input_size else 0

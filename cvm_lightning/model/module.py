@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from functools import partial
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cvm_lightning.concepts import DEFAULT_TEMPLATES, ConceptBank
+from cvm_lightning.concepts import ConceptBank
+from cvm_lightning.concepts.defaults import DEFAULT_TEMPLATES, DEFAULT_TEXT_MODEL
 from cvm_lightning.errors import ConceptError, ConfigError, DataError, TrainingDivergedError
-from cvm_lightning.model.augment import BatchAugment
-from cvm_lightning.model.backbones import create_backbone, feature_dim, upsample_small
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
+from cvm_lightning.model.concept_space import ConceptSpace
+from cvm_lightning.model.encoder import VisualEncoder
 from cvm_lightning.model.heads import ConceptAlignmentHead
 from cvm_lightning.model.losses import LOSSES, semantic_distance
-from cvm_lightning.model.pixels import PixelNormalize, check_pixels
 from cvm_lightning.model.replay import ReplayBuffer
 from cvm_lightning.settings import check_class_names, check_settings
 
@@ -62,8 +60,9 @@ class CVMModule(pl.LightningModule):
         concept_source: how the concepts were made (text model and
             templates); filled from ``concept_bank`` and kept in checkpoints
             so new classes can be added consistently (``cvm learn``).
-        text_model: the text model of the concepts built from ``class_names``
-            (default all-MiniLM-L6-v2; ``"random"`` for the control).
+        text_model: the text model of the concepts built from ``class_names``:
+            a registry name, a Hugging Face id or a local folder; ``"random"``
+            for random unit vectors, the control.
         templates: their prompt templates (default: photo prompts).
         backbone: a ``timm`` model name or a registered backbone.
         pretrained: load the backbone's pretrained weights (needs them cached).
@@ -78,6 +77,7 @@ class CVMModule(pl.LightningModule):
             ``"none"``, ``"crop"`` or ``"crop-flip"`` (see
             :mod:`cvm_lightning.model.augment`).
         head: ``"linear"`` or ``"mlp"`` alignment head.
+        head_hidden_dim: hidden width of the ``"mlp"`` head.
         loss: ``"ce"`` (cross-entropy over similarities), ``"cosine"``,
             ``"triplet"`` (all negatives) or ``"triplet-hard"`` (hardest
             negative); see :mod:`cvm_lightning.model.losses`.
@@ -93,7 +93,6 @@ class CVMModule(pl.LightningModule):
         weight_decay: weight decay.
         scheduler: ``"none"`` or ``"cosine"`` (annealed over each ``fit``).
         buffer_size: replay memory size in samples (0 turns replay off).
-            The defaults of ``backbone``, ``input_size`` and ``buffer_size`` are ``cvm run``'s.
         replay_batch_size: replayed samples per batch (default: the batch size).
         seed: seed of the replay memory's sampling.
         recalibrate_bn: after each ``fit``, re-estimate BatchNorm statistics
@@ -120,7 +119,7 @@ class CVMModule(pl.LightningModule):
         class_names: Sequence[str] | None = None,
         concept_dim: int | None = None,
         concept_source: dict | None = None,
-        text_model: str | None = None,
+        text_model: str = DEFAULT_TEXT_MODEL,
         templates: Sequence[str] | None = None,
         backbone: str = "reduced_resnet18",
         pretrained: bool = False,
@@ -165,22 +164,11 @@ class CVMModule(pl.LightningModule):
         self.hparams["concept_dim"] = int(concept_dim)
         self.hparams["concept_source"] = concept_source
 
-        self.normalize = PixelNormalize()
-        self.augment = BatchAugment(augment)
-        self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, img_size=input_size)
-        width = feature_dim(self.backbone, in_chans, input_size or 64)
-        self.head = ConceptAlignmentHead(width, concept_dim, kind=head, hidden_dim=head_hidden_dim)
-        log_t = torch.tensor(math.log(temperature))
-        if learn_temperature:
-            self.log_temperature = nn.Parameter(log_t)
-        else:
-            self.register_buffer("log_temperature", log_t)
+        self.encoder = VisualEncoder(backbone, pretrained=pretrained, in_chans=in_chans, input_size=input_size, augment=augment)
+        self.head = ConceptAlignmentHead(self.encoder.width, concept_dim, kind=head, hidden_dim=head_hidden_dim)
         embeddings = concept_bank.embeddings if concept_bank is not None else torch.zeros(len(class_names), concept_dim)
-        center = embeddings.mean(0) if center_concepts and len(embeddings) > 1 else torch.zeros(concept_dim)
-        # Kept so concepts added later (add_concepts) are centred the same way.
-        self.register_buffer("concept_center", center)
-        self.register_buffer("concepts", F.normalize(embeddings - center, dim=-1))
-        self.register_buffer("seen", torch.zeros(len(class_names), dtype=torch.bool))
+        self.space = ConceptSpace(embeddings, temperature=temperature, learn_temperature=learn_temperature,
+                                  center=center_concepts)
         self.loss_fn = LOSSES[loss]
         self.replay = ReplayBuffer(buffer_size, seed=seed)
         self.current_experience: int | None = None
@@ -196,7 +184,25 @@ class CVMModule(pl.LightningModule):
 
     @property
     def temperature(self) -> torch.Tensor:
-        return self.log_temperature.exp()
+        return self.space.temperature
+
+    @property
+    def concepts(self) -> torch.Tensor:
+        """Unit concept vectors, one row per class id."""
+        return self.space.concepts
+
+    @property
+    def concept_center(self) -> torch.Tensor:
+        return self.space.concept_center
+
+    @property
+    def seen(self) -> torch.Tensor:
+        """Which classes have been seen (they alone compete in predictions)."""
+        return self.space.seen
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.encoder.backbone
 
     def start_experience(self, classes: Sequence[int], experience: int | None = None) -> None:
         """Mark ``classes`` as seen before training on a new experience."""
@@ -208,18 +214,8 @@ class CVMModule(pl.LightningModule):
             self.current_experience = experience
 
     def _mark_seen(self, classes: list[int]) -> None:
-        self._check_known(classes)
-        self.seen[classes] = True
+        self.space.mark_seen(classes)
         self._fit_classes.update(classes)
-
-    def _check_known(self, classes: Sequence[int]) -> None:
-        unknown = sorted({c for c in classes if not 0 <= c < len(self.seen)})
-        if unknown:
-            raise ConceptError(
-                f"Class ids {unknown} have no concept text (the concept bank has {len(self.seen)} classes, "
-                f"ids 0..{len(self.seen) - 1}). Give every label a class name: extend the bank "
-                "(ConceptBank.extend or CVMModule.add_concepts) or fix the labels."
-            )
 
     def add_classes(self, names: Sequence[str], descriptions: dict[str, str] | None = None) -> list[int]:
         """Add classes known by name only, ready to predict at once; returns their ids.
@@ -249,38 +245,22 @@ class CVMModule(pl.LightningModule):
             raise ConceptError(
                 f"Expected embeddings of shape ({len(names)}, {self.concepts.shape[1]}), got {tuple(embeddings.shape)}."
             )
-        first = len(self.seen)
-        merged = [*self.class_names, *names]
-        new = F.normalize(embeddings.to(self.concepts), dim=-1) - self.concept_center
-        self.concepts = torch.cat([self.concepts, F.normalize(new, dim=-1)])
-        self.seen = torch.cat([self.seen, torch.zeros(len(names), dtype=torch.bool, device=self.seen.device)])
-        self.hparams["class_names"] = merged
-        return list(range(first, len(merged)))
+        ids = self.space.add(embeddings)
+        self.hparams["class_names"] = [*self.class_names, *names]
+        return ids
 
     # ------------------------------------------------------------------ forward
-    def _check_images(self, x: torch.Tensor) -> None:
-        expected = self.hparams["in_chans"]
-        if x.ndim != 4 or x.shape[1] != expected:
-            raise DataError(
-                f"Expected images of shape (batch, {expected}, height, width), got {tuple(x.shape)}. "
-                f"Convert them to {expected} channel(s) (for example torchvision's Grayscale or "
-                "Lambda(lambda img: img.convert('RGB'))) or build the model with a matching in_chans."
-            )
-        check_pixels(x)
-
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Unit vectors in concept space for images ``x`` (B x C x H x W, in [0, 1] or uint8)."""
-        self._check_images(x)
-        x = self.augment(self.normalize(x))
-        return self.head(self.backbone(upsample_small(x, self.hparams["input_size"])))
+        return self.head(self.encoder(x))
 
     def similarities(self, x: torch.Tensor) -> torch.Tensor:
         """Cosine similarity of each image to every concept (B x n_classes)."""
-        return self.embed(x) @ self.concepts.T
+        return self.space.similarities(self.embed(x))
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """Logits of unit embeddings ``z``: similarity / temperature, unseen classes at -inf."""
-        return self._mask_unseen(z @ self.concepts.T / self.temperature)
+        return self.space.logits(z)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits indexed by class id; the argmax is the nearest seen concept.
@@ -289,11 +269,6 @@ class CVMModule(pl.LightningModule):
         usual.
         """
         return self.logits(self.embed(x))
-
-    def _mask_unseen(self, logits: torch.Tensor) -> torch.Tensor:
-        if not self.seen.any():
-            return logits
-        return logits.masked_fill(~self.seen, float("-inf"))
 
     def observe(self, y: torch.Tensor) -> None:
         """Mark the labels of a training batch as seen classes of this experience."""
@@ -411,7 +386,7 @@ class CVMModule(pl.LightningModule):
     def _eval_step(self, batch: Sequence[Any], stage: str) -> dict[str, torch.Tensor]:
         x, y = split_batch(batch)
         sims = self.similarities(x)
-        preds = self._mask_unseen(sims).argmax(dim=1)
+        preds = self.space.mask_unseen(sims).argmax(dim=1)
         self.log(f"{stage}/acc", (preds == y).float().mean(), prog_bar=True)
         return {"preds": preds, "target": y, "similarities": sims[:, self.seen]}
 
@@ -428,7 +403,7 @@ class CVMModule(pl.LightningModule):
         """
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         sims = self.similarities(x)
-        best = self._mask_unseen(sims).argmax(dim=1)
+        best = self.space.mask_unseen(sims).argmax(dim=1)
         names = self.class_names
         return {
             "class_ids": best,
@@ -468,14 +443,24 @@ class CVMModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
-        if "concepts" in state:
-            state.setdefault("concept_center", torch.zeros(state["concepts"].shape[1]))  # saved before centring existed
-        if "concepts" in state and state["concepts"].shape != self.concepts.shape:
+        _rename_flat_keys(state)
+        if "space.concepts" in state:
+            state.setdefault("space.concept_center", torch.zeros(state["space.concepts"].shape[1]))  # saved before centring existed
+        if "space.concepts" in state and state["space.concepts"].shape != self.concepts.shape:
             raise ConceptError(
-                f"The checkpoint has {tuple(state['concepts'].shape)} concepts but this model has "
+                f"The checkpoint has {tuple(state['space.concepts'].shape)} concepts but this model has "
                 f"{tuple(self.concepts.shape)}: it was trained with another concept bank. Load it with "
                 "CVMModule.load_from_checkpoint(path) so the model takes the checkpoint's classes."
             )
         if "cvm_replay" in checkpoint:
             self.replay.load_state_dict(checkpoint["cvm_replay"])
         self.current_experience = checkpoint.get("cvm_state", {}).get("current_experience")
+
+
+def _rename_flat_keys(state: dict[str, Any]) -> None:
+    """Checkpoints written before the encoder and concept space became submodules: move their keys."""
+    for key in list(state):
+        if key in ("concepts", "concept_center", "seen", "log_temperature"):
+            state["space." + key] = state.pop(key)
+        elif key.startswith("backbone."):
+            state["encoder." + key] = state.pop(key)

@@ -17,29 +17,23 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cvm_lightning.errors import ConfigError, did_you_mean
-from cvm_lightning.model.augment import BatchAugment
-from cvm_lightning.model.backbones import create_backbone, feature_dim, upsample_small
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
-from cvm_lightning.model.pixels import PixelNormalize, check_pixels
+from cvm_lightning.model.encoder import VisualEncoder
 from cvm_lightning.strategies import STRATEGIES
 
 
 class ClassifierNet(nn.Module):
-    """The baselines' model: CVM's pixel input, augmentation and backbone with a linear head over all classes."""
+    """The baselines' model: CVM's ``VisualEncoder`` (pixel input, augmentation, backbone) with a linear head over all classes."""
 
     def __init__(
         self, backbone: str, n_classes: int, *, in_chans: int = 3, input_size: int | None = None, augment: str = "none"
     ) -> None:
         super().__init__()
-        self.input_size = input_size
-        self.normalize = PixelNormalize()
-        self.augment = BatchAugment(augment)
-        self.backbone = create_backbone(backbone, in_chans=in_chans, img_size=input_size)
-        self.classifier = nn.Linear(feature_dim(self.backbone, in_chans, input_size or 64), n_classes)
+        self.encoder = VisualEncoder(backbone, in_chans=in_chans, input_size=input_size, augment=augment)
+        self.classifier = nn.Linear(self.encoder.width, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_pixels(x)
-        return self.classifier(self.backbone(upsample_small(self.augment(self.normalize(x)), self.input_size)))
+        return self.classifier(self.encoder(x))
 
 
 @dataclass(frozen=True)
