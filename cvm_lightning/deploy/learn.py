@@ -119,11 +119,14 @@ def learn_new_classes(
     module.start_experience(ids, experience=experience)
     trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
                          enable_progress_bar=False, accelerator="cpu")
-    trainer.fit(module, DataLoader(_relabel(train, ids), batch_size=batch_size, shuffle=True))
+    new_test = _relabel(test, ids)
+    # The new classes' test images are the validation set: Lightning reports them after each epoch.
+    trainer.fit(module, DataLoader(_relabel(train, ids), batch_size=batch_size, shuffle=True),
+                DataLoader(new_test, batch_size=256))
     with atomic_path(out, suffix=".ckpt") as tmp:
         trainer.save_checkpoint(tmp, weights_only=False)  # optimiser state kept: learning can go on from it
     old_accuracy = accuracy(module, old) if old is not None else None
-    return LearnReport(out, names, accuracy(module, _relabel(test, ids)), old_accuracy)
+    return LearnReport(out, names, accuracy(module, new_test), old_accuracy)
 
 
 def save_module_checkpoint(module: CVMModule, source: Path, out: Path) -> Path:

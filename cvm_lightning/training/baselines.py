@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from itertools import chain
@@ -147,4 +148,8 @@ def build_baseline(
         raise ConfigError(f"Unknown strategy {name!r}.{did_you_mean(name, BASELINES)} Available: {', '.join(BASELINES)}.")
     if STRATEGIES[name].needs_memory and settings.buffer < 1:
         raise ConfigError(f"Strategy {name!r} needs a memory: pass --buffer N with N >= 1.")
-    return BASELINES[name](model, optimizer, settings, plugins)
+    with warnings.catch_warnings():
+        # evaluator=None gives Avalanche's default EvaluationPlugin, which warns that it has no logger: the
+        # plugins passed here (an AccuracyMatrixPlugin in `cvm run`) record the metrics instead.
+        warnings.filterwarnings("ignore", message="No loggers specified", category=UserWarning)
+        return BASELINES[name](model, optimizer, settings, plugins)

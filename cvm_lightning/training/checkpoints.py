@@ -13,7 +13,6 @@ resumed seeded run end with the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import time
@@ -27,6 +26,7 @@ import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
+from cvm_lightning.atomic import atomic_path
 from cvm_lightning.errors import ConfigError
 
 _NAME = re.compile(r"experience-(\d+)\.ckpt$")
@@ -61,10 +61,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path, storage_options: Any = None) -> None:
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        super().save_checkpoint(checkpoint, tmp, storage_options)
-        os.replace(tmp, path)
+        with atomic_path(Path(path), suffix=".ckpt") as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
 class RunState(pl.Callback):
