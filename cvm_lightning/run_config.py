@@ -71,8 +71,8 @@ class _RunConfigMethods:
                 f"Unknown benchmark {self.benchmark!r}.{did_you_mean(self.benchmark, DEFAULT_AUGMENT)} "
                 f"Available: {', '.join(sorted(DEFAULT_AUGMENT))} (see `cvm benchmarks`)."
             )
-        if self.augment is None:
-            self.augment = DEFAULT_AUGMENT[self.benchmark]
+        if self.augment is None:  # a frozen backbone sees each image once: no augmentation
+            self.augment = "none" if self.freeze_backbone else DEFAULT_AUGMENT[self.benchmark]
         check_settings(asdict(self))
         needy = [s for s in self.strategies if STRATEGIES[s].needs_memory]
         if needy and self.buffer_size < 1:

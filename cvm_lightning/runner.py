@@ -22,6 +22,7 @@ from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
 from cvm_lightning.metrics.functional import summarize
 from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import check_backbone
+from cvm_lightning.model.pretrained import pretrained_file as find_pretrained_file
 from cvm_lightning.resources import PeakRSS
 from cvm_lightning.run_config import RunConfig
 from cvm_lightning.strategies import STRATEGIES
@@ -122,8 +123,12 @@ def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Cal
             in_chans=benchmark.in_chans,
             input_size=config.input_size,
             augment=config.augment,
+            pretrained=config.pretrained,
+            pretrained_file=config.pretrained_file,
+            freeze_backbone=config.freeze_backbone,
         )
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
         recorder = AccuracyMatrixPlugin(benchmark.n_experiences)
         settings = BaselineSettings(
             buffer=config.buffer_size, batch_size=config.batch_size, epochs=config.epochs_per_experience,
@@ -178,6 +183,8 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
     """
     # Everything is checked (names, data, text model) before the first file is written.
     check_backbone(config.backbone)
+    if config.pretrained:
+        find_pretrained_file(config.backbone, config.pretrained_file)  # a missing file or package, said now
     check_lightning_strategy(config.strategy)
     data = ClassIncrementalDataModule(**config.data_settings())
     benchmark = data.benchmark

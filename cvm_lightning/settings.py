@@ -12,7 +12,7 @@ before torch is loaded.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +107,16 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
         raise ConfigError(f"Unknown {flag(name)} {value!r}.{hint} Choose one of: {', '.join(choices)}.")
 
 
+# Settings that only make sense together: (setting, its value that needs..., other setting, the values it needs, fix).
+COMBINATIONS: tuple[tuple[str, Callable[[Any], bool], str, Callable[[Any], bool], str], ...] = (
+    ("pretrained_file", lambda v: v is not None, "pretrained", bool,
+     "--pretrained-file is loaded by --pretrained: pass both."),
+    ("freeze_backbone", bool, "augment", lambda v: v in (None, "none"),
+     "A frozen backbone computes each image's features once, so augmentation would be ignored: "
+     "use --augment none with --freeze-backbone."),
+)
+
+
 def check_settings(values: Mapping[str, Any]) -> None:
     """Check every setting in ``values`` that has a rule; unknown names are left to their owner."""
     for name, value in values.items():
@@ -116,6 +126,9 @@ def check_settings(values: Mapping[str, Any]) -> None:
             raise ConfigError(f"{flag(name)} must be {rule.describe()}{example}, got {value!r}.")
         if name in CHOICES and value is not None:  # None: the default of whoever reads it
             check_choice(name, value, CHOICES[name])
+    for name, when, other, needs, fix in COMBINATIONS:
+        if name in values and other in values and when(values[name]) and not needs(values[other]):
+            raise ConfigError(fix)
 
 
 def check_class_names(names: Any, *, known: Sequence[str] = (), what: str = "class names") -> list[str]:

@@ -43,8 +43,8 @@ def register_strategy(entry: StrategyEntry) -> StrategyEntry:
 # Settings every strategy reads: the stream, the backbone and the training budget.
 SHARED_SETTINGS: tuple[str, ...] = (
     "benchmark", "backbone", "epochs_per_experience", "batch_size", "buffer_size", "lr", "weight_decay", "seed",
-    "input_size", "augment", "recalibrate_bn", "data_root", "train_per_class", "test_per_class", "n_experiences",
-    "download",
+    "input_size", "augment", "recalibrate_bn", "pretrained", "pretrained_file", "freeze_backbone", "data_root",
+    "train_per_class", "test_per_class", "n_experiences", "download",
 )
 
 for _entry in (
@@ -63,5 +63,9 @@ for _entry in (
         "er_ace", "ER-ACE: replay with the asymmetric cross-entropy, CVM's loss on a learned linear head", needs_memory=True,
     ),
     StrategyEntry("cumulative", "retrain on every experience so far, all its data kept: an upper bound, no memory limit"),
+    StrategyEntry(
+        "ncm", "nearest class mean of the backbone's features, nothing trained: the reference for a frozen "
+        "pretrained backbone (--pretrained --freeze-backbone)",
+    ),
 ):
     register_strategy(_entry)

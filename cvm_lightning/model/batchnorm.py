@@ -19,9 +19,11 @@ def recalibrate_batchnorm(model: nn.Module, images: Iterable[torch.Tensor], forw
     to chance although it is accurate in train mode. One pass with cumulative
     averaging over the experience's data fixes the statistics without
     changing any weight. Training augmentation is off during the pass.
-    Returns the number of BatchNorm layers reset.
+    Frozen layers (no trainable parameter) are left as they are. Returns the
+    number of BatchNorm layers reset.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+             and any(p.requires_grad for p in m.parameters())]  # a frozen layer keeps its (pretrained) statistics
     if not norms:
         return 0
     momenta = {m: m.momentum for m in norms}

@@ -7,8 +7,10 @@ from torch import nn
 
 from cvm_lightning.errors import DataError
 from cvm_lightning.model.augment import BatchAugment
-from cvm_lightning.model.backbones import create_backbone, feature_dim, upsample_small
+from cvm_lightning.model.backbones import create_backbone, feature_dim, pretrained_normalization, upsample_small
+from cvm_lightning.model.feature_cache import FeatureCache
 from cvm_lightning.model.pixels import PixelNormalize, check_pixels
+from cvm_lightning.settings import check_settings
 
 
 class VisualEncoder(nn.Module):
@@ -17,19 +19,40 @@ class VisualEncoder(nn.Module):
     ``CVMModule``, the baselines' ``ClassifierNet`` and the exported
     ``DeployedCVM`` all see images through it, so every model gets the same
     input contract and the same augmentation. ``width`` is the feature width.
+
+    A pretrained backbone normalises with its own statistics (timm's
+    ``pretrained_cfg``); one trained here maps [0, 1] to [-1, 1]. With
+    ``freeze``, the backbone stays in eval mode, is never trained, and its
+    features are computed once per distinct image (:class:`FeatureCache`).
     """
 
     def __init__(
-        self, backbone: str, *, pretrained: bool = False, in_chans: int = 3, input_size: int | None = None,
-        augment: str = "none",
+        self, backbone: str, *, pretrained: bool = False, pretrained_file: str | None = None, in_chans: int = 3,
+        input_size: int | None = None, augment: str = "none", freeze: bool = False,
     ) -> None:
         super().__init__()
+        check_settings({"pretrained": pretrained, "pretrained_file": pretrained_file, "freeze_backbone": freeze,
+                        "augment": augment, "in_chans": in_chans, "input_size": input_size})
         self.in_chans = in_chans
         self.input_size = input_size
-        self.normalize = PixelNormalize()
         self.augment = BatchAugment(augment)
-        self.backbone = create_backbone(backbone, pretrained=pretrained, in_chans=in_chans, img_size=input_size)
+        self.backbone = create_backbone(
+            backbone, pretrained=pretrained, pretrained_file=pretrained_file, in_chans=in_chans, img_size=input_size
+        )
+        self.normalize = PixelNormalize(*pretrained_normalization(self.backbone, in_chans)) if pretrained else PixelNormalize()
         self.width = feature_dim(self.backbone, in_chans, input_size or 64)
+        self.frozen = freeze
+        weights = (backbone, pretrained, str(pretrained_file), in_chans, input_size)
+        self.features = FeatureCache.shared(weights) if freeze and pretrained else FeatureCache() if freeze else None
+        if freeze:
+            self.backbone.requires_grad_(False)
+            self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "VisualEncoder":
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()  # pretrained BatchNorm statistics stay as they are
+        return self
 
     def check_images(self, x: torch.Tensor) -> None:
         """``x`` must be a batch of ``in_chans``-channel images with pixels in [0, 1] (or uint8)."""
@@ -41,6 +64,11 @@ class VisualEncoder(nn.Module):
             )
         check_pixels(x)
 
+    def _backbone_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(upsample_small(self.augment(self.normalize(x)), self.input_size))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_images(x)
-        return self.backbone(upsample_small(self.augment(self.normalize(x)), self.input_size))
+        if self.features is not None:
+            return self.features(x, self._backbone_features)
+        return self._backbone_features(x)

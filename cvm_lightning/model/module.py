@@ -65,7 +65,15 @@ class CVMModule(pl.LightningModule):
             for random unit vectors, the control.
         templates: their prompt templates (default: photo prompts).
         backbone: a ``timm`` model name or a registered backbone.
-        pretrained: load the backbone's pretrained weights (needs them cached).
+        pretrained: start from the backbone's pretrained weights: a local file
+            when there is one (``pretrained_file``, or an installed weights
+            package such as ``cvm_lightning[pretrained]`` for
+            ``tf_efficientnet_lite0``), else timm's own source. The images are
+            normalised with the backbone's own statistics.
+        pretrained_file: a timm state dict of the backbone to load with ``pretrained``.
+        freeze_backbone: keep the backbone fixed (eval mode, no gradients) and
+            compute each image's features once; only the alignment head
+            trains. Needs ``augment="none"``.
         in_chans: image channels.
         input_size: the smallest side the backbone sees: smaller images are
             upsampled to it inside the model (timm stems shrink 32x32 inputs
@@ -123,6 +131,8 @@ class CVMModule(pl.LightningModule):
         templates: Sequence[str] | None = None,
         backbone: str = "reduced_resnet18",
         pretrained: bool = False,
+        pretrained_file: str | None = None,
+        freeze_backbone: bool = False,
         in_chans: int = 3,
         input_size: int | None = 32,
         image_size: int | None = None,
@@ -164,7 +174,8 @@ class CVMModule(pl.LightningModule):
         self.hparams["concept_dim"] = int(concept_dim)
         self.hparams["concept_source"] = concept_source
 
-        self.encoder = VisualEncoder(backbone, pretrained=pretrained, in_chans=in_chans, input_size=input_size, augment=augment)
+        self.encoder = VisualEncoder(backbone, pretrained=pretrained, pretrained_file=pretrained_file, in_chans=in_chans,
+                                     input_size=input_size, augment=augment, freeze=freeze_backbone)
         self.head = ConceptAlignmentHead(self.encoder.width, concept_dim, kind=head, hidden_dim=head_hidden_dim)
         embeddings = concept_bank.embeddings if concept_bank is not None else torch.zeros(len(class_names), concept_dim)
         self.space = ConceptSpace(embeddings, temperature=temperature, learn_temperature=learn_temperature,
@@ -414,8 +425,9 @@ class CVMModule(pl.LightningModule):
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """A fresh optimiser over all trainable parameters."""
+        trainable = [p for p in self.parameters() if p.requires_grad]
         return OPTIMIZERS[self.hparams["optimizer"]](
-            self.parameters(), lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
+            trainable, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
         )
 
     def configure_optimizers(self) -> Any:

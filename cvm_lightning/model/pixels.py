@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -21,11 +22,17 @@ RANGE_TOLERANCE = 1e-3
 
 
 class PixelNormalize(nn.Module):
-    """``(x - mean) / std`` for images in [0, 1]; uint8 images are scaled to [0, 1] first. Traceable."""
+    """``(x - mean) / std`` for images in [0, 1]; uint8 images are scaled to [0, 1] first. Traceable.
 
-    def __init__(self, mean: float = PIXEL_MEAN, std: float = PIXEL_STD) -> None:
+    ``mean`` and ``std`` are one number, or one per channel (a pretrained
+    backbone's own statistics).
+    """
+
+    def __init__(self, mean: float | Sequence[float] = PIXEL_MEAN, std: float | Sequence[float] = PIXEL_STD) -> None:
         super().__init__()
-        self.mean, self.std = mean, std
+        shape = (1, -1, 1, 1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(shape), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(shape), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (to_unit_range(x) - self.mean) / self.std

@@ -104,7 +104,7 @@ def _converted(entry: LocalWeights) -> Path:
     reference = timm.create_model(entry.backbone, pretrained=False).state_dict()
     mapped = map_in_order(torch.load(source, map_location="cpu", weights_only=True), reference)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(target) as tmp:
+    with atomic_path(target, suffix=".pth") as tmp:
         torch.save(mapped, tmp)
     return target
 

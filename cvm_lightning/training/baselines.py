@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import chain
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from avalanche.training import DER, ER_ACE, EWC, Cumulative, GDumb, LwF, Naive
 from avalanche.training.plugins import ReplayPlugin
@@ -27,10 +28,12 @@ class ClassifierNet(nn.Module):
     """The baselines' model: CVM's ``VisualEncoder`` (pixel input, augmentation, backbone) with a linear head over all classes."""
 
     def __init__(
-        self, backbone: str, n_classes: int, *, in_chans: int = 3, input_size: int | None = None, augment: str = "none"
+        self, backbone: str, n_classes: int, *, in_chans: int = 3, input_size: int | None = None, augment: str = "none",
+        pretrained: bool = False, pretrained_file: str | None = None, freeze_backbone: bool = False,
     ) -> None:
         super().__init__()
-        self.encoder = VisualEncoder(backbone, in_chans=in_chans, input_size=input_size, augment=augment)
+        self.encoder = VisualEncoder(backbone, pretrained=pretrained, pretrained_file=pretrained_file, in_chans=in_chans,
+                                     input_size=input_size, augment=augment, freeze=freeze_backbone)
         self.classifier = nn.Linear(self.encoder.width, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,6 +126,50 @@ def _er_ace(model, optimizer, settings, plugins):
     return strategy
 
 
+class NearestClassMeanNet(nn.Module):
+    """A ``ClassifierNet``'s encoder with a nearest-class-mean classifier: no trained weight.
+
+    Each class is the mean of its images' unit features; a prediction is the
+    class whose (normalised) mean is the most cosine-similar. Classes with no
+    image yet score ``-inf``. With a frozen pretrained backbone it is the
+    training-free reference of the frozen-feature protocol.
+    """
+
+    def __init__(self, net: ClassifierNet) -> None:
+        super().__init__()
+        self.encoder = net.encoder
+        n_classes = net.classifier.out_features
+        self.register_buffer("sums", torch.zeros(n_classes, self.encoder.width))
+        self.register_buffer("counts", torch.zeros(n_classes))
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Fold images ``x`` of classes ``y`` into their class means."""
+        self.sums.index_add_(0, y, F.normalize(self.encoder(x), dim=-1))
+        self.counts.index_add_(0, y, torch.ones(len(y), device=self.counts.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = F.normalize(self.encoder(x), dim=-1) @ F.normalize(self.sums, dim=-1).T
+        return scores.masked_fill(self.counts == 0, float("-inf")) if bool((self.counts > 0).any()) else scores
+
+
+class ClassMeanUpdate(SupervisedPlugin):
+    """After each experience, folds all of its training images into the class means (one pass, no gradient)."""
+
+    def after_training_exp(self, strategy, *args, **kwargs) -> None:
+        model = strategy.model
+        model.eval()
+        for batch in DataLoader(strategy.experience.dataset.eval(), batch_size=strategy.train_mb_size):
+            model.add(batch[0].to(strategy.device), batch[1].to(strategy.device))
+
+
+def _ncm(model, optimizer, settings, plugins):
+    # Nothing trains: zero epochs, and the means come from one pass over each experience.
+    common = _common(replace(settings, recalibrate_bn=False), [ClassMeanUpdate(), *plugins])
+    common["train_epochs"] = 0
+    return SupervisedTemplate(model=NearestClassMeanNet(model), optimizer=optimizer, **common)
+
+
 def _hyper(name: str) -> dict:
     """The fixed hyperparameters of ``name``, as the strategy registry records them."""
     return dict(STRATEGIES[name].hyperparameters)
@@ -137,6 +184,7 @@ BASELINES: dict[str, BaselineFactory] = {
     "gdumb": lambda m, o, s, p: GDumb(model=m, optimizer=o, mem_size=s.buffer, **_common(s, p)),
     "er_ace": _er_ace,
     "cumulative": lambda m, o, s, p: Cumulative(model=m, optimizer=o, **_common(s, p)),
+    "ncm": _ncm,
 }
 
 
