@@ -7,16 +7,20 @@ from pathlib import Path
 
 from cvm_lightning.atomic import atomic_write_text
 
-COLUMNS = ("strategy", "final avg acc", "forgetting", "BWT", "train s", "params", "peak RSS MB")
+COLUMNS = ("strategy", "final avg acc", "forgetting", "BWT", "zero-shot (chance)", "FWT", "train s", "params",
+           "peak RSS MB")
 
 
 def table_rows(results: dict) -> list[list[str]]:
+    nan = float("nan")
     return [
         [
             name,
             f"{r['final_avg_accuracy']:.3f}",
             f"{r['forgetting']:.3f}",
             f"{r['bwt']:+.3f}",
+            f"{r.get('zero_shot_accuracy', nan):.3f} ({r.get('zero_shot_chance', nan):.3f})",
+            f"{r.get('fwt', nan):+.3f}",
             f"{r['train_seconds']:.1f}",
             f"{r['params']:,}",
             f"{r['peak_rss_mb']:.0f}",

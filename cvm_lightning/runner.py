@@ -20,6 +20,7 @@ from cvm_lightning.errors import ConfigError, did_you_mean
 from cvm_lightning.metrics import ContinualMetricsCallback
 from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
 from cvm_lightning.metrics.functional import summarize
+from cvm_lightning.metrics.zero_shot import ZeroShotCallback, ZeroShotPlugin, ZeroShotRecorder
 from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import check_backbone
 from cvm_lightning.model.pretrained import pretrained_file as find_pretrained_file
@@ -49,11 +50,16 @@ class StrategyResult:
     train_seconds: float
     params: int
     peak_rss_mb: float
+    zero_shot_accuracy: float
+    zero_shot_chance: float
+    fwt: float
+    zero_shot: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
 
-def _result(R: torch.Tensor, train_seconds: float, model: torch.nn.Module, peak_mb: float) -> StrategyResult:
-    summary = summarize(R)
+def _result(R: torch.Tensor, zero_shot: ZeroShotRecorder, train_seconds: float, model: torch.nn.Module,
+            peak_mb: float) -> StrategyResult:
+    summary, transfer = summarize(R), zero_shot.summary()
     return StrategyResult(
         final_avg_accuracy=summary["avg_acc"],
         forgetting=summary["forgetting"],
@@ -62,6 +68,10 @@ def _result(R: torch.Tensor, train_seconds: float, model: torch.nn.Module, peak_
         train_seconds=round(train_seconds, 2),
         params=sum(p.numel() for p in model.parameters()),
         peak_rss_mb=round(peak_mb, 1),
+        zero_shot_accuracy=round(transfer["zero_shot_accuracy"], 6),
+        zero_shot_chance=round(transfer["zero_shot_chance"], 6),
+        fwt=round(transfer["fwt"], 6),
+        zero_shot={k: [round(v, 6) for v in row] for k, row in transfer["zero_shot"].items()},
     )
 
 
@@ -93,10 +103,11 @@ def run_cvm(
     pl.seed_everything(config.seed, verbose=False)
     with PeakRSS() as peak:
         module = build_cvm_module(config, data.benchmark, bank)
-        metrics, state = ContinualMetricsCallback(), RunState()
+        metrics, state, zero_shot = ContinualMetricsCallback(), RunState(), ZeroShotCallback()
         checkpoints = out_dir / "checkpoints" / "cvm"
         trainer = pl.Trainer(
-            callbacks=[ExperienceSchedule(), metrics, state, experience_checkpoints(checkpoints, data.epochs_per_experience)],
+            callbacks=[ExperienceSchedule(), metrics, zero_shot, state,
+                       experience_checkpoints(checkpoints, data.epochs_per_experience)],
             plugins=[AtomicCheckpointIO()],
             logger=CSVLogger(out_dir / "logs", name="cvm"),
             max_epochs=data.max_epochs,
@@ -110,7 +121,7 @@ def run_cvm(
         )
         fit_resumable(trainer, module, data, checkpoints)
         trainer.save_checkpoint(out_dir / FINAL_CHECKPOINT, weights_only=False)
-    return _result(metrics.matrix.compute(), state.train_seconds, module, peak.peak_mb)
+    return _result(metrics.matrix.compute(), zero_shot.recorder, state.train_seconds, module, peak.peak_mb)
 
 
 def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Callable[[str], None]) -> StrategyResult:
@@ -134,7 +145,8 @@ def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Cal
             buffer=config.buffer_size, batch_size=config.batch_size, epochs=config.epochs_per_experience,
             recalibrate_bn=config.recalibrate_bn,
         )
-        strategy = build_baseline(name, model, optimizer, settings, [recorder])
+        zero_shot = ZeroShotPlugin(benchmark.test_stream)
+        strategy = build_baseline(name, model, optimizer, settings, [recorder, zero_shot])
         train_seconds = 0.0
         for index, experience in enumerate(benchmark.train_stream):
             start = time.perf_counter()
@@ -142,7 +154,7 @@ def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Cal
             train_seconds += time.perf_counter() - start
             strategy.eval(benchmark.test_stream, num_workers=0)
             report(f"[{name}] experience {index + 1}/{benchmark.n_experiences} done")
-    return _result(recorder.matrix.compute(), train_seconds, model, peak.peak_mb)
+    return _result(recorder.matrix.compute(), zero_shot.recorder, train_seconds, model, peak.peak_mb)
 
 
 def check_lightning_strategy(name: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Callable, Sequence
 from cvm_lightning.atomic import atomic_write_text
 from cvm_lightning.runner import RunConfig, run
 
-METRICS = ("final_avg_accuracy", "forgetting", "bwt")
+METRICS = {"final_avg_accuracy": "final avg acc", "forgetting": "forgetting", "bwt": "BWT",
+           "zero_shot_accuracy": "zero-shot", "fwt": "FWT"}
 
 # Each CVM option off (or swapped for its alternative), one at a time.
 ABLATIONS: dict[str, dict] = {
@@ -66,7 +68,7 @@ def run_cells(
             for strategy in config.strategies:
                 result = run_cell(config, strategy, out_dir, report, label=f"{variant}, seed {seed}")
                 table.setdefault(variant, {}).setdefault(strategy, []).append(
-                    {"seed": seed, **{m: result[m] for m in METRICS}}
+                    {"seed": seed, **{m: result.get(m, math.nan) for m in METRICS}}
                 )
     return table
 
@@ -109,8 +111,8 @@ def summary_rows(table: dict[str, dict[str, list[dict]]]) -> list[dict]:
 def markdown(rows: list[dict], label: str) -> str:
     """A Markdown table of :func:`summary_rows` (mean ± std over the seeds)."""
     lines = [
-        f"| {label} | seeds | final avg acc | forgetting | BWT |",
-        "|---|---|---|---|---|",
+        f"| {label} | seeds | " + " | ".join(METRICS.values()) + " |",
+        "|---|---|" + "---|" * len(METRICS),
     ]
     for row in rows:
         name = row["strategy"] if label == "strategy" else row["variant"]
