@@ -64,6 +64,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
             options["choices"] = CHOICES[setting.name]
         if setting.name == "strategies":
             options.update(type=_strategies, default=",".join(setting.default), metavar="A,B,...")
+        elif setting.annotation.startswith("tuple[int"):
+            options.update(nargs="+", metavar="N")
         parser.add_argument(*names, **options)
 
 
@@ -209,6 +211,16 @@ def _run(args: argparse.Namespace) -> int:
         os.environ[DDP_OUT_VARIABLE] = str(out)
 
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    if config.seeds is not None:
+        from cvm_lightning.reporting import seed_table, write_seed_results
+        from cvm_lightning.sweep import run_seeds
+
+        results = run_seeds(config, out)
+        paths = write_seed_results(results, out)
+        print(f"\nMean ± std over seeds {', '.join(map(str, config.seeds))}:\n{seed_table(results)}")
+        print(f"\nWrote {', '.join(str(p) for p in paths)}; each seed's run is in {out / 'runs'}")
+        return 0
 
     from cvm_lightning.reporting import text_table, write_results
     from cvm_lightning.runner import run

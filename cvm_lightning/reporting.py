@@ -43,6 +43,52 @@ def text_table(results: dict) -> str:
     return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)
 
 
+def seed_table(results: dict, markdown: bool = False) -> str:
+    """Mean ± std over the seeds of ``cvm run --seeds``, one row per strategy (text, or Markdown)."""
+    from cvm_lightning.sweep import METRICS
+
+    head = ["strategy", *METRICS.values()]
+    rows = [[name, *(f"{r[m][0]:.3f} ± {r[m][1]:.3f}" for m in METRICS)] for name, r in results["strategies"].items()]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+                     for row in [head, *rows])
+
+
+def write_seed_results(results: dict, out_dir: Path) -> list[Path]:
+    """``results.json``, ``results.md`` and the accuracy-against-forgetting plot of ``cvm run --seeds``."""
+    json_path, md_path = out_dir / "results.json", out_dir / "results.md"
+    atomic_write_text(json_path, json.dumps(results, indent=2))
+    seeds = ", ".join(map(str, results["seeds"]))
+    header = (f"# {results['benchmark']}: mean ± std over seeds {seeds}\n\n"
+              "Accuracies in [0, 1]; forgetting in max mode (Chaudhry et al. 2018); std over seeds (population).\n\n")
+    atomic_write_text(md_path, header + seed_table(results, markdown=True) + "\n")
+    return [json_path, md_path, plot_accuracy_against_forgetting(results, out_dir)]
+
+
+def plot_accuracy_against_forgetting(results: dict, out_dir: Path) -> Path:
+    """One point per strategy: final average accuracy against forgetting, with their std over seeds as bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, r in results["strategies"].items():
+        (acc, acc_std), (fgt, fgt_std) = r["final_avg_accuracy"], r["forgetting"]
+        ax.errorbar(fgt, acc, xerr=fgt_std, yerr=acc_std, fmt="o", capsize=3)
+        ax.annotate(name, (fgt, acc), textcoords="offset points", xytext=(5, 5))
+    ax.set_xlabel("forgetting (lower is better)")
+    ax.set_ylabel("final average accuracy")
+    ax.set_title(f"{results['benchmark']}, seeds {', '.join(map(str, results['seeds']))}")
+    path = out_dir / "accuracy_vs_forgetting.png"
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def write_results(results: dict, out_dir: Path) -> list[Path]:
     """Write ``results.json``, ``results.md`` and the plots into ``out_dir``; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)

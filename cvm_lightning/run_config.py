@@ -38,6 +38,9 @@ RUN_SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("augment", "str | None", None,
             "training augmentation of every strategy, replayed samples included (crop: pad-and-crop shifts); "
             "default: the benchmark's own, listed by `cvm benchmarks`"),
+    Setting("seeds", "tuple[int, ...] | None", None,
+            "run every strategy on each of these seeds instead of --seed, and report mean ± std over them; "
+            "each seed's numbers are kept in results.json"),
     Setting("devices", "int", 1, "CPU processes for CVM's training (Lightning devices)"),
     Setting("strategy", "str", "auto", "Lightning strategy for CVM, e.g. ddp (gloo on CPU)"),
     Setting("progress", "bool", True, "show progress bars"),
@@ -71,6 +74,11 @@ class _RunConfigMethods:
                 f"Unknown benchmark {self.benchmark!r}.{did_you_mean(self.benchmark, DEFAULT_AUGMENT)} "
                 f"Available: {', '.join(sorted(DEFAULT_AUGMENT))} (see `cvm benchmarks`)."
             )
+        if self.seeds is not None:
+            self.seeds = tuple(self.seeds)
+            check_settings({"seed": min(self.seeds, default=-1)})
+            if len(set(self.seeds)) != len(self.seeds):
+                raise ConfigError(f"--seeds {' '.join(map(str, self.seeds))} repeats a seed; list each seed once.")
         if self.augment is None:  # a frozen backbone sees each image once: no augmentation
             self.augment = "none" if self.freeze_backbone else DEFAULT_AUGMENT[self.benchmark]
         check_settings(asdict(self))
@@ -140,7 +148,7 @@ def applies_to(name: str) -> str:
     """Which strategies setting ``name`` applies to, from the strategy registry."""
     if name in SHARED_SETTINGS:
         return "every strategy"
-    return "the comparison" if name in ("strategies", "progress") else "CVM"
+    return "the comparison" if name in ("strategies", "seeds", "progress") else "CVM"
 
 
 def options_markdown() -> str:

@@ -169,7 +169,9 @@ def check_lightning_strategy(name: str) -> None:
         )
 
 
-def _check_out_dir(config: RunConfig, out_dir: Path) -> None:
+def claim_out_dir(config: RunConfig, out_dir: Path) -> None:
+    """Write ``config`` into ``out_dir``, or check that the run already there has the same one."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     saved = out_dir / "run_config.json"
     if saved.exists():
         if not RunConfig.load(saved).same_run(config):
@@ -184,6 +186,20 @@ def _check_out_dir(config: RunConfig, out_dir: Path) -> None:
 FINAL_CHECKPOINT = "final.ckpt"
 
 
+def prepare(config: RunConfig) -> tuple[ClassIncrementalDataModule, ConceptBank | None]:
+    """Check everything a run needs (backbone, weights, data, text model) and build its stream and concepts.
+
+    Nothing is written: a run calls this before its first file.
+    """
+    check_backbone(config.backbone)
+    if config.pretrained:
+        find_pretrained_file(config.backbone, config.pretrained_file)  # a missing file or package, said now
+    check_lightning_strategy(config.strategy)
+    data = ClassIncrementalDataModule(**config.data_settings())
+    needs_concepts = any(STRATEGIES[name].runs_on == "lightning" for name in config.strategies)
+    return data, build_concept_bank(config, data.benchmark) if needs_concepts else None
+
+
 def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print) -> dict:
     """Run every strategy of ``config`` on its benchmark; returns the results dictionary.
 
@@ -193,17 +209,9 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
     resumes CVM from its newest checkpoint. Under DDP, processes other than
     rank 0 only join CVM's training and write nothing.
     """
-    # Everything is checked (names, data, text model) before the first file is written.
-    check_backbone(config.backbone)
-    if config.pretrained:
-        find_pretrained_file(config.backbone, config.pretrained_file)  # a missing file or package, said now
-    check_lightning_strategy(config.strategy)
-    data = ClassIncrementalDataModule(**config.data_settings())
+    data, bank = prepare(config)
     benchmark = data.benchmark
-    needs_concepts = any(STRATEGIES[name].runs_on == "lightning" for name in config.strategies)
-    bank = build_concept_bank(config, benchmark) if needs_concepts else None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _check_out_dir(config, out_dir)
+    claim_out_dir(config, out_dir)
     results = {
         "benchmark": benchmark.name,
         "seed": config.seed,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from cvm_lightning.atomic import atomic_write_text
-from cvm_lightning.runner import RunConfig, run
+from cvm_lightning.runner import RunConfig, claim_out_dir, prepare, run
 
 METRICS = {"final_avg_accuracy": "final avg acc", "forgetting": "forgetting", "bwt": "BWT",
            "zero_shot_accuracy": "zero-shot", "fwt": "FWT"}
@@ -26,6 +26,8 @@ METRICS = {"final_avg_accuracy": "final avg acc", "forgetting": "forgetting", "b
 # Each CVM option off (or swapped for its alternative), one at a time.
 ABLATIONS: dict[str, dict] = {
     "random concepts (--text-model random)": {"text_model": "random"},
+    "simplex ETF targets (--text-model etf)": {"text_model": "etf"},
+    "orthogonal targets, uncentred (--text-model orthogonal --no-center-concepts)": {"text_model": "orthogonal", "center_concepts": False},
     "no replay (--buffer 0)": {"buffer_size": 0},
     "no BatchNorm recalibration": {"recalibrate_bn": False},
     "no concept centring (--no-center-concepts)": {"center_concepts": False},
@@ -89,6 +91,28 @@ def run_cell(config: RunConfig, strategy: str, out_dir: Path, report: Callable[[
     cell = {"strategy": strategy, "settings": settings, "result": results["strategies"][strategy]}
     atomic_write_text(path, json.dumps(cell, indent=2))
     return cell["result"]
+
+
+def run_seeds(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print) -> dict:
+    """``cvm run --seeds``: every strategy of ``config`` on each of ``config.seeds``; returns the results dictionary.
+
+    Each (seed, strategy) is a cell of :func:`run_cells` in ``out_dir``, so
+    a killed run called again skips the finished cells and resumes CVM's
+    from its checkpoints. The results hold each strategy's per-seed numbers
+    and their mean and standard deviation.
+    """
+    prepare(replace(config, seed=config.seeds[0], seeds=None))  # every check before the first file
+    claim_out_dir(config, out_dir)
+    single = replace(config, seeds=None)
+    table = run_cells(single, config.seeds, {"default": {}}, out_dir, report)["default"]
+    rows = {row["strategy"]: row for row in summary_rows({"default": table})}
+    return {
+        "benchmark": config.benchmark,
+        "seeds": list(config.seeds),
+        "config": config.to_json(),
+        "strategies": {name: {**{m: list(rows[name][m]) for m in METRICS}, "per_seed": cells}
+                       for name, cells in table.items()},
+    }
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

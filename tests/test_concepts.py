@@ -128,3 +128,16 @@ def test_last_token_pooling_ignores_padding(tiny_gpt2):
     alone = encoder.encode(["a cat"])
     padded = encoder.encode(["a cat", "a much longer sentence about a dog on a sofa"])
     assert torch.allclose(alone[0], padded[0], atol=1e-5)
+
+
+@pytest.mark.parametrize(("kind", "cosine"), [("etf", -1 / 9), ("orthogonal", 0.0)])
+def test_fixed_target_controls_have_their_geometry(kind, cosine):
+    from cvm_lightning.concepts import ConceptBank
+
+    bank = ConceptBank.from_names([f"class {i}" for i in range(10)], text_model=kind)
+    gram = bank.embeddings @ bank.embeddings.T
+    off_diagonal = gram[~torch.eye(10, dtype=torch.bool)]
+    torch.testing.assert_close(off_diagonal, torch.full_like(off_diagonal, cosine), atol=1e-5, rtol=0)
+    assert bank.dim == 384
+    with pytest.raises(ConceptError, match="fixed target set"):
+        bank.extend(["one more"])

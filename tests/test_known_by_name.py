@@ -19,7 +19,7 @@ def test_add_classes_builds_centred_concepts_with_the_models_own_text_model(digi
     assert ids == [10, 11] and module.class_names[-2:] == ["ten", "eleven"]
     assert bool(module.seen[ids].all()), "ready to predict at once"
     expected = ConceptBank.from_names(["ten", "eleven"], templates=digit_bank.templates).embeddings
-    torch.testing.assert_close(module.concepts[ids], F.normalize(expected - module.concept_center, dim=-1))
+    torch.testing.assert_close(module.concepts[ids], F.normalize(expected - module.space.concept_center, dim=-1))
     logits = module.eval()(torch.rand(4, 1, 8, 8))
     assert torch.isfinite(logits[:, ids]).all() and torch.isinf(logits[:, 2:10]).all(), "new classes compete, unseen do not"
 

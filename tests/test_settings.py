@@ -54,7 +54,7 @@ def test_every_run_setting_is_part_of_some_strategys_cache_key():
     from cvm_lightning.strategies import SHARED_SETTINGS
 
     read = set(SHARED_SETTINGS).union(*(entry.reads for entry in STRATEGIES.values()), MODEL_SETTINGS)
-    assert {f.name for f in fields(RunConfig)} - read == {"strategies", "progress"}
+    assert {f.name for f in fields(RunConfig)} - read == {"strategies", "seeds", "progress"}
 
 
 def test_cache_keys_follow_what_each_strategy_reads():
@@ -68,3 +68,23 @@ def test_cache_keys_follow_what_each_strategy_reads():
     assert changed.settings_of("der") == base.settings_of("der"), "DER does not read CVM's temperature"
     assert base.settings_of("der")["hyperparameters"] == {"alpha": 0.1, "beta": 0.5}
     assert replace(base, lr=0.01).settings_of("der") != base.settings_of("der")
+
+
+def test_run_settings_are_the_signatures_of_what_a_run_builds():
+    """cvm run's settings, defaults and help come from CVMModule's and ClassIncrementalDataModule's signatures."""
+    import inspect
+
+    from cvm_lightning.data import ClassIncrementalDataModule
+    from cvm_lightning.model import CVMModule
+    from cvm_lightning.run_config import DATA_SETTINGS, FROM_THE_DATA, MODEL_SETTINGS, RunConfig
+
+    for cls, read in ((CVMModule, MODEL_SETTINGS), (ClassIncrementalDataModule, DATA_SETTINGS)):
+        parameters = inspect.signature(cls.__init__).parameters
+        expected = {name: p.default for name, p in parameters.items()
+                    if p.default is not inspect.Parameter.empty and name not in FROM_THE_DATA}
+        assert {name: s.default for name, s in read.items()} == expected, cls.__name__
+        assert all(s.help for s in read.values()), f"{cls.__name__}: every setting has an Args: entry"
+    defaults = RunConfig()
+    assert (defaults.lr, defaults.buffer_size, defaults.epochs_per_experience) == (1e-3, 100, 5)
+    old = RunConfig.from_json({"buffer": 7, "epochs": 2, "strategies": ["cvm"]})
+    assert (old.buffer_size, old.epochs_per_experience) == (7, 2), "run_config.json files of earlier versions"

@@ -1,3 +1,5 @@
+import pytest
+
 from cvm_lightning.runner import RunConfig
 from cvm_lightning.sweep import run_cells, summary_rows
 
@@ -26,3 +28,27 @@ def test_cells_are_reused_and_a_cvm_option_reruns_only_cvm(tmp_path):
     assert table["stiffer"]["replay"] == first["default"]["replay"]
     rows = summary_rows(table)
     assert {(r["variant"], r["strategy"]) for r in rows} >= {("stiffer", "cvm"), ("more epochs", "replay")}
+
+
+@pytest.mark.slow
+def test_run_seeds_gives_the_mean_and_std_of_separate_single_seed_runs(tmp_path, capsys):
+    import json
+
+    from cvm_lightning.cli import main
+    from cvm_lightning.sweep import mean_std
+
+    tiny = ["--strategies", "cvm,naive", "--epochs", "1", "--input-size", "8", "--train-per-class", "20",
+            "--test-per-class", "10", "--no-progress"]
+    assert main(["run", *tiny, "--seeds", "0", "1", "--out", str(tmp_path / "both")]) == 0
+    assert "Mean ± std over seeds 0, 1" in capsys.readouterr().out
+    together = json.loads((tmp_path / "both" / "results.json").read_text())["strategies"]
+    single = {}
+    for seed in (0, 1):
+        assert main(["run", *tiny, "--seed", str(seed), "--out", str(tmp_path / f"seed{seed}")]) == 0
+        single[seed] = json.loads((tmp_path / f"seed{seed}" / "results.json").read_text())["strategies"]
+    for name in ("cvm", "naive"):
+        for metric in ("final_avg_accuracy", "forgetting", "fwt"):
+            expected = mean_std([single[s][name][metric] for s in (0, 1)])
+            assert together[name][metric] == pytest.approx(list(expected), abs=1e-9), (name, metric)
+        assert [c["seed"] for c in together[name]["per_seed"]] == [0, 1]
+    assert (tmp_path / "both" / "accuracy_vs_forgetting.png").is_file()

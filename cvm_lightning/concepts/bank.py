@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from cvm_lightning.concepts.cache import EmbeddingCache, concept_key
 from cvm_lightning.concepts.defaults import DEFAULT_TEMPLATES
+from cvm_lightning.concepts.fixed_targets import FIXED_TARGETS
 from cvm_lightning.concepts.text_models import TextModelSpec, load_text_encoder, text_model_identity
 from cvm_lightning.errors import ConceptError
 from cvm_lightning.settings import check_class_names
@@ -111,6 +112,11 @@ class ConceptBank:
         return list(range(first, len(self.class_names)))
 
     def _embed(self, names: Sequence[str]) -> torch.Tensor:
+        if self.text_model.name in FIXED_TARGETS:
+            if len(self):
+                raise ConceptError(f"--text-model {self.text_model.name} is a fixed target set for all classes at "
+                                   "once; it cannot take new classes. Use a text model to add classes by name.")
+            return FIXED_TARGETS[self.text_model.name](len(names))
         sentences = {name: concept_sentences(name, self.templates, self.descriptions.get(name)) for name in names}
         cache = EmbeddingCache(text_model_identity(self.text_model), self.cache_dir)
         cached = cache.load()

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict
 from functools import partial
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
+from lightning_fabric.utilities.warnings import PossibleUserWarning
 import torch
 from torch import nn
 
 from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.concepts.defaults import DEFAULT_TEMPLATES, DEFAULT_TEXT_MODEL
+from cvm_lightning.concepts.fixed_targets import FIXED_TARGETS
 from cvm_lightning.errors import ConceptError, ConfigError, DataError, TrainingDivergedError
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
 from cvm_lightning.model.concept_space import ConceptSpace
@@ -61,8 +64,10 @@ class CVMModule(pl.LightningModule):
             templates); filled from ``concept_bank`` and kept in checkpoints
             so new classes can be added consistently (``cvm learn``).
         text_model: the text model of the concepts built from ``class_names``:
-            a registry name, a Hugging Face id or a local folder; ``"random"``
-            for random unit vectors, the control.
+            a registry name, a Hugging Face id or a local folder. The controls
+            without language: ``"random"`` (random unit vectors), ``"etf"``
+            (a simplex equiangular tight frame) and ``"orthogonal"``
+            (one-hot-like; compare it with ``center_concepts=False``).
         templates: their prompt templates (default: photo prompts).
         backbone: a ``timm`` model name or a registered backbone.
         pretrained: start from the backbone's pretrained weights: a local file
@@ -203,10 +208,6 @@ class CVMModule(pl.LightningModule):
         return self.space.concepts
 
     @property
-    def concept_center(self) -> torch.Tensor:
-        return self.space.concept_center
-
-    @property
     def seen(self) -> torch.Tensor:
         """Which classes have been seen (they alone compete in predictions)."""
         return self.space.seen
@@ -242,6 +243,9 @@ class CVMModule(pl.LightningModule):
         source = self.hparams.get("concept_source")
         if not source:
             raise ConceptError("This model does not record how its concepts were made; retrain it with this version.")
+        if source["text_model"]["name"] in FIXED_TARGETS:
+            raise ConceptError(f"This model's concepts are the fixed {source['text_model']['name']} targets, which "
+                               "know no names: classes can be added by name only to a model with a text model.")
         bank = ConceptBank.from_names(
             names, text_model=TextModelSpec(**source["text_model"]), templates=source["templates"], descriptions=descriptions
         )
@@ -360,6 +364,11 @@ class CVMModule(pl.LightningModule):
         return loss
 
     # ----------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        if self.encoder.frozen:
+            # Lightning warns about modules left in eval mode; a frozen backbone is, by design.
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
+
     def on_train_start(self) -> None:
         # Without start_experience, each fit is one experience of the classes it sees.
         if not self._experience_started:
