@@ -31,14 +31,15 @@ from cvm_lightning.sweep import ABLATIONS, markdown, run_cells, summary_rows
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--ablations", action="store_true", help="also run CVM with each option off, one at a time")
     parser.add_argument("--only-ablations", nargs="+", default=None, help="run only the ablations whose name contains one of these words")
     parser.add_argument("--out", type=Path, default=Path("runs") / f"quality-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args(argv)
 
     base = config_from_args(args)
-    strategies = run_cells(base, args.seeds, {"default": {}}, args.out)["default"]
+    seeds = list(base.seeds or (0, 1, 2))  # cvm run's --seeds, three by default here
+    base = replace(base, seeds=None)
+    strategies = run_cells(base, seeds, {"default": {}}, args.out)["default"]
     rows = summary_rows({"default": strategies})
     ablation_rows = []
     if args.ablations or args.only_ablations:
@@ -49,17 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         }
         # Same cells folder: the defaults' CVM cells from the strategy table are reused, not rerun.
         cvm_only = replace(base, strategies=("cvm",))
-        ablation_rows = summary_rows(run_cells(cvm_only, args.seeds, {"CVM defaults": {}, **chosen}, args.out))
+        ablation_rows = summary_rows(run_cells(cvm_only, seeds, {"CVM defaults": {}, **chosen}, args.out))
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(base).items() if k != "seed"}
-    report = f"# Quality: {base.benchmark}, seeds {args.seeds}\n\n" + markdown(rows, "strategy") + "\n"
+    report = f"# Quality: {base.benchmark}, seeds {seeds}\n\n" + markdown(rows, "strategy") + "\n"
     if ablation_rows:
         report += "\n## CVM ablations (one option changed at a time)\n\n" + markdown(ablation_rows, "variant") + "\n"
     report += f"\nCommand: `python benchmarks/quality.py {shlex.join(sys.argv[1:] if argv is None else argv)}`\n"
     atomic_write_text(args.out / "quality.md", report)
     atomic_write_text(
         args.out / "quality.json",
-        json.dumps({"config": config, "seeds": args.seeds, "strategies": rows, "ablations": ablation_rows}, indent=2),
+        json.dumps({"config": config, "seeds": seeds, "strategies": rows, "ablations": ablation_rows}, indent=2),
     )
     print(report)
     return 0

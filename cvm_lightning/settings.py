@@ -87,6 +87,7 @@ RANGES: dict[str, Range] = {
     "train_per_class": Range(int, 1, optional=True),
     "test_per_class": Range(int, 1, optional=True),
     "devices": Range(int, 1),
+    "shots": Range(int, 1, optional=True),
     "z_threshold": Range(float, 0, strict=True, example="for example 3"),
 }
 

@@ -52,3 +52,19 @@ def test_bad_names_are_one_line_and_write_nothing(workspace, capsys):
     expect_error(["learn", "--checkpoint", ckpt, "--names", "horse", "--data", str(workspace["new"])], "not both", capsys, root)
     expect_error(["predict", "--model", str(workspace["pt"]), str(workspace["images"]), "--classes", "cat,zebra"],
                  "not learned classes", capsys, root)
+
+
+def test_learn_with_shots_uses_k_images_a_class(workspace, tmp_path, capsys):
+    from cvm_lightning.cli import main
+    from cvm_lightning.deploy.predict import load_checkpoint
+
+    out = tmp_path / "few.ckpt"
+    assert main(["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(workspace["new"]), "--epochs", "1",
+                 "--shots", "2", "--out", str(out)]) == 0
+    module = load_checkpoint(out)
+    for name in ("horse", "truck"):
+        stored = module.replay.samples_of(module.class_names.index(name))
+        assert 0 < len(stored) <= 2, (name, len(stored))
+    assert main(["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(workspace["new"]), "--shots", "0",
+                 "--out", str(tmp_path / "none.ckpt")]) == 2
+    assert "--shots must be an integer >= 1" in capsys.readouterr().err

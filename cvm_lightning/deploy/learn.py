@@ -55,6 +55,17 @@ def accuracy(module: CVMModule, dataset, batch_size: int = 256) -> float:
     return correct / max(total, 1)
 
 
+def first_shots(dataset, shots: int):
+    """The first ``shots`` samples of each class of ``dataset`` (fewer where a class has fewer)."""
+    taken: dict[int, int] = {}
+    keep = []
+    for index, target in enumerate(dataset.targets):
+        if taken.get(target, 0) < shots:
+            taken[target] = taken.get(target, 0) + 1
+            keep.append(index)
+    return dataset.subset(keep)
+
+
 def _relabel(dataset, ids: list[int]):
     dataset.targets = [ids[t] for t in dataset.targets]
     return dataset
@@ -89,6 +100,7 @@ def learn_new_classes(
     eval_data: Path | None = None,
     epochs: int = 5,
     batch_size: int = 64,
+    shots: int | None = None,
     out: Path | None = None,
     overwrite: bool = False,
 ) -> LearnReport:
@@ -98,9 +110,11 @@ def learn_new_classes(
     the checkpoint records); the replay memory in the checkpoint mixes old
     samples into every batch. The result is written to ``out`` (default: a
     new ``NAME-learnedN.ckpt`` beside the checkpoint); the old checkpoint is
-    never touched. Every input is checked before training starts.
+    never touched. Every input is checked before training starts. With
+    ``shots``, only the first ``shots`` training images of each new class
+    (in file-name order) are used: few-shot learning of named classes.
     """
-    check_settings({"epochs": epochs, "batch_size": batch_size})
+    check_settings({"epochs": epochs, "batch_size": batch_size, "shots": shots})
     out = _output_path(Path(checkpoint), out, overwrite)
     module = load_checkpoint(checkpoint)
     image_size = _image_size(module)
@@ -108,6 +122,8 @@ def learn_new_classes(
     names, descriptions = read_class_names(Path(data), folders, names_file)
     check_class_names(names, known=module.class_names, what="new class names")
     train, test, _, _ = load_image_folder(Path(data), image_size=image_size, class_names=folders)
+    if shots is not None:
+        train = first_shots(train, shots)
     old = _old_class_data(module, Path(eval_data), image_size) if eval_data else None
     for dataset in (train, test, old):
         if dataset is not None:

@@ -132,7 +132,8 @@ class ContinualMetricsCallback(pl.Callback):
         self.summary = summarize(
             torch.nan_to_num(seen), None if reference is None else reference.cpu(), self.forgetting_mode
         )
-        pl_module.log_dict({self.prefix + key: value for key, value in self.summary.items()}, sync_dist=False)
+        for key, value in self.summary.items():  # the progress bar shows the average accuracy so far
+            pl_module.log(self.prefix + key, value, prog_bar=key == "avg_acc", sync_dist=False)
         # trainer.log_dir is a collective call under DDP: every process asks, rank 0 writes.
         log_dir = trainer.log_dir if trainer.logger is not None else None
         if log_dir is not None:  # no logger: nowhere the user asked for files
