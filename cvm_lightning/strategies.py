@@ -69,3 +69,12 @@ for _entry in (
     ),
 ):
     register_strategy(_entry)
+
+
+def strategies_markdown() -> str:
+    """The docs' table of the registry: name, what it is, how it runs, memory, fixed hyperparameters."""
+    lines = ["| name | what | runs on | needs `--buffer` | fixed hyperparameters |", "|---|---|---|---|---|"]
+    for e in STRATEGIES.values():
+        fixed = ", ".join(f"`{k}` {v:g}" for k, v in e.hyperparameters.items())
+        lines.append(f"| `{e.name}` | {e.help} | {e.runs_on} | {'yes' if e.needs_memory else ''} | {fixed} |")
+    return "\n".join(lines)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-MARKERS = {"<!-- run-options -->": "cvm_lightning.run_config:options_markdown"}
+MARKERS = {
+    "<!-- run-options -->": "cvm_lightning.run_config:options_markdown",
+    "<!-- strategies -->": "cvm_lightning.strategies:strategies_markdown",
+}
 
 
 def on_page_markdown(markdown: str, **kwargs) -> str:
