@@ -22,8 +22,7 @@ from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
 from cvm_lightning.metrics.functional import summarize
 from cvm_lightning.metrics.zero_shot import ZeroShotCallback, ZeroShotPlugin, ZeroShotRecorder
 from cvm_lightning.model import CVMModule
-from cvm_lightning.model.backbones import check_backbone
-from cvm_lightning.model.pretrained import pretrained_file as find_pretrained_file
+from cvm_lightning.model.backbones import check_backbone, create_backbone
 from cvm_lightning.resources import PeakRSS
 from cvm_lightning.run_config import RunConfig
 from cvm_lightning.strategies import STRATEGIES
@@ -192,10 +191,11 @@ def prepare(config: RunConfig) -> tuple[ClassIncrementalDataModule, ConceptBank 
     Nothing is written: a run calls this before its first file.
     """
     check_backbone(config.backbone)
-    if config.pretrained:
-        find_pretrained_file(config.backbone, config.pretrained_file)  # a missing file or package, said now
     check_lightning_strategy(config.strategy)
     data = ClassIncrementalDataModule(**config.data_settings())
+    if config.pretrained:  # weights that cannot be found or loaded (file, package, hub cache) are said now
+        create_backbone(config.backbone, pretrained=True, pretrained_file=config.pretrained_file,
+                        in_chans=data.in_chans, img_size=config.input_size)
     needs_concepts = any(STRATEGIES[name].runs_on == "lightning" for name in config.strategies)
     return data, build_concept_bank(config, data.benchmark) if needs_concepts else None
 

@@ -107,3 +107,16 @@ def test_frozen_pretrained_backbone_trains_only_the_head_and_each_image_once(dig
     assert cache.hits > cache.misses, "later epochs, replay and evaluations were lookups"
     with pytest.raises(ConfigError, match="--augment none"):
         CVMModule(digit_bank, backbone="tf_efficientnet_lite0", pretrained=True, freeze_backbone=True, augment="crop")
+
+
+def test_pretrained_weights_that_cannot_load_are_refused_before_anything_is_written(tmp_path, capsys):
+    from cvm_lightning.cli import main
+
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"not": torch.zeros(1)}, wrong)  # a file, but no weights of this backbone
+    out = tmp_path / "run"
+    assert main(["run", "--strategies", "cvm", "--backbone", "resnet10t", "--pretrained", "--pretrained-file",
+                 str(wrong), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cvm: error: ") and "--pretrained-file" in err[0], err
+    assert not out.exists()

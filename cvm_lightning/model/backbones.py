@@ -50,13 +50,27 @@ def create_backbone(
     if img_size is not None and _takes_img_size(name):
         kwargs["img_size"] = img_size
     try:
-        return timm.create_model(name, **kwargs)
+        model = timm.create_model(name, **kwargs)
     except (RuntimeError, OSError) as err:  # pretrained weights missing offline
         raise ConfigError(
             f"Could not load pretrained weights for backbone {name!r} ({' '.join(str(err).split())[:200]}). "
             "Pass --pretrained-file with a timm state dict of it, put the weights in the Hugging Face cache "
             "(HF_HOME) on a machine with internet first, or train from scratch (--no-pretrained)."
         ) from err
+    if kwargs.get("pretrained_cfg_overlay"):
+        _check_weights_fit(model, name, Path(kwargs["pretrained_cfg_overlay"]["file"]))
+    return model
+
+
+def _check_weights_fit(model: nn.Module, name: str, path: Path) -> None:
+    # Without a classifier timm loads non-strictly, so a file of another model would load nothing, silently.
+    held = set(timm.models.load_state_dict(str(path)))
+    missing = [k for k in model.state_dict() if k not in held and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ConfigError(
+            f"--pretrained-file {path} does not hold the weights of {name}: {len(missing)} of its tensors are "
+            f"missing (for example {missing[0]}). Pass a timm state dict of {name}."
+        )
 
 
 def pretrained_normalization(backbone: nn.Module, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
