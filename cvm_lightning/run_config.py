@@ -76,7 +76,8 @@ class _RunConfigMethods:
             )
         if self.seeds is not None:
             self.seeds = tuple(self.seeds)
-            check_settings({"seed": min(self.seeds, default=-1)})
+            for seed in self.seeds:
+                check_settings({"seed": seed})
             if len(set(self.seeds)) != len(self.seeds):
                 raise ConfigError(f"--seeds {' '.join(map(str, self.seeds))} repeats a seed; list each seed once.")
         if self.augment is None:  # a frozen backbone sees each image once: no augmentation

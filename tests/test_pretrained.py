@@ -7,7 +7,7 @@ import torch
 from cvm_lightning.errors import ConfigError
 from cvm_lightning.model import create_backbone
 from cvm_lightning.model.feature_cache import FeatureCache
-from cvm_lightning.model.pretrained import LOCAL_WEIGHTS, LocalWeights, map_in_order, pretrained_file
+from cvm_lightning.model.pretrained import LOCAL_WEIGHTS, LocalWeights, find_pretrained_file, map_in_order
 
 
 @pytest.fixture
@@ -23,7 +23,7 @@ def test_lite0_weights_match_the_reference_implementation(weights_cache):
     reference = reference_package.EfficientNet.from_name("efficientnet-lite0")
     reference.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
     ours = timm.create_model("tf_efficientnet_lite0", pretrained=True,
-                             pretrained_cfg_overlay=dict(file=str(pretrained_file("tf_efficientnet_lite0"))))
+                             pretrained_cfg_overlay=dict(file=str(find_pretrained_file("tf_efficientnet_lite0"))))
     x = torch.rand(2, 3, 224, 224) * 2 - 1  # mean = std = 0.5: [0, 1] pixels normalised to [-1, 1]
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), reference.eval()(x), rtol=0, atol=1e-4)

@@ -33,18 +33,25 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def restricted_accuracy(score: Scorer, dataset, classes: Sequence[int], device: torch.device | str = "cpu",
-                        batch_size: int = 256) -> float:
-    """Accuracy of ``argmax`` over the columns ``classes`` of ``score(x)`` on ``(x, y, ...)`` samples of ``dataset``."""
-    columns = torch.tensor(sorted(classes), device=device)
-    correct = total = 0
+def restricted_accuracies(score: Scorer, dataset, class_sets: Sequence[Sequence[int]],
+                          device: torch.device | str = "cpu", batch_size: int = 256) -> list[float]:
+    """For each set of ``class_sets``, the accuracy of ``argmax`` over those columns of ``score(x)``, in one pass."""
+    columns = [torch.tensor(sorted(classes), device=device) for classes in class_sets]
+    correct, total = [0] * len(columns), 0
     # A generator of its own: scoring never draws from the global one that training uses.
     for batch in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
         x, y = batch[0].to(device), batch[1].to(device)
-        preds = columns[score(x)[:, columns].argmax(dim=1)]
-        correct += int((preds == y).sum())
+        scores = score(x)
+        for k, cols in enumerate(columns):
+            correct[k] += int((cols[scores[:, cols].argmax(dim=1)] == y).sum())
         total += len(y)
-    return correct / total if total else math.nan
+    return [c / total if total else math.nan for c in correct]
+
+
+def restricted_accuracy(score: Scorer, dataset, classes: Sequence[int], device: torch.device | str = "cpu",
+                        batch_size: int = 256) -> float:
+    """Accuracy of ``argmax`` over the columns ``classes`` of ``score(x)`` on ``(x, y, ...)`` samples of ``dataset``."""
+    return restricted_accuracies(score, dataset, [classes], device, batch_size)[0]
 
 
 class ZeroShotRecorder:
@@ -69,9 +76,9 @@ class ZeroShotRecorder:
 
     def measure(self, experience: int, score: Scorer, device) -> None:
         """``own`` and ``unseen`` of ``experience``, before it is trained."""
-        dataset = self.test_datasets[experience]
-        self.own[experience] = restricted_accuracy(score, dataset, self.classes[experience], device)
-        self.unseen[experience] = restricted_accuracy(score, dataset, self.unseen_before(experience), device)
+        self.own[experience], self.unseen[experience] = restricted_accuracies(
+            score, self.test_datasets[experience], [self.classes[experience], self.unseen_before(experience)], device
+        )
 
     def summary(self) -> dict[str, Any]:
         """Rows and their means over experiences 1.. (experience 0 is before any training)."""

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cvm_lightning.errors import ConfigError, did_you_mean
-from cvm_lightning.model.pretrained import pretrained_file as find_pretrained_file
+from cvm_lightning.model.pretrained import find_pretrained_file
 
 def _unknown_backbone(name: str) -> ConfigError:
     return ConfigError(

@@ -42,8 +42,11 @@ class VisualEncoder(nn.Module):
         self.normalize = PixelNormalize(*pretrained_normalization(self.backbone, in_chans)) if pretrained else PixelNormalize()
         self.width = feature_dim(self.backbone, in_chans, input_size or 64)
         self.frozen = freeze
-        weights = (backbone, pretrained, str(pretrained_file), in_chans, input_size)
-        self.features = FeatureCache.shared(weights) if freeze and pretrained else FeatureCache() if freeze else None
+        self.features: FeatureCache | None = None
+        if freeze:
+            # Pretrained weights are the same in every model built from them, so their features are shared.
+            weights = (backbone, str(pretrained_file), in_chans, input_size)
+            self.features = FeatureCache.shared(weights) if pretrained else FeatureCache()
         if freeze:
             self.backbone.requires_grad_(False)
             self.backbone.eval()

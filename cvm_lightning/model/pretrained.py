@@ -2,7 +2,7 @@
 
 timm loads weights from a file with ``pretrained_cfg_overlay=dict(file=...)``
 (its ``load_pretrained`` then drops the ImageNet classifier and adapts the
-first convolution to ``in_chans``). :func:`pretrained_file` decides which file:
+first convolution to ``in_chans``). :func:`find_pretrained_file` decides which file:
 
 - a file you give (``pretrained_file=`` / ``--pretrained-file``): any timm
   state dict for that backbone, ``.pth``, ``.bin`` or ``.safetensors``;
@@ -109,7 +109,7 @@ def _converted(entry: LocalWeights) -> Path:
     return target
 
 
-def pretrained_file(backbone: str, pretrained_file: str | Path | None = None) -> Path | None:
+def find_pretrained_file(backbone: str, pretrained_file: str | Path | None = None) -> Path | None:
     """The local weights file ``pretrained=True`` loads for ``backbone`` (``None``: timm's own source)."""
     if pretrained_file is not None:
         path = Path(pretrained_file)
