@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 from cvm_lightning.errors import CVMError
 from cvm_lightning.paths import check_input_file, check_input_folder, check_output_file, check_output_folder
@@ -26,7 +27,6 @@ from cvm_lightning.settings import (
     check_settings,
     flag,
 )
-from cvm_lightning.strategies import STRATEGIES
 
 CHECKPOINT_HELP = "pass the .ckpt file a training run wrote (`cvm run` writes OUT/final.ckpt)."
 
@@ -83,8 +83,18 @@ def _add_overwrite(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file (never an input)")
 
 
+class CVMArgumentParser(argparse.ArgumentParser):
+    """argparse with the command line's error format: one ``cvm: error:`` line and exit code 2, no usage dump.
+
+    Sub-command parsers are made of the same class, so every flag error reads alike.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"cvm: error: {message} (see `{self.prog} --help`).\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CVMArgumentParser(
         prog="cvm",
         description="Continual Visual Mapping: learn a stream of experiences by mapping images to "
         "language concepts, side by side with Avalanche's baselines.",
@@ -128,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--image-size", type=int, default=None,
         help="image side the runtime resizes to (default: the size the model was trained on)",
+    )
+    export.add_argument(
+        "--quantize", choices=CHOICES["quantize"], default="none",
+        help="int8: an int8 ONNX model (with --format onnx), calibrated on the checkpoint's replay memory",
     )
     _add_overwrite(export)
 
@@ -246,13 +260,16 @@ def _export(args: argparse.Namespace) -> int:
         args.out, inputs=[args.checkpoint], overwrite=args.overwrite, suffixes=MODEL_SUFFIXES[args.format],
         what=f"{args.format} file",
     )
+    check_settings({"format": args.format, "quantize": args.quantize, "image_size": args.image_size})
     from cvm_lightning.deploy import export_model
     from cvm_lightning.deploy.predict import load_checkpoint
 
     module = load_checkpoint(args.checkpoint)
-    out = export_model(module, args.out, args.format, image_size=args.image_size, overwrite=args.overwrite)
+    out = export_model(module, args.out, args.format, image_size=args.image_size, quantize=args.quantize,
+                       overwrite=args.overwrite)
     learned = [module.class_names[i] for i in module.seen.nonzero().flatten().tolist()]
-    print(f"Wrote {out} ({args.format}, {len(learned)} classes: {', '.join(learned[:10])})")
+    kind = args.format if args.quantize == "none" else f"{args.format}, {args.quantize}"
+    print(f"Wrote {out} ({kind}, {len(learned)} classes: {', '.join(learned[:10])})")
     return 0
 
 

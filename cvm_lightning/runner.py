@@ -17,12 +17,14 @@ from cvm_lightning.atomic import atomic_write_text
 from cvm_lightning.concepts import ConceptBank, TextModelSpec
 from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.errors import ConfigError, did_you_mean
+from cvm_lightning.hardware import check_precision, check_threads, set_threads
 from cvm_lightning.metrics import ContinualMetricsCallback
 from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
 from cvm_lightning.metrics.functional import summarize
 from cvm_lightning.metrics.zero_shot import ZeroShotCallback, ZeroShotPlugin, ZeroShotRecorder
 from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import check_backbone, create_backbone
+from cvm_lightning.model.feature_cache import save_shared_caches
 from cvm_lightning.resources import PeakRSS
 from cvm_lightning.run_config import RunConfig
 from cvm_lightning.strategies import STRATEGIES
@@ -115,6 +117,7 @@ def run_cvm(
             enable_model_summary=False,
             enable_progress_bar=config.progress,
             accelerator="cpu",
+            precision=config.precision,
             devices=config.devices,
             strategy=config.strategy,
         )
@@ -136,6 +139,8 @@ def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Cal
             pretrained=config.pretrained,
             pretrained_file=config.pretrained_file,
             freeze_backbone=config.freeze_backbone,
+            channels_last=config.channels_last,
+            precision=config.precision,
         )
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -192,6 +197,8 @@ def prepare(config: RunConfig) -> tuple[ClassIncrementalDataModule, ConceptBank 
     """
     check_backbone(config.backbone)
     check_lightning_strategy(config.strategy)
+    check_precision(config.precision)
+    check_threads(config.threads)
     data = ClassIncrementalDataModule(**config.data_settings())
     if config.pretrained:  # weights that cannot be found or loaded (file, package, hub cache) are said now
         create_backbone(config.backbone, pretrained=True, pretrained_file=config.pretrained_file,
@@ -212,6 +219,7 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
     data, bank = prepare(config)
     benchmark = data.benchmark
     claim_out_dir(config, out_dir)
+    set_threads(config.threads)
     results = {
         "benchmark": benchmark.name,
         "seed": config.seed,
@@ -234,6 +242,7 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
             result = run_cvm(config, data, out_dir, bank)
         else:
             result = run_baseline(name, config, benchmark, report)
+        save_shared_caches()  # a frozen backbone's features serve the next strategies and runs
         results["strategies"][name] = asdict(result)
         if rank_zero_only.rank == 0:
             atomic_write_text(finished, json.dumps(results["strategies"][name], indent=2))

@@ -29,6 +29,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("adamw", "adam", "sgd"),
     "scheduler": ("none", "cosine"),
     "format": ("torchscript", "onnx"),
+    "precision": ("32-true", "bf16-mixed"),  # Lightning's names; hardware.py says where bf16 pays
+    "quantize": ("none", "int8"),
 }
 
 # The file suffixes of each export format (``cvm export --out``, ``cvm predict --model``).
@@ -87,6 +89,7 @@ RANGES: dict[str, Range] = {
     "train_per_class": Range(int, 1, optional=True),
     "test_per_class": Range(int, 1, optional=True),
     "devices": Range(int, 1),
+    "threads": Range(int, 1, optional=True),
     "shots": Range(int, 1, optional=True),
     "z_threshold": Range(float, 0, strict=True, example="for example 3"),
 }
@@ -115,6 +118,8 @@ COMBINATIONS: tuple[tuple[str, Callable[[Any], bool], str, Callable[[Any], bool]
     ("freeze_backbone", bool, "augment", lambda v: v in (None, "none"),
      "A frozen backbone computes each image's features once, so augmentation would be ignored: "
      "use --augment none with --freeze-backbone."),
+    ("quantize", lambda v: v not in (None, "none"), "format", lambda v: v == "onnx",
+     "--quantize int8 writes an ONNX Runtime model: pass --format onnx with it."),
 )
 
 

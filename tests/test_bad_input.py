@@ -241,3 +241,19 @@ def test_python_and_cvm_predict_see_the_same_pixels(workspace, capsys):
     assert main(["predict", "--model", str(workspace["ckpt"]), *map(str, test.paths)]) == 0
     cli = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
     assert cli == python
+
+
+@pytest.mark.parametrize("argv,fix", [
+    (["run", "--precision", "16-mixed"], "choose from '32-true', 'bf16-mixed'"),
+    (["run", "--optimizer", "adamx"], "choose from 'adamw', 'adam', 'sgd'"),
+    (["run", "--bogus"], "unrecognized arguments: --bogus"),
+    (["run", "--lr"], "--lr: expected one argument"),
+    (["export", "--checkpoint", "m.ckpt"], "required: --out"),
+    ([], "required: command"),
+])
+def test_flag_errors_are_one_line_with_exit_code_2(argv, fix, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("cvm: error: ") and fix in err[0], err

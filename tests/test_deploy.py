@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from cli_helpers import expect_error
 from cvm_lightning.cli import main
 from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.errors import DataError
@@ -59,7 +60,8 @@ def trained(cifar10_root, tmp_path_factory):
                 (root / split / name / image.name).write_bytes(image.read_bytes())
     train, test, names, _ = load_image_folder(root, image_size=32)
     pl.seed_everything(0)
-    module = CVMModule(ConceptBank.from_names(names), backbone="reduced_resnet18", buffer_size=0)
+    # The replay memory is what int8 export calibrates on.
+    module = CVMModule(ConceptBank.from_names(names), backbone="reduced_resnet18", buffer_size=200)
     trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, default_root_dir=folder)
     trainer.fit(module, DataLoader(train, batch_size=32, shuffle=True))
@@ -88,6 +90,45 @@ def test_exported_model_predicts_like_eager_without_this_package(trained, fmt, s
     assert agreement >= 0.98, agreement  # resize kernels differ slightly between PIL and torchvision
     truth = [p.parent.name for p in images]
     assert np.mean([a == b for a, b in zip(eager, truth)]) > 0.4, "trained on real images: better than chance (0.25)"
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_int8_onnx_is_a_quarter_of_the_size_and_predicts_like_float32(trained, tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="needs `pip install cvm_lightning[onnx]`")
+    checkpoint, root, _, _ = trained
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--out", str(fp32)]) == 0
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--quantize", "int8",
+                 "--out", str(int8)]) == 0
+    assert "onnx, int8" in capsys.readouterr().out
+    assert int8.stat().st_size <= 0.3 * fp32.stat().st_size
+    images = sorted((root / "test").rglob("*.jpg"))
+    answers = {}
+    for path in (fp32, int8):
+        result = subprocess.run([sys.executable, "-c", STANDALONE, str(path), *map(str, images)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        answers[path] = json.loads(result.stdout)
+    truth = [p.parent.name for p in images]
+    accuracy = {path: np.mean([a == t for a, t in zip(answers[path], truth)]) for path in answers}
+    assert np.mean([a == b for a, b in zip(answers[fp32], answers[int8])]) >= 0.9
+    assert accuracy[int8] >= accuracy[fp32] - 0.05, accuracy
+
+
+def test_int8_needs_onnx_and_a_replay_memory(digit_bank, workspace, tmp_path, capsys):
+    from cvm_lightning.deploy import export_model
+    from cvm_lightning.errors import ConfigError
+
+    out = tmp_path / "m.pt"
+    line = expect_error(["export", "--checkpoint", str(workspace["ckpt"]), "--quantize", "int8", "--out", str(out)],
+                        "pass --format onnx", capsys, tmp_path)
+    assert "--quantize int8" in line and not out.exists()
+    module = CVMModule(digit_bank, in_chans=1, buffer_size=0)
+    module.start_experience([0, 1])
+    with pytest.raises(ConfigError, match="replay memory"):
+        export_model(module, tmp_path / "m.onnx", "onnx", quantize="int8")
+    assert not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.shared_data

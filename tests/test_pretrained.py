@@ -6,7 +6,7 @@ import torch
 
 from cvm_lightning.errors import ConfigError
 from cvm_lightning.model import create_backbone
-from cvm_lightning.model.feature_cache import FeatureCache
+from cvm_lightning.model.feature_cache import FeatureCache, weights_digest
 from cvm_lightning.model.pretrained import LOCAL_WEIGHTS, LocalWeights, find_pretrained_file, map_in_order
 
 
@@ -79,6 +79,41 @@ def test_feature_cache_computes_each_image_once_and_is_exact():
     small = FeatureCache(max_bytes=4 * 4 * 2)  # room for two features of 4 floats
     small(images, compute)
     assert len(small) == 2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cache(images[:2], compute)
+    assert calls == [6, 1, 6, 2], "features under bf16 autocast are kept apart from float32 ones"
+
+
+def test_feature_cache_on_disk_serves_the_next_process_exactly(tmp_path):
+    calls = []
+
+    def compute(x):
+        calls.append(len(x))
+        return torch.randn(len(x), 5)
+
+    path = tmp_path / "features" / "abc.safetensors"
+    images = torch.rand(7, 3, 8, 8)
+    first = FeatureCache(path=path)
+    features = first(images, compute)
+    first.save()
+    mtime = path.stat().st_mtime_ns
+    first.save()
+    assert path.stat().st_mtime_ns == mtime, "nothing new: the file is not rewritten"
+    later = FeatureCache(path=path)  # what another run finds
+    torch.testing.assert_close(later(images[[3, 1]], compute), features[[3, 1]], rtol=0, atol=0)
+    assert calls == [7] and later.hits == 2
+    path.write_bytes(b"not a safetensors file")
+    with pytest.warns(UserWarning, match="cannot be read"):
+        broken = FeatureCache(path=path)
+    assert len(broken) == 0
+
+
+def test_the_digest_of_a_backbone_names_its_exact_weights():
+    a, b = create_backbone("resnet10t"), create_backbone("resnet10t")
+    assert weights_digest(a, "x") != weights_digest(b, "x"), "two random initialisations"
+    b.load_state_dict(a.state_dict())
+    assert weights_digest(a, "x") == weights_digest(b, "x")
+    assert weights_digest(a, "x", 32) != weights_digest(a, "x", 64), "another input size, other features"
 
 
 def test_frozen_pretrained_backbone_trains_only_the_head_and_each_image_once(digit_bank):

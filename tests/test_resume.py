@@ -93,3 +93,20 @@ def test_out_folder_of_another_configuration_is_refused_and_left_alone(tmp_path)
     assert result.returncode != 0
     assert "another configuration" in result.stderr and "--resume" in result.stderr
     assert (out / "run_config.json").read_text() == saved
+
+
+def test_atomic_writes_leave_no_temporary_file_and_an_ordinarily_readable_result(tmp_path):
+    import os
+    import stat
+
+    from cvm_lightning.atomic import atomic_path, atomic_write_text
+
+    target = tmp_path / "result.json"
+    atomic_write_text(target, "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask, "not mkstemp's private 0600"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("crash while writing")
+    assert target.read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from cvm_lightning.atomic import atomic_path
+from cvm_lightning.deploy.quantize import calibration_images, quantize_int8
 from cvm_lightning.errors import ConfigError
 from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import upsample_small
@@ -80,18 +81,23 @@ def deployment_metadata(module: CVMModule, image_size: int | None = None) -> dic
 
 
 def export_model(
-    module: CVMModule, out: Path, fmt: str = "torchscript", image_size: int | None = None, *, overwrite: bool = False
+    module: CVMModule, out: Path, fmt: str = "torchscript", image_size: int | None = None, *,
+    quantize: str = "none", overwrite: bool = False,
 ) -> Path:
     """Write ``module`` as a self-contained TorchScript or ONNX file at ``out`` (atomically).
 
     ``image_size`` is the side a runtime resizes images to (default: the size
-    the model was trained on). An existing ``out`` is replaced only with ``overwrite``.
+    the model was trained on). ``quantize="int8"`` (ONNX only) writes an
+    int8 model calibrated on the module's replay memory
+    (:mod:`cvm_lightning.deploy.quantize`). An existing ``out`` is replaced
+    only with ``overwrite``.
     """
-    check_settings({"format": fmt, "image_size": image_size})
+    check_settings({"format": fmt, "quantize": quantize, "image_size": image_size})
     out = check_output_file(Path(out), overwrite=overwrite, suffixes=MODEL_SUFFIXES[fmt], what=f"{fmt} file")
     if not bool(module.seen.any()):
         raise ConfigError("The model has learned no class yet: train it before exporting.")
     meta = deployment_metadata(module, image_size)
+    calibration = calibration_images(module, meta["image_size"]) if quantize == "int8" else None
     deployed = DeployedCVM(module, meta["image_size"]).eval()
     example = torch.zeros(2, meta["in_chans"], meta["image_size"], meta["image_size"])
     with torch.no_grad(), atomic_path(out, suffix=out.suffix) as tmp, warnings.catch_warnings():
@@ -100,8 +106,15 @@ def export_model(
         if fmt == "torchscript":
             traced = torch.jit.trace(deployed, example)
             torch.jit.save(traced, str(tmp), _extra_files={META_FILE: json.dumps(meta)})
-        else:
+        elif calibration is None:
             _export_onnx(deployed, example, tmp, meta)
+        else:
+            fp32 = tmp.with_name(tmp.stem + "-fp32.onnx")
+            try:
+                _export_onnx(deployed, example, fp32, meta)
+                quantize_int8(fp32, tmp, calibration, meta)
+            finally:
+                fp32.unlink(missing_ok=True)
     return out
 
 

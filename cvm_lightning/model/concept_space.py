@@ -70,8 +70,9 @@ class ConceptSpace(nn.Module):
         return logits.masked_fill(~self.seen, float("-inf"))
 
     def similarities(self, z: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of unit embeddings ``z`` to every concept."""
-        return z @ self.concepts.T
+        """Cosine similarity of unit embeddings ``z`` to every concept, in float32 (also under bf16 autocast)."""
+        with torch.autocast(z.device.type, enabled=False):
+            return z.float() @ self.concepts.T
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """Similarity over temperature, unseen classes at ``-inf``."""

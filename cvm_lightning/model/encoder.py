@@ -8,7 +8,7 @@ from torch import nn
 from cvm_lightning.errors import DataError
 from cvm_lightning.model.augment import BatchAugment
 from cvm_lightning.model.backbones import create_backbone, feature_dim, pretrained_normalization, upsample_small
-from cvm_lightning.model.feature_cache import FeatureCache
+from cvm_lightning.model.feature_cache import FeatureCache, weights_digest
 from cvm_lightning.model.pixels import PixelNormalize, check_pixels
 from cvm_lightning.settings import check_settings
 
@@ -24,11 +24,13 @@ class VisualEncoder(nn.Module):
     ``pretrained_cfg``); one trained here maps [0, 1] to [-1, 1]. With
     ``freeze``, the backbone stays in eval mode, is never trained, and its
     features are computed once per distinct image (:class:`FeatureCache`).
+    ``channels_last`` keeps the backbone's weights and inputs in
+    channels-last memory order.
     """
 
     def __init__(
         self, backbone: str, *, pretrained: bool = False, pretrained_file: str | None = None, in_chans: int = 3,
-        input_size: int | None = None, augment: str = "none", freeze: bool = False,
+        input_size: int | None = None, augment: str = "none", freeze: bool = False, channels_last: bool = False,
     ) -> None:
         super().__init__()
         check_settings({"pretrained": pretrained, "pretrained_file": pretrained_file, "freeze_backbone": freeze,
@@ -44,9 +46,11 @@ class VisualEncoder(nn.Module):
         self.frozen = freeze
         self.features: FeatureCache | None = None
         if freeze:
-            # Pretrained weights are the same in every model built from them, so their features are shared.
-            weights = (backbone, str(pretrained_file), in_chans, input_size)
-            self.features = FeatureCache.shared(weights) if pretrained else FeatureCache()
+            # Pretrained weights are the same in every model built from them, so their features are shared and kept.
+            self.features = FeatureCache.shared(weights_digest(self.backbone, backbone, input_size)) if pretrained else FeatureCache()
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         if freeze:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
@@ -68,7 +72,10 @@ class VisualEncoder(nn.Module):
         check_pixels(x)
 
     def _backbone_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(upsample_small(self.augment(self.normalize(x)), self.input_size))
+        x = upsample_small(self.augment(self.normalize(x)), self.input_size)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x).float()  # float32 features even under bf16 autocast: the heads compare them
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_images(x)

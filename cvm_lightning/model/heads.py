@@ -29,4 +29,4 @@ class ConceptAlignmentHead(nn.Module):
             raise ConfigError(f"Unknown head {kind!r}; choose one of {', '.join(HEADS)}.")
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.proj(features), dim=-1)
+        return F.normalize(self.proj(features).float(), dim=-1)  # unit vectors in float32, under autocast too

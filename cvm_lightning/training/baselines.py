@@ -19,25 +19,38 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cvm_lightning.errors import ConfigError, did_you_mean
+from cvm_lightning.hardware import autocast
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
 from cvm_lightning.model.encoder import VisualEncoder
+from cvm_lightning.settings import check_settings
 from cvm_lightning.strategies import STRATEGIES
 
 
 class ClassifierNet(nn.Module):
-    """The baselines' model: CVM's ``VisualEncoder`` (pixel input, augmentation, backbone) with a linear head over all classes."""
+    """The baselines' model: CVM's ``VisualEncoder`` (pixel input, augmentation, backbone) with a linear head over all classes.
+
+    Avalanche's loop has no precision option, so the model applies
+    ``precision`` itself: with ``"bf16-mixed"`` its forward runs under
+    bfloat16 autocast, as Lightning runs CVM's, and returns float32 logits
+    for the strategies' losses.
+    """
 
     def __init__(
         self, backbone: str, n_classes: int, *, in_chans: int = 3, input_size: int | None = None, augment: str = "none",
         pretrained: bool = False, pretrained_file: str | None = None, freeze_backbone: bool = False,
+        channels_last: bool = False, precision: str = "32-true",
     ) -> None:
         super().__init__()
+        check_settings({"precision": precision})
         self.encoder = VisualEncoder(backbone, pretrained=pretrained, pretrained_file=pretrained_file, in_chans=in_chans,
-                                     input_size=input_size, augment=augment, freeze=freeze_backbone)
+                                     input_size=input_size, augment=augment, freeze=freeze_backbone,
+                                     channels_last=channels_last)
         self.classifier = nn.Linear(self.encoder.width, n_classes)
+        self.precision = precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.encoder(x))
+        with autocast(self.precision):
+            return self.classifier(self.encoder(x)).float()
 
 
 @dataclass(frozen=True)
@@ -141,15 +154,21 @@ class NearestClassMeanNet(nn.Module):
         n_classes = net.classifier.out_features
         self.register_buffer("sums", torch.zeros(n_classes, self.encoder.width))
         self.register_buffer("counts", torch.zeros(n_classes))
+        self.precision = net.precision
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision):
+            features = self.encoder(x)
+        return F.normalize(features, dim=-1)
 
     @torch.no_grad()
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Fold images ``x`` of classes ``y`` into their class means."""
-        self.sums.index_add_(0, y, F.normalize(self.encoder(x), dim=-1))
+        self.sums.index_add_(0, y, self._features(x))
         self.counts.index_add_(0, y, torch.ones(len(y), device=self.counts.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scores = F.normalize(self.encoder(x), dim=-1) @ F.normalize(self.sums, dim=-1).T
+        scores = self._features(x) @ F.normalize(self.sums, dim=-1).T
         return scores.masked_fill(self.counts == 0, float("-inf")) if bool((self.counts > 0).any()) else scores
 
 

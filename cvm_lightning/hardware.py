@@ -1,0 +1,90 @@
+"""What this CPU does fast: native bfloat16, and how many threads a run uses.
+
+``cvm run --precision`` takes Lightning's precision names. ``bf16-mixed``
+runs matrix products and convolutions in bfloat16 under ``torch.autocast``
+(Lightning's ``MixedPrecision`` plugin for CVM, :func:`autocast` for the
+Avalanche baselines). It pays only on CPUs with bfloat16 units (x86
+AVX512-BF16 or AMX, Arm BF16); elsewhere it is emulated and slower than
+``32-true``, so a run refuses it there. The module imports torch only inside
+the functions that need it, so the command line checks flags without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import ContextManager
+
+from cvm_lightning.errors import ConfigError
+
+# CPU flags (Linux /proc/cpuinfo) that mean native bfloat16 arithmetic.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The feature flags of this CPU (empty where ``/proc/cpuinfo`` does not exist)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, Arm
+            flags.update(value.split())
+    return frozenset(flags)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (so ``bf16-mixed`` is faster than ``32-true``)."""
+    return any(flag in cpu_flags() for flag in BF16_FLAGS)
+
+
+def check_precision(precision: str) -> None:
+    """``precision`` must run natively here: ``bf16-mixed`` needs a CPU with bfloat16 units."""
+    if precision == "bf16-mixed" and not native_bf16():
+        raise ConfigError(
+            "--precision bf16-mixed needs a CPU with native bfloat16 (AVX512-BF16, AMX or Arm BF16), and this one "
+            "has none: bfloat16 would be emulated and slower. Use --precision 32-true."
+        )
+
+
+def autocast(precision: str) -> ContextManager:
+    """The autocast context of ``precision`` on the CPU (a no-op for ``32-true``)."""
+    if precision != "bf16-mixed":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def check_threads(threads: int | None) -> None:
+    """More threads than cores only makes them wait on each other: ``threads`` must fit the cores available."""
+    cores = available_cores()
+    if threads is not None and threads > cores:
+        raise ConfigError(f"--threads {threads} is more than the {cores} CPU core(s) this process may use; "
+                          f"pass at most {cores} (or leave it out for one per physical core).")
+
+
+def set_threads(threads: int | None) -> int:
+    """Use ``threads`` intra-op threads (``None`` keeps torch's default, one per core); returns the count in use.
+
+    Processes that share the cores should split them: two runs of 2 threads
+    each on 2 cores oversubscribe, and each runs several times slower than
+    with 1 thread each.
+    """
+    import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
