@@ -62,6 +62,10 @@ for _entry in (
     StrategyEntry(
         "er_ace", "ER-ACE: replay with the asymmetric cross-entropy, CVM's loss on a learned linear head", needs_memory=True,
     ),
+    StrategyEntry(
+        "scr", "SCR: supervised contrastive replay (two views a sample), nearest-class-mean prediction",
+        needs_memory=True, hyperparameters={"temperature": 0.1},
+    ),
     StrategyEntry("cumulative", "retrain on every experience so far, all its data kept: an upper bound, no memory limit"),
     StrategyEntry(
         "ncm", "nearest class mean of the backbone's features, nothing trained: the reference for a frozen "

@@ -50,11 +50,11 @@ def test_every_run_setting_is_part_of_some_strategys_cache_key():
     """A setting no entry reads would be left out of the sweep's cache keys, and stale results reused."""
     from dataclasses import fields
 
-    from cvm_lightning.run_config import MODEL_SETTINGS, RunConfig
+    from cvm_lightning.run_config import MODEL_SETTINGS, NOT_IN_RESULTS, RunConfig
     from cvm_lightning.strategies import SHARED_SETTINGS
 
     read = set(SHARED_SETTINGS).union(*(entry.reads for entry in STRATEGIES.values()), MODEL_SETTINGS)
-    assert {f.name for f in fields(RunConfig)} - read == {"strategies", "seeds", "progress"}
+    assert {f.name for f in fields(RunConfig)} - read == {"strategies", "seeds", *NOT_IN_RESULTS}
 
 
 def test_cache_keys_follow_what_each_strategy_reads():

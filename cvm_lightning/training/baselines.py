@@ -11,12 +11,14 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
-from avalanche.training import DER, ER_ACE, EWC, Cumulative, GDumb, LwF, Naive
+from avalanche.models import SCRModel
+from avalanche.training import DER, ER_ACE, EWC, SCR, Cumulative, GDumb, LwF, Naive
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ClassBalancedBuffer
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from cvm_lightning.errors import ConfigError, did_you_mean
 from cvm_lightning.hardware import autocast
@@ -189,6 +191,59 @@ def _ncm(model, optimizer, settings, plugins):
     return SupervisedTemplate(model=NearestClassMeanNet(model), optimizer=optimizer, **common)
 
 
+class EncoderFeatures(nn.Module):
+    """A ``ClassifierNet``'s encoder alone, at the net's precision: SCR's feature extractor."""
+
+    def __init__(self, net: ClassifierNet) -> None:
+        super().__init__()
+        self.encoder, self.precision = net.encoder, net.precision
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision):
+            return self.encoder(x)
+
+
+def _every_class_scored(strategy: SupervisedTemplate, ncm: nn.Module, net: ClassifierNet) -> SupervisedTemplate:
+    """Give ``ncm`` a (zero) mean for every class now, as Avalanche gives each class when it first evaluates it.
+
+    Its outputs then have one column per class from the start, so the
+    untrained model is scored (zero-shot, FWT) like every other strategy.
+    """
+    ncm.init_missing_classes(range(net.classifier.out_features), net.encoder.width, torch.device("cpu"))
+    return strategy
+
+
+class SameSizeResizedCrop(nn.Module):
+    """SCR's view augmentation on a batch: a random resized crop (scale 0.2-1) back to the batch's size, and a flip."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        crop = v2.RandomResizedCrop(tuple(x.shape[-2:]), scale=(0.2, 1.0), antialias=True)
+        return v2.RandomHorizontalFlip()(crop(x))
+
+
+class _UnitProjection(nn.Module):
+    """SCR's projection head: a 2-layer MLP to 128 dimensions, L2-normalised for the contrastive loss."""
+
+    def __init__(self, width: int, out: int = 128) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, out))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.mlp(features), dim=-1)
+
+
+def _scr(model, optimizer, settings, plugins):
+    # The projection is new, so the optimiser built for the linear head gets its parameters too.
+    projection = _UnitProjection(model.encoder.width)
+    optimizer.add_param_group({"params": list(projection.parameters())})
+    common = _common(settings, plugins)
+    del common["criterion"]
+    strategy = SCR(model=SCRModel(EncoderFeatures(model), projection), optimizer=optimizer,
+                   augmentations=SameSizeResizedCrop(), mem_size=settings.buffer, batch_size_mem=settings.batch_size,
+                   **_hyper("scr"), **common)
+    return _every_class_scored(strategy, strategy.model.ncm, model)
+
+
 def _hyper(name: str) -> dict:
     """The fixed hyperparameters of ``name``, as the strategy registry records them."""
     return dict(STRATEGIES[name].hyperparameters)
@@ -202,6 +257,7 @@ BASELINES: dict[str, BaselineFactory] = {
     "der": lambda m, o, s, p: DER(model=m, optimizer=o, mem_size=s.buffer, **_hyper("der"), **_common(s, p)),
     "gdumb": lambda m, o, s, p: GDumb(model=m, optimizer=o, mem_size=s.buffer, **_common(s, p)),
     "er_ace": _er_ace,
+    "scr": _scr,
     "cumulative": lambda m, o, s, p: Cumulative(model=m, optimizer=o, **_common(s, p)),
     "ncm": _ncm,
 }
