@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from _lightning import images_per_second
 from _report import table, write_json
 from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.hardware import native_bf16
@@ -110,29 +111,6 @@ class LinearHeadModule(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=1e-4)
 
 
-class StepTimer(pl.Callback):
-    """Wall time of each training batch after the first ``skip``."""
-
-    def __init__(self, skip: int) -> None:
-        self.skip, self.durations, self._start = skip, [], 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx >= self.skip:
-            self.durations.append(time.perf_counter() - self._start)
-
-
-def lightning_rate(module: pl.LightningModule, loader: DataLoader, steps: int, precision: str) -> float:
-    timer = StepTimer(skip=3)
-    trainer = pl.Trainer(max_steps=steps + 3, accelerator="cpu", precision=precision, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[timer])
-    trainer.fit(module, loader)
-    return loader.batch_size * len(timer.durations) / sum(timer.durations)
-
-
 def plain_rate(net: torch.nn.Module, batches: list, steps: int, precision: str, compile_model: bool = False) -> tuple[float, float]:
     """Images/s of a hand-written loop, and the seconds its first 3 steps took (compilation, when asked)."""
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
@@ -200,8 +178,8 @@ def main() -> None:
 
         paths = {
             "plain PyTorch": lambda p, cl: plain_rate(net(cl), batches, args.steps, p)[0],
-            "Lightning linear head": lambda p, cl: lightning_rate(LinearHeadModule(net(cl)), loader, args.steps, p),
-            "CVMModule": lambda p, cl: lightning_rate(cvm(cl), loader, args.steps, p),
+            "Lightning linear head": lambda p, cl: images_per_second(LinearHeadModule(net(cl)), loader, args.steps, p),
+            "CVMModule": lambda p, cl: images_per_second(cvm(cl), loader, args.steps, p),
         }
         rates: dict[tuple[str, str], list[float]] = {}
         compile_seconds: dict[str, float] = {}

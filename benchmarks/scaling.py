@@ -46,6 +46,7 @@ def measure(n_classes: int, n_experiences: int, train_per_experience: int) -> di
     dm = ClassIncrementalDataModule.from_benchmark(benchmark, epochs_per_experience=1)
     timer = ExperienceTimes()
     trainer = pl.Trainer(callbacks=[ExperienceSchedule(), timer], max_epochs=dm.max_epochs, accelerator="cpu",
+                         num_sanity_val_steps=0,  # a sanity check would be timed as a first evaluation
                          logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module, datamodule=dm)
     return {"classes": n_classes, "experiences": n_experiences, "train_s": timer.train, "eval_s": timer.evaluate}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
 
 import pytorch_lightning as pl
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from _lightning import images_per_second
 from _report import table, write_json
 from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.model import CVMModule
@@ -43,31 +43,6 @@ class LinearHeadModule(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=1e-4)
-
-
-def images_per_second(module: pl.LightningModule, loader: DataLoader, steps: int) -> float:
-    trainer = pl.Trainer(
-        max_steps=steps + 3, accelerator="cpu", logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
-    )
-    timer = StepTimer(skip=3)
-    trainer.callbacks.append(timer)
-    trainer.fit(module, loader)
-    return loader.batch_size * len(timer.durations) / sum(timer.durations)
-
-
-class StepTimer(pl.Callback):
-    """Wall time of each training batch after the first ``skip`` (warm-up)."""
-
-    def __init__(self, skip: int) -> None:
-        self.skip, self.durations, self._start = skip, [], 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx >= self.skip:
-            self.durations.append(time.perf_counter() - self._start)
 
 
 def main() -> None:

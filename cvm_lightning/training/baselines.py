@@ -241,6 +241,7 @@ def _scr(model, optimizer, settings, plugins):
     strategy = SCR(model=SCRModel(EncoderFeatures(model), projection), optimizer=optimizer,
                    augmentations=SameSizeResizedCrop(), mem_size=settings.buffer, batch_size_mem=settings.batch_size,
                    **_hyper("scr"), **common)
+    strategy.replay_plugin.storage_policy = ClassBalancedMemory(settings.buffer, adaptive_size=True)  # quiet, as above
     return _every_class_scored(strategy, strategy.model.ncm, model)
 
 
