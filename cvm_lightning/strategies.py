@@ -63,6 +63,10 @@ for _entry in (
         "er_ace", "ER-ACE: replay with the asymmetric cross-entropy, CVM's loss on a learned linear head", needs_memory=True,
     ),
     StrategyEntry(
+        "icarl", "iCaRL: herding exemplars, sigmoid loss with distillation, nearest-exemplar-mean prediction",
+        needs_memory=True,
+    ),
+    StrategyEntry(
         "scr", "SCR: supervised contrastive replay (two views a sample), nearest-class-mean prediction",
         needs_memory=True, hyperparameters={"temperature": 0.1},
     ),

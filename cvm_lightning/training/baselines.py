@@ -6,13 +6,14 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from itertools import chain
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from avalanche.models import SCRModel
-from avalanche.training import DER, ER_ACE, EWC, SCR, Cumulative, GDumb, LwF, Naive
+from avalanche.training import DER, ER_ACE, EWC, SCR, Cumulative, GDumb, ICaRL, LwF, Naive
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ClassBalancedBuffer
 from avalanche.training.templates import SupervisedTemplate
@@ -192,7 +193,7 @@ def _ncm(model, optimizer, settings, plugins):
 
 
 class EncoderFeatures(nn.Module):
-    """A ``ClassifierNet``'s encoder alone, at the net's precision: SCR's feature extractor."""
+    """A ``ClassifierNet``'s encoder alone, at the net's precision: the feature extractor of iCaRL and SCR."""
 
     def __init__(self, net: ClassifierNet) -> None:
         super().__init__()
@@ -211,6 +212,30 @@ def _every_class_scored(strategy: SupervisedTemplate, ncm: nn.Module, net: Class
     """
     ncm.init_missing_classes(range(net.classifier.out_features), net.encoder.width, torch.device("cpu"))
     return strategy
+
+
+class ClassOrderOfTheStream(SupervisedPlugin):
+    """Gives each training experience the ``benchmark`` that Avalanche's iCaRL reads: classes per experience, in order.
+
+    Avalanche 0.6's iCaRL still reads the attributes of the older
+    ``nc_benchmark`` scenarios (``n_classes_per_exp``, ``classes_order``),
+    which the streams of ``class_incremental_benchmark`` do not have.
+    """
+
+    def before_training_exp(self, strategy, *args, **kwargs) -> None:
+        classes = [sorted(int(c) for c in e.classes_in_this_experience) for e in strategy.experience.origin_stream]
+        strategy.experience.benchmark = SimpleNamespace(
+            n_classes_per_exp=[len(c) for c in classes], classes_order=[c for group in classes for c in group]
+        )
+
+
+def _icarl(model, optimizer, settings, plugins):
+    # iCaRL brings its own loss (sigmoid with distillation) and herding exemplars; prediction is their class means.
+    common = _common(settings, [ClassOrderOfTheStream(), *plugins])
+    del common["criterion"]
+    strategy = ICaRL(feature_extractor=EncoderFeatures(model), classifier=model.classifier, optimizer=optimizer,
+                     memory_size=settings.buffer, buffer_transform=None, fixed_memory=True, **common)
+    return _every_class_scored(strategy, strategy.model.eval_classifier, model)
 
 
 class SameSizeResizedCrop(nn.Module):
@@ -258,6 +283,7 @@ BASELINES: dict[str, BaselineFactory] = {
     "der": lambda m, o, s, p: DER(model=m, optimizer=o, mem_size=s.buffer, **_hyper("der"), **_common(s, p)),
     "gdumb": lambda m, o, s, p: GDumb(model=m, optimizer=o, mem_size=s.buffer, **_common(s, p)),
     "er_ace": _er_ace,
+    "icarl": _icarl,
     "scr": _scr,
     "cumulative": lambda m, o, s, p: Cumulative(model=m, optimizer=o, **_common(s, p)),
     "ncm": _ncm,
