@@ -43,7 +43,7 @@ RUN_SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "each seed's numbers are kept in results.json"),
     Setting("precision", "str", "32-true",
             "arithmetic of every strategy's training and evaluation: 32-true, or bf16-mixed (bfloat16 autocast: "
-            "1.6-1.7x faster reduced_resnet18 training on a CPU with AVX512-BF16, no gain on depthwise backbones "
+            "1.8x faster reduced_resnet18 training steps on a CPU with AVX512-BF16, slower on depthwise backbones "
             "such as MobileNet; refused where the CPU has no bfloat16 units)"),
     Setting("threads", "int | None", None,
             "intra-op CPU threads (default: torch's, one per physical core); give each of several runs sharing "

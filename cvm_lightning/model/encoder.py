@@ -43,15 +43,14 @@ class VisualEncoder(nn.Module):
         )
         self.normalize = PixelNormalize(*pretrained_normalization(self.backbone, in_chans)) if pretrained else PixelNormalize()
         self.width = feature_dim(self.backbone, in_chans, input_size or 64)
+        self.channels_last = channels_last
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
         self.frozen = freeze
         self.features: FeatureCache | None = None
         if freeze:
             # Pretrained weights are the same in every model built from them, so their features are shared and kept.
             self.features = FeatureCache.shared(weights_digest(self.backbone, backbone, input_size)) if pretrained else FeatureCache()
-        self.channels_last = channels_last
-        if channels_last:
-            self.backbone.to(memory_format=torch.channels_last)
-        if freeze:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
 

@@ -85,8 +85,9 @@ class CVMModule(pl.LightningModule):
             to 1x1); larger ones pass unchanged. ``None`` leaves every image as it is.
         channels_last: keep the backbone's weights and activations in
             channels-last memory order: faster float32 convolutions on an
-            AVX-512 CPU (2.1x MobileNetV3 training at 64 px, 1.25x
-            reduced_resnet18), no gain under bf16 (``benchmarks/limits.py``).
+            AVX-512 CPU (1.7x MobileNetV3 training at 64 px, 1.3x
+            reduced_resnet18), slower than bf16 alone on a ResNet
+            (``benchmarks/limits.py``).
         image_size: the side of the images the model was trained on. It is
             recorded from the first training batch when not given; export,
             ``cvm predict`` and ``cvm learn`` resize new images to it.
