@@ -63,6 +63,11 @@ for _entry in (
         "er_ace", "ER-ACE: replay with the asymmetric cross-entropy, CVM's loss on a learned linear head", needs_memory=True,
     ),
     StrategyEntry(
+        "er_aml", "ER-AML: replay with a contrastive (metric) loss on new samples against memory positives and "
+        "negatives, cross-entropy on replayed ones", needs_memory=True,
+        hyperparameters={"temp": 0.1, "base_temp": 0.07},
+    ),
+    StrategyEntry(
         "icarl", "iCaRL: herding exemplars, sigmoid loss with distillation, nearest-exemplar-mean prediction",
         needs_memory=True,
     ),

@@ -19,11 +19,11 @@ def test_help_lists_every_registered_strategy(capsys):
 
 
 @pytest.mark.slow
-def test_er_ace_icarl_scr_and_the_cumulative_upper_bound_run_beside_naive(tmp_path, capsys):
+def test_er_ace_er_aml_icarl_scr_and_the_cumulative_upper_bound_run_beside_naive(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--strategies", "naive,er_ace,icarl,scr,cumulative", "--out", str(out), *FAST]) == 0
+    assert main(["run", "--strategies", "naive,er_ace,er_aml,icarl,scr,cumulative", "--out", str(out), *FAST]) == 0
     results = json.loads((out / "results.json").read_text())["strategies"]
-    assert set(results) == {"naive", "er_ace", "icarl", "scr", "cumulative"}
+    assert set(results) == {"naive", "er_ace", "er_aml", "icarl", "scr", "cumulative"}
     for name in ("icarl", "scr"):
         assert results[name]["final_avg_accuracy"] > results["naive"]["final_avg_accuracy"], f"{name}: class means of a memory"
     for result in results.values():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from itertools import chain
+from itertools import chain, cycle
 from types import SimpleNamespace
 from typing import Callable
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
 from avalanche.models import SCRModel
-from avalanche.training import DER, ER_ACE, EWC, SCR, Cumulative, GDumb, ICaRL, LwF, Naive
+from avalanche.training import DER, ER_ACE, ER_AML, EWC, SCR, Cumulative, GDumb, ICaRL, LwF, Naive
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ClassBalancedBuffer
 from avalanche.training.templates import SupervisedTemplate
@@ -139,6 +139,34 @@ def _er_ace(model, optimizer, settings, plugins):
     strategy = ER_ACE(model=model, optimizer=optimizer, mem_size=settings.buffer, batch_size_mem=settings.batch_size,
                       **_common(settings, plugins, recalibrate_memory=True))
     strategy.storage_policy = ClassBalancedMemory(settings.buffer, adaptive_size=True)  # what ER_ACE makes, quiet
+    return strategy
+
+
+class SmallGroupsERAML(ER_AML):
+    """Avalanche's ER-AML, whose positive/negative draws also work when each class holds fewer samples than a batch.
+
+    Avalanche 0.6 loads each class's memory in batches of ``train_mb_size``
+    with ``drop_last=True``, so a class of a 100-sample memory over 10
+    classes yields nothing and training stops. Here each class loader keeps
+    its last, smaller batch; the criterion draws positives and negatives
+    from their union, as before.
+    """
+
+    def _before_training_exp(self, **kwargs):
+        super()._before_training_exp(**kwargs)
+        if self.replay_loader is not None:
+            self.pos_neg_loaders = [
+                cycle(DataLoader(group.buffer, batch_size=self.train_mb_size, shuffle=True, drop_last=False))
+                for group in self.storage_policy.buffer_groups.values()
+            ]
+
+
+def _er_aml(model, optimizer, settings, plugins):
+    # Same memory and replayed-batch size as ER-ACE; the AML criterion reads the encoder's features.
+    strategy = SmallGroupsERAML(model=model, feature_extractor=EncoderFeatures(model), optimizer=optimizer,
+                                mem_size=settings.buffer, batch_size_mem=settings.batch_size, **_hyper("er_aml"),
+                                **_common(settings, plugins, recalibrate_memory=True))
+    strategy.storage_policy = ClassBalancedMemory(settings.buffer, adaptive_size=True)  # what ER_AML makes, quiet
     return strategy
 
 
@@ -283,6 +311,7 @@ BASELINES: dict[str, BaselineFactory] = {
     "der": lambda m, o, s, p: DER(model=m, optimizer=o, mem_size=s.buffer, **_hyper("der"), **_common(s, p)),
     "gdumb": lambda m, o, s, p: GDumb(model=m, optimizer=o, mem_size=s.buffer, **_common(s, p)),
     "er_ace": _er_ace,
+    "er_aml": _er_aml,
     "icarl": _icarl,
     "scr": _scr,
     "cumulative": lambda m, o, s, p: Cumulative(model=m, optimizer=o, **_common(s, p)),
