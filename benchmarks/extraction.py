@@ -15,7 +15,6 @@ by onnxruntime (when installed; its export time is reported apart).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 from _report import table, write_json
-from cvm_lightning.hardware import native_bf16
+from cvm_lightning.hardware import autocast, native_bf16
 from cvm_lightning.model.backbones import upsample_small
 from cvm_lightning.model.encoder import VisualEncoder
 
@@ -70,14 +69,13 @@ def main() -> None:
                                   freeze=True).eval() for cl in (False, True)}
     for encoder in encoders.values():
         encoder.features = None  # time the backbone itself, not the cache's lookups
-    variants = {"eager fp32": (False, False), "eager fp32 + channels_last": (True, False)}
+    variants = {"eager fp32": (False, "32-true"), "eager fp32 + channels_last": (True, "32-true")}
     if native_bf16():
-        variants.update({"eager bf16-mixed": (False, True), "eager bf16-mixed + channels_last": (True, True)})
+        variants.update({"eager bf16-mixed": (False, "bf16-mixed"), "eager bf16-mixed + channels_last": (True, "bf16-mixed")})
 
-    def eager(channels_last: bool, bf16: bool):
+    def eager(channels_last: bool, precision: str):
         def run(x):
-            autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), autocast(precision):
                 return encoders[channels_last](x)
         return run
 

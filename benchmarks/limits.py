@@ -22,7 +22,6 @@ over the bfloat16 peak for bf16 rows).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import statistics
 import time
@@ -35,9 +34,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from _lightning import images_per_second
-from _report import table, write_json
+from _report import median_seconds, table, write_json
 from cvm_lightning.concepts import ConceptBank
-from cvm_lightning.hardware import native_bf16
+from cvm_lightning.hardware import autocast, native_bf16
 from cvm_lightning.model import CVMModule
 from cvm_lightning.training.baselines import ClassifierNet
 
@@ -53,12 +52,7 @@ VARIANTS = {  # name: (precision, channels_last)
 
 def gflops_per_second(fn, flops: float, repeats: int = 5) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return flops / statistics.median(times) / 1e9
+    return flops / median_seconds(fn, repeats) / 1e9
 
 
 def machine_peak() -> list[dict]:
@@ -115,12 +109,11 @@ def plain_rate(net: torch.nn.Module, batches: list, steps: int, precision: str, 
     """Images/s of a hand-written loop, and the seconds its first 3 steps took (compilation, when asked)."""
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     model = torch.compile(net) if compile_model else net
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
     durations = []
     for i in range(steps + 3):
         x, y = batches[i % len(batches)]
         start = time.perf_counter()
-        with autocast:
+        with autocast(precision):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad()

@@ -260,7 +260,6 @@ def _export(args: argparse.Namespace) -> int:
         args.out, inputs=[args.checkpoint], overwrite=args.overwrite, suffixes=MODEL_SUFFIXES[args.format],
         what=f"{args.format} file",
     )
-    check_settings({"format": args.format, "quantize": args.quantize, "image_size": args.image_size})
     from cvm_lightning.deploy import export_model
     from cvm_lightning.deploy.predict import load_checkpoint
 

@@ -142,6 +142,18 @@ def _er_ace(model, optimizer, settings, plugins):
     return strategy
 
 
+class EncoderFeatures(nn.Module):
+    """A ``ClassifierNet``'s encoder alone, at the net's precision: the feature extractor of iCaRL and SCR."""
+
+    def __init__(self, net: ClassifierNet) -> None:
+        super().__init__()
+        self.encoder, self.precision = net.encoder, net.precision
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision):
+            return self.encoder(x)
+
+
 class SmallGroupsERAML(ER_AML):
     """Avalanche's ER-AML, whose positive/negative draws also work when each class holds fewer samples than a batch.
 
@@ -181,16 +193,13 @@ class NearestClassMeanNet(nn.Module):
 
     def __init__(self, net: ClassifierNet) -> None:
         super().__init__()
-        self.encoder = net.encoder
+        self.features = EncoderFeatures(net)
         n_classes = net.classifier.out_features
-        self.register_buffer("sums", torch.zeros(n_classes, self.encoder.width))
+        self.register_buffer("sums", torch.zeros(n_classes, net.encoder.width))
         self.register_buffer("counts", torch.zeros(n_classes))
-        self.precision = net.precision
 
     def _features(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast(self.precision):
-            features = self.encoder(x)
-        return F.normalize(features, dim=-1)
+        return F.normalize(self.features(x), dim=-1)
 
     @torch.no_grad()
     def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -218,18 +227,6 @@ def _ncm(model, optimizer, settings, plugins):
     common = _common(replace(settings, recalibrate_bn=False), [ClassMeanUpdate(), *plugins])
     common["train_epochs"] = 0
     return SupervisedTemplate(model=NearestClassMeanNet(model), optimizer=optimizer, **common)
-
-
-class EncoderFeatures(nn.Module):
-    """A ``ClassifierNet``'s encoder alone, at the net's precision: the feature extractor of iCaRL and SCR."""
-
-    def __init__(self, net: ClassifierNet) -> None:
-        super().__init__()
-        self.encoder, self.precision = net.encoder, net.precision
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast(self.precision):
-            return self.encoder(x)
 
 
 def _every_class_scored(strategy: SupervisedTemplate, ncm: nn.Module, net: ClassifierNet) -> SupervisedTemplate:
