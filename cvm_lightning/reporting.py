@@ -102,6 +102,11 @@ def write_results(results: dict, out_dir: Path) -> list[Path]:
     return [json_path, md_path, *plot_results(results, out_dir)]
 
 
+def _as_floats(matrix: list[list[float | None]]) -> list[list[float]]:
+    """A JSON accuracy matrix with its unevaluated cells (null) as NaN, which matplotlib leaves blank."""
+    return [[float("nan") if v is None else v for v in row] for row in matrix]
+
+
 def plot_results(results: dict, out_dir: Path) -> list[Path]:
     """Accuracy-matrix heat maps (one per strategy) and average accuracy after each experience."""
     import matplotlib
@@ -113,7 +118,7 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
     strategies = results["strategies"]
     fig, axes = plt.subplots(1, len(strategies), figsize=(3.2 * len(strategies), 3.2), squeeze=False)
     for k, (ax, (name, r)) in enumerate(zip(axes[0], strategies.items())):
-        image = ax.imshow(r["accuracy_matrix"], vmin=0, vmax=1, cmap="viridis")
+        image = ax.imshow(_as_floats(r["accuracy_matrix"]), vmin=0, vmax=1, cmap="viridis")
         ax.set_title(name)
         ax.set_xlabel("test experience")
         if k == 0:  # the rows mean the same in every panel
@@ -126,8 +131,8 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, r in strategies.items():
         R = r["accuracy_matrix"]
-        curve = [sum(R[i][: i + 1]) / (i + 1) for i in range(len(R))]
-        ax.plot(range(1, len(R) + 1), curve, marker="o", label=name)
+        evaluated = [i for i in range(len(R)) if R[i][0] is not None]  # rows skipped by --eval-every are null
+        ax.plot([i + 1 for i in evaluated], [sum(R[i][: i + 1]) / (i + 1) for i in evaluated], marker="o", label=name)
     ax.set_xlabel("experiences learned")
     ax.set_xticks(range(1, results["n_experiences"] + 1))
     ax.set_ylabel("average accuracy on seen experiences")

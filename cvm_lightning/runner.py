@@ -38,6 +38,7 @@ from cvm_lightning.training import (
     build_baseline,
     experience_checkpoints,
     fit_resumable,
+    random_state_kept,
 )
 
 @dataclass
@@ -65,7 +66,7 @@ def _result(R: torch.Tensor, zero_shot: ZeroShotRecorder, train_seconds: float, 
         final_avg_accuracy=summary["avg_acc"],
         forgetting=summary["forgetting"],
         bwt=summary["bwt"],
-        accuracy_matrix=[[round(float(v), 6) for v in row] for row in R.tolist()],
+        accuracy_matrix=[[None if v != v else round(float(v), 6) for v in row] for row in R.tolist()],  # NaN: not evaluated
         train_seconds=round(train_seconds, 2),
         params=sum(p.numel() for p in model.parameters()),
         peak_rss_mb=round(peak_mb, 1),
@@ -126,8 +127,10 @@ def run_cvm(
     return _result(metrics.matrix.compute(), zero_shot.recorder, state.train_seconds, module, peak.peak_mb)
 
 
-def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Callable[[str], None]) -> StrategyResult:
-    """An Avalanche strategy in Avalanche's own loop, on the same backbone and budget."""
+def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
+                 report: Callable[[str], None]) -> StrategyResult:
+    """An Avalanche strategy in Avalanche's own loop, on the same stream, backbone, budget and evaluations."""
+    benchmark = data.benchmark
     pl.seed_everything(config.seed, verbose=False)
     with PeakRSS() as peak:
         model = ClassifierNet(
@@ -156,7 +159,11 @@ def run_baseline(name: str, config: RunConfig, benchmark: Benchmark, report: Cal
             start = time.perf_counter()
             strategy.train(experience, num_workers=0)
             train_seconds += time.perf_counter() - start
-            strategy.eval(benchmark.test_stream, num_workers=0)
+            if data.evaluates_after(index):
+                # Avalanche's evaluation loaders draw their seeds from the global generator: kept apart, the
+                # training that follows shuffles the same however often the run evaluates (as CVM's does).
+                with random_state_kept():
+                    strategy.eval(benchmark.test_stream, num_workers=0)
             report(f"[{name}] experience {index + 1}/{benchmark.n_experiences} done")
     return _result(recorder.matrix.compute(), zero_shot.recorder, train_seconds, model, peak.peak_mb)
 
@@ -241,7 +248,7 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
         if lightning:
             result = run_cvm(config, data, out_dir, bank)
         else:
-            result = run_baseline(name, config, benchmark, report)
+            result = run_baseline(name, config, data, report)
         save_shared_caches()  # a frozen backbone's features serve the next strategies and runs
         results["strategies"][name] = asdict(result)
         if rank_zero_only.rank == 0:

@@ -69,6 +69,7 @@ RANGES: dict[str, Range] = {
     "epochs": Range(int, 1),
     "epochs_per_experience": Range(int, 1),
     "eval_batch_size": Range(int, 1),
+    "eval_every": Range(int, 1),
     "num_workers": Range(int, 0),
     "batch_size": Range(int, 1),
     "buffer": Range(int, 0),

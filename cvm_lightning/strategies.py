@@ -45,6 +45,7 @@ SHARED_SETTINGS: tuple[str, ...] = (
     "benchmark", "backbone", "epochs_per_experience", "batch_size", "buffer_size", "lr", "weight_decay", "seed",
     "input_size", "augment", "recalibrate_bn", "pretrained", "pretrained_file", "freeze_backbone", "data_root",
     "train_per_class", "test_per_class", "n_experiences", "download", "precision", "channels_last",
+    "eval_every",
 )
 
 for _entry in (

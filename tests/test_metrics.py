@@ -45,6 +45,29 @@ def test_hand_computed_values():
         F.forgetting(R3, mode="min")
 
 
+def test_rows_not_evaluated_are_left_out_of_each_metric():
+    nan = float("nan")
+    R = torch.tensor([  # evaluated after experiences 1 and 3 only (every 2nd, and the last)
+        [nan, nan, nan, nan],
+        [0.90, 0.80, 0.10, 0.00],
+        [nan, nan, nan, nan],
+        [0.60, 0.70, 0.50, 0.85],
+    ])
+    assert F.average_accuracy(R).item() == pytest.approx((0.60 + 0.70 + 0.50 + 0.85) / 4)
+    assert F.average_incremental_accuracy(R).item() == pytest.approx(((0.90 + 0.80) / 2 + (0.60 + 0.70 + 0.50 + 0.85) / 4) / 2)
+    # Experience 2 was never evaluated before the last row: it has no best accuracy to forget from.
+    assert F.forgetting(R).item() == pytest.approx(((0.90 - 0.60) + (0.80 - 0.70)) / 2)
+    assert F.backward_transfer(R).item() == pytest.approx(0.70 - 0.80)  # only R[1, 1] is on the diagonal
+    assert F.forward_transfer(R, torch.tensor([0.0, 0.0, 0.05, 0.0])).item() == pytest.approx(0.10 - 0.05)
+    with pytest.raises(ValueError, match="last row"):
+        F.average_accuracy(R[:3, :3])
+    metric = Forgetting(4)
+    for i, j, preds, target in predictions_for(torch.nan_to_num(R)):
+        if i in (1, 3):
+            metric.update(preds, target, i, j)
+    assert metric.compute().item() == pytest.approx(F.forgetting(R).item(), abs=1e-6)
+
+
 def predictions_for(R: torch.Tensor, n: int = 20):
     """Predictions that realise accuracy R[i, j] exactly on n samples per cell."""
     for i in range(len(R)):

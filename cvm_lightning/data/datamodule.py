@@ -50,6 +50,9 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         epochs_per_experience: training epochs of each experience.
         batch_size: training batch size.
         eval_batch_size: batch size of the test experiences.
+        eval_every: evaluate on the test stream after every N-th experience and after the last one;
+            the rows in between stay empty in the accuracy matrix, and forgetting and BWT use the
+            evaluated rows only.
         num_workers: ``DataLoader`` workers.
         seed: the class order, subsampling and shuffling.
         data_root: folder holding the benchmark's data (``--data-root``).
@@ -66,6 +69,7 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         epochs_per_experience: int = 5,
         batch_size: int = 64,
         eval_batch_size: int = 256,
+        eval_every: int = 1,
         num_workers: int = 0,
         seed: int = 0,
         data_root: str | Path | None = None,
@@ -76,7 +80,7 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         check_settings({"epochs_per_experience": epochs_per_experience, "batch_size": batch_size,
-                        "eval_batch_size": eval_batch_size, "num_workers": num_workers, "seed": seed,
+                        "eval_batch_size": eval_batch_size, "eval_every": eval_every, "num_workers": num_workers, "seed": seed,
                         "train_per_class": train_per_class, "test_per_class": test_per_class,
                         "n_experiences": n_experiences})
         data_root = str(data_root) if data_root is not None else None  # checkpoints hold plain values only
@@ -142,6 +146,10 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
     def experience_at(self, epoch: int) -> int:
         """The experience that epoch ``epoch`` trains."""
         return min(epoch // self.epochs_per_experience, self.n_experiences - 1)
+
+    def evaluates_after(self, experience: int) -> bool:
+        """Whether the test stream is evaluated after training ``experience`` (every ``eval_every``-th and the last)."""
+        return (experience + 1) % int(self.hparams.eval_every) == 0 or experience == self.n_experiences - 1
 
     def classes_of(self, experience: int) -> list[int]:
         """The class ids of training experience ``experience``."""

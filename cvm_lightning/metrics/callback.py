@@ -125,13 +125,12 @@ class ContinualMetricsCallback(pl.Callback):
         if trainer.sanity_checking or experience < 0:
             return
         R = self.matrix.compute().cpu()
-        seen = R[: experience + 1, : experience + 1]
-        if torch.isnan(seen.tril()).any():
+        if torch.isnan(R[experience, : experience + 1]).any():
             return  # not every seen test experience was evaluated
+        # Rows of experiences that were not evaluated (eval_every) stay NaN: the metrics skip them.
+        seen = R[: experience + 1, : experience + 1]
         reference = self.reference
-        self.summary = summarize(
-            torch.nan_to_num(seen), None if reference is None else reference.cpu(), self.forgetting_mode
-        )
+        self.summary = summarize(seen, None if reference is None else reference.cpu(), self.forgetting_mode)
         for key, value in self.summary.items():  # the progress bar shows the average accuracy so far
             pl_module.log(self.prefix + key, value, prog_bar=key == "avg_acc", sync_dist=False)
         # trainer.log_dir is a collective call under DDP: every process asks, rank 0 writes.

@@ -19,7 +19,8 @@ from cvm_lightning.metrics import functional as F
 class AccuracyMatrix(Metric):
     """``R[i, j]``: accuracy on test experience ``j`` after training experience ``i``.
 
-    Cells never evaluated are NaN. ``compute`` returns the T x T matrix;
+    Cells never evaluated are NaN (whole rows when only every few
+    experiences are evaluated). ``compute`` returns the T x T matrix;
     evaluating every test experience (``j > i`` too) after each training
     experience enables forward transfer.
     """
@@ -59,19 +60,24 @@ class AccuracyMatrix(Metric):
         return torch.where(self.total > 0, self.correct / self.total.clamp_min(1), float("nan"))
 
     def _evaluated(self) -> torch.Tensor:
-        """The square top-left part of ``R`` up to the last evaluated row."""
+        """The square top-left part of ``R`` up to the last evaluated row.
+
+        Rows never evaluated (a run that evaluates every few experiences) stay
+        NaN; an evaluated row must cover every seen test experience.
+        """
         R = self._matrix().double()
-        rows = torch.nonzero(self.total.sum(dim=1) > 0).flatten()
+        evaluated = self.total.sum(dim=1) > 0
+        rows = torch.nonzero(evaluated).flatten()
         if len(rows) == 0:
             raise ValueError("No accuracy was recorded yet: call update() first.")
         last = int(rows[-1]) + 1
         R = R[:last, :last]
-        if torch.isnan(R.tril()).any():
+        if torch.isnan(R.tril()[evaluated[:last]]).any():
             raise ValueError(
-                "Some experiences were not evaluated after some training experiences; "
-                "evaluate every seen test experience after each training experience."
+                "Some seen experiences were not evaluated after a training experience; "
+                "each evaluation must cover every seen test experience."
             )
-        return torch.nan_to_num(R, nan=0.0)
+        return R
 
 
 class AverageAccuracy(AccuracyMatrix):

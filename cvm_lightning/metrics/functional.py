@@ -3,6 +3,11 @@
 ``R`` is a T x T tensor: ``R[i, j]`` is the accuracy on test experience ``j``
 after training on experience ``i`` (rows in training order). Every function
 returns a scalar tensor.
+
+A cell that was not evaluated is NaN: a whole row when the run evaluated
+only every few experiences (``eval_every``), the upper triangle when only
+seen experiences were tested. Each metric uses the evaluated cells it
+needs and averages over those; only the last row must be complete.
 """
 
 from __future__ import annotations
@@ -19,19 +24,28 @@ def _square(R: torch.Tensor) -> torch.Tensor:
     return R
 
 
+def _mean(values: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+    """The mean of the finite ``values``; ``empty`` when none is."""
+    finite = [v for v in values if torch.isfinite(v)]
+    return torch.stack(finite).mean() if finite else empty
+
+
 def average_accuracy(R: torch.Tensor) -> torch.Tensor:
     """Final average accuracy: ``A_T = (1/T) sum_j R[T-1, j]``."""
     R = _square(R)
+    if torch.isnan(R[-1]).any():
+        raise ValueError("The last row of the accuracy matrix has cells that were not evaluated; "
+                         "the final average accuracy needs every test experience evaluated after the last one.")
     return R[-1].mean()
 
 
 def average_incremental_accuracy(R: torch.Tensor) -> torch.Tensor:
     """Average of the average accuracy after each experience (Rebuffi et al., iCaRL).
 
-    ``(1/T) sum_i (1/(i+1)) sum_{j<=i} R[i, j]``.
+    ``(1/T) sum_i (1/(i+1)) sum_{j<=i} R[i, j]``, over the evaluated rows.
     """
     R = _square(R)
-    return torch.stack([R[i, : i + 1].mean() for i in range(len(R))]).mean()
+    return _mean([R[i, : i + 1].mean() for i in range(len(R))], R.new_full((), float("nan")))
 
 
 def forgetting(R: torch.Tensor, mode: str = "max") -> torch.Tensor:
@@ -43,7 +57,10 @@ def forgetting(R: torch.Tensor, mode: str = "max") -> torch.Tensor:
     ``mode="avalanche"``: ``f_j = R[j, j] - R[T-1, j]``, the drop from the
     accuracy right after training on it (Avalanche's ``StreamForgetting``).
     Both average ``f_j`` over ``j < T-1``. For one experience whose accuracy
-    goes 0.90, 0.95, 0.70 they give 0.25 and 0.20.
+    goes 0.90, 0.95, 0.70 they give 0.25 and 0.20. Rows not evaluated are
+    left out of the maximum, and an experience with no evaluated row before
+    the last is left out of the average: with ``eval_every > 1`` the maximum is
+    taken over fewer rows, so forgetting tends to read lower.
     """
     if mode not in FORGETTING_MODES:
         raise ValueError(f"Unknown forgetting mode {mode!r}; choose one of {', '.join(FORGETTING_MODES)}.")
@@ -52,10 +69,15 @@ def forgetting(R: torch.Tensor, mode: str = "max") -> torch.Tensor:
     if T == 1:
         return R.new_zeros(())
     if mode == "avalanche":
-        best = torch.diagonal(R)[: T - 1]
+        best = list(torch.diagonal(R)[: T - 1])
     else:
-        best = torch.stack([R[j : T - 1, j].max() for j in range(T - 1)])
-    return (best - R[-1, : T - 1]).mean()
+        best = [_nanmax(R[j : T - 1, j]) for j in range(T - 1)]
+    return _mean([b - R[-1, j] for j, b in enumerate(best)], R.new_zeros(()))
+
+
+def _nanmax(values: torch.Tensor) -> torch.Tensor:
+    finite = values[torch.isfinite(values)]
+    return finite.max() if len(finite) else values.new_full((), float("nan"))
 
 
 def backward_transfer(R: torch.Tensor) -> torch.Tensor:
@@ -67,7 +89,7 @@ def backward_transfer(R: torch.Tensor) -> torch.Tensor:
     T = len(R)
     if T == 1:
         return R.new_zeros(())
-    return (R[-1, : T - 1] - torch.diagonal(R)[: T - 1]).mean()
+    return _mean(list(R[-1, : T - 1] - torch.diagonal(R)[: T - 1]), R.new_zeros(()))
 
 
 def forward_transfer(R: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -83,7 +105,7 @@ def forward_transfer(R: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"Expected {T} reference accuracies, got shape {tuple(reference.shape)}.")
     if T == 1:
         return R.new_zeros(())
-    return (torch.diagonal(R, offset=1) - reference[1:]).mean()
+    return _mean(list(torch.diagonal(R, offset=1) - reference[1:]), R.new_full((), float("nan")))
 
 
 def summarize(R: torch.Tensor, reference: torch.Tensor | None = None, forgetting_mode: str = "max") -> dict[str, float]:

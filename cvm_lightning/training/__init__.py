@@ -8,7 +8,13 @@ from cvm_lightning.training.baselines import (
     ClassifierNet,
     build_baseline,
 )
-from cvm_lightning.training.checkpoints import AtomicCheckpointIO, RunState, experience_checkpoints, fit_resumable
+from cvm_lightning.training.checkpoints import (
+    AtomicCheckpointIO,
+    RunState,
+    experience_checkpoints,
+    fit_resumable,
+    random_state_kept,
+)
 from cvm_lightning.training.schedule import ExperienceSchedule
 
 __all__ = [
@@ -23,4 +29,5 @@ __all__ = [
     "build_baseline",
     "experience_checkpoints",
     "fit_resumable",
+    "random_state_kept",
 ]

@@ -17,7 +17,9 @@ class ExperienceSchedule(pl.Callback):
     (both ``epochs_per_experience``), so the data module switches experiences
     and every experience ends with a validation on all test experiences,
     which :class:`~cvm_lightning.metrics.ContinualMetricsCallback` records as
-    one row of the accuracy matrix.
+    one row of the accuracy matrix. With the data module's ``eval_every``,
+    the experiences in between skip that validation, and with it their
+    checkpoint: a resumed run restarts after the last evaluated experience.
 
     At the start of each experience it marks the experience's classes as seen
     (``start_experience``), clears the optimiser state and restarts the
@@ -52,6 +54,10 @@ class ExperienceSchedule(pl.Callback):
         if trainer.current_epoch % datamodule.epochs_per_experience == 0:
             pl_module.start_experience(datamodule.classes_of(experience), experience=experience)
             self._fresh_optimizers(trainer, pl_module)
+            # Lightning validates after epoch e when (e + 1) % check_val_every_n_epoch == 0, read live:
+            # a period longer than the stream skips this experience's evaluation.
+            evaluate = datamodule.evaluates_after(experience)
+            trainer.check_val_every_n_epoch = datamodule.epochs_per_experience if evaluate else trainer.max_epochs + 1
         pl_module.log("experience", float(experience), prog_bar=True, on_step=False, on_epoch=True, sync_dist=False)
 
     @staticmethod
