@@ -1,6 +1,6 @@
 """Peak memory while training, with the language model released (the default) vs held.
 
-    python benchmarks/memory.py [--json out.json]
+    python benchmarks/memory.py [--checkpoint RUN/final.ckpt] [--json out.json]
 
 Each variant runs in a fresh process: build the concept bank from an empty
 cache (this loads the bundled all-MiniLM-L6-v2), then train CVM on
@@ -9,6 +9,11 @@ split-digits for one experience while sampling the resident memory. In
 does; in "held", the script keeps a reference to a loaded copy, as a design
 that encodes on the fly would. Target: the released run's training peak does
 not include the language model (held - released ~ the model's size).
+
+With ``--checkpoint`` (a split-digits run's ``final.ckpt``) it also exports
+the model as TorchScript and ONNX and measures the peak resident memory and
+wall time of ``cvm predict`` on 64 digit images, in a fresh process for
+each of the three files.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 from _report import table, write_json
 
@@ -62,9 +68,38 @@ def child(variant: str) -> dict:
             "lm_parameters_mb": lm_mb, "torch_threads": torch.get_num_threads()}
 
 
+def predict_rows(checkpoint: Path, folder: Path) -> list[dict]:
+    """Peak RSS and wall time of ``cvm predict`` with the checkpoint and its two exports, each in a fresh process."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    images = folder / "images"
+    images.mkdir()
+    for i, pixels in enumerate(load_digits().images[:64]):
+        Image.fromarray((pixels * 255 / 16).astype(np.uint8)).save(images / f"{i:02d}.png")
+    cvm = [sys.executable, "-m", "cvm_lightning"]
+    models = {"checkpoint (.ckpt)": checkpoint}
+    for fmt, suffix in (("torchscript", ".pt"), ("onnx", ".onnx")):
+        models[f"{fmt} ({suffix})"] = folder / f"model{suffix}"
+        subprocess.run([*cvm, "export", "--checkpoint", str(checkpoint), "--format", fmt, "--out",
+                        str(models[f"{fmt} ({suffix})"])], check=True, capture_output=True)
+    rows = []
+    for name, model in models.items():
+        # A fresh parent per file: RUSAGE_CHILDREN's peak is then that one command's.
+        code = ("import resource, subprocess, sys, time; start = time.perf_counter(); "
+                "subprocess.run(sys.argv[1:], check=True, capture_output=True); "
+                "print(time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+        out = subprocess.run([sys.executable, "-c", code, *cvm, "predict", "--model", str(model), str(images)],
+                             check=True, capture_output=True, text=True).stdout.split()
+        rows.append({"model file": name, "peak RSS MB": f"{int(out[1]) / 1024:.0f}", "wall s": f"{float(out[0]):.2f}"})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--checkpoint", type=Path, default=None, help="a split-digits run's final.ckpt")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -83,7 +118,13 @@ def main() -> None:
     print(table(rows, list(rows[0])))
     print(f"held - released at peak: {held['training_peak_mb'] - released['training_peak_mb']:.0f} MB; "
           f"the language model's parameters: {held['lm_parameters_mb']:.0f} MB")
-    write_json(args.json, {"runs": results})
+    predicting = []
+    if args.checkpoint is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            predicting = predict_rows(args.checkpoint, Path(folder))
+        print(f"\ncvm predict on 64 images, {args.checkpoint}:")
+        print(table(predicting, list(predicting[0])))
+    write_json(args.json, {"runs": results, "predict": predicting})
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # The file suffixes of each export format (``cvm export --out``, ``cvm predict --model``).
 MODEL_SUFFIXES: dict[str, tuple[str, ...]] = {"torchscript": (".pt", ".ts", ".torchscript", ".jit"), "onnx": (".onnx",)}
 PREDICTION_SUFFIXES: tuple[str, ...] = (".csv", ".json")
+# Where an exported file keeps its class names and preprocessing (a TorchScript extra file, an ONNX metadata key).
+META_FILE = "cvm_meta.json"
 
 
 

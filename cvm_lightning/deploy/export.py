@@ -26,10 +26,9 @@ from cvm_lightning.errors import ConfigError
 from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import upsample_small
 from cvm_lightning.paths import check_output_file
-from cvm_lightning.settings import CHOICES, MODEL_SUFFIXES, check_settings
+from cvm_lightning.settings import CHOICES, META_FILE, MODEL_SUFFIXES, check_settings
 
 FORMATS = CHOICES["format"]
-META_FILE = "cvm_meta.json"
 
 
 class DeployedCVM(nn.Module):

@@ -1,4 +1,9 @@
-"""Predict class names for image files with an exported model or a checkpoint."""
+"""Predict class names for image files with an exported model or a checkpoint.
+
+Predictions are NumPy throughout: an ONNX file runs on onnxruntime, NumPy
+and Pillow alone, without importing torch (a checkpoint or TorchScript file
+loads torch when it is opened; ``--monitor`` loads it for the drift test).
+"""
 
 from __future__ import annotations
 
@@ -10,16 +15,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import UnidentifiedImageError
 
 from cvm_lightning.atomic import atomic_write_text
-from cvm_lightning.deploy.export import META_FILE, DeployedCVM, deployment_metadata
 from cvm_lightning.errors import CVMError, DataError
-from cvm_lightning.model.pixels import check_pixels, to_unit_range
+from cvm_lightning.image_files import IMAGE_SUFFIXES, read_image, unit_pixels
 from cvm_lightning.paths import check_input_file
-from cvm_lightning.settings import MODEL_SUFFIXES, check_class_names, check_settings
-from cvm_lightning.streams.images import IMAGE_SUFFIXES, image_transform
+from cvm_lightning.settings import META_FILE, MODEL_SUFFIXES, check_class_names, check_settings
 
 TORCHSCRIPT_SUFFIXES = set(MODEL_SUFFIXES["torchscript"])
 
@@ -53,8 +56,9 @@ class Predictor:
     """One interface over a ``.ckpt`` checkpoint, a TorchScript file and an ONNX file.
 
     ``similarities(images)`` gives cosine similarities to the learned classes
-    (B x K); ``predict(images)`` gives class ids, names and the similarity of
-    the nearest concept.
+    (a B x K NumPy array); ``predict(images)`` gives class ids, names and the
+    similarity of the nearest concept. Images are uint8 or float in [0, 1],
+    as NumPy arrays or CPU tensors.
     """
 
     def __init__(self, path: Path) -> None:
@@ -81,21 +85,23 @@ class Predictor:
         self.class_names: list[str] = self.meta["class_names"]
         # Files of format 1 took [-1, 1] pixels; from format 2 on the graph normalises [0, 1] pixels itself.
         self.mean, self.std = float(self.meta["mean"]), float(self.meta["std"])
-        self.transform = image_transform(self.meta["image_size"])
 
     def _load_checkpoint(self) -> None:
+        from cvm_lightning.deploy.export import DeployedCVM, deployment_metadata
+
         module = load_checkpoint(self.path)
         self.meta = deployment_metadata(module)
-        model = DeployedCVM(module).eval()
-        self._run = lambda x: model(x)
+        self._run = _torch_runner(DeployedCVM(module).eval())
 
     def _load_torchscript(self) -> None:
+        import torch
+
         files = {META_FILE: ""}
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*")
             model = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files)
         self.meta = json.loads(files[META_FILE])
-        self._run = lambda x: model(x)
+        self._run = _torch_runner(model)
 
     def _load_onnx(self) -> None:
         try:
@@ -105,7 +111,7 @@ class Predictor:
 
         session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
         self.meta = json.loads(session.get_modelmeta().custom_metadata_map[META_FILE])
-        self._run = lambda x: torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        self._run = lambda x: session.run(None, {"images": x})[0]
 
     def restrict(self, names: Sequence[str]) -> None:
         """Let only the learned classes ``names`` compete from now on."""
@@ -117,28 +123,37 @@ class Predictor:
         self.class_ids = [self.class_ids[i] for i in self._columns]
         self.class_names = list(names)
 
-    @torch.no_grad()
-    def similarities(self, images: torch.Tensor) -> torch.Tensor:
+    def similarities(self, images: np.ndarray) -> np.ndarray:
         """Cosine similarities (B x K) of images in [0, 1] (or uint8) to the (candidate) learned classes."""
-        check_pixels(images)
-        sims = self._run((to_unit_range(images) - self.mean) / self.std)
+        sims = self._run((unit_pixels(images) - self.mean) / self.std)
         return sims[:, self._columns] if self._columns is not None else sims
 
-    def predict(self, images: torch.Tensor) -> tuple[list[int], list[str], torch.Tensor]:
-        best, index = self.similarities(images).max(dim=1)
-        return [self.class_ids[i] for i in index.tolist()], [self.class_names[i] for i in index.tolist()], best
+    def predict(self, images: np.ndarray) -> tuple[list[int], list[str], np.ndarray]:
+        sims = self.similarities(images)
+        index = sims.argmax(axis=1).tolist()
+        return [self.class_ids[i] for i in index], [self.class_names[i] for i in index], sims.max(axis=1)
 
-    def load_images(self, paths: Sequence[Path]) -> torch.Tensor:
-        """Decode image files into the batch the model expects."""
+    def load_images(self, paths: Sequence[Path]) -> np.ndarray:
+        """Decode image files into the uint8 batch the model expects (as training read them)."""
         mode = "L" if self.meta["in_chans"] == 1 else "RGB"
         batch = []
         for path in paths:
             try:
-                with Image.open(path) as image:
-                    batch.append(self.transform(image.convert(mode)))
+                batch.append(read_image(path, self.meta["image_size"], mode))
             except (UnidentifiedImageError, OSError) as err:
                 raise DataError(f"Cannot read image {path}: {err}. Remove it or convert it to PNG/JPEG.") from err
-        return torch.stack(batch)
+        return np.stack(batch)
+
+
+def _torch_runner(model):
+    """A NumPy-in, NumPy-out call of a torch model, without gradients."""
+    import torch
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run
 
 
 @dataclass
@@ -200,32 +215,34 @@ def predict_files(
     """
     from tqdm import tqdm
 
-    from cvm_lightning.metrics.drift import ConceptDriftMonitor
-
     check_settings({"batch_size": batch_size, "z_threshold": z_threshold})
     predictor = Predictor(model)
     if classes is not None:
         predictor.restrict(classes)
-    monitor = ConceptDriftMonitor(z_threshold) if reference is not None else None
-    reference_stats = None
-    if monitor is not None:
+    monitor = reference_stats = None
+    if reference is not None:
+        import torch  # the drift monitor is a torchmetrics Metric
+
+        from cvm_lightning.metrics.drift import ConceptDriftMonitor
+
+        monitor = ConceptDriftMonitor(z_threshold)
         for batch in batched(image_files([reference]), batch_size):
-            monitor.update(predictor.similarities(predictor.load_images(batch)))
+            monitor.update(torch.from_numpy(predictor.similarities(predictor.load_images(batch))))
         reference_stats = monitor.set_reference()
     report = PredictionReport([], batch_size, z_threshold, reference=reference_stats)
     batches = list(batched(files, batch_size))
     for number, batch in enumerate(tqdm(batches, desc="predict", unit="batch", disable=len(batches) < 2)):
         sims_all = predictor.similarities(predictor.load_images(batch))
-        sims, index = sims_all.max(dim=1)
+        index, sims = sims_all.argmax(axis=1).tolist(), sims_all.max(axis=1)
         report.rows += [{"path": str(p), "class_id": predictor.class_ids[i], "class_name": predictor.class_names[i],
-                         "similarity": round(float(s), 4)} for p, i, s in zip(batch, index.tolist(), sims)]
+                         "similarity": round(float(s), 4)} for p, i, s in zip(batch, index, sims)]
         if monitor is not None:
             batch_monitor = ConceptDriftMonitor(z_threshold)
             batch_monitor.reference = reference_stats
-            batch_monitor.update(sims_all)
+            batch_monitor.update(torch.from_numpy(sims_all))
             if batch_monitor.compute()["drifted"]:
                 report.flagged.append(number)
-            monitor.update(sims_all)
+            monitor.update(torch.from_numpy(sims_all))
     if monitor is not None:
         report.drift = monitor.compute()
     return report

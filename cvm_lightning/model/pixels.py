@@ -7,18 +7,16 @@ or uint8 images in 0-255, and normalise them themselves, so a checkpoint,
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from cvm_lightning.errors import DataError
+from cvm_lightning.image_files import check_pixel_range
 
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.5
-RANGE_TOLERANCE = 1e-3
 
 
 class PixelNormalize(nn.Module):
@@ -49,15 +47,4 @@ def check_pixels(x: torch.Tensor) -> None:
         return
     if not x.is_floating_point():
         raise DataError(f"Images must be float in [0, 1] or uint8 in 0-255, got {x.dtype}.")
-    low, high = (float(v) for v in torch.aminmax(x))  # one pass; NaN or inf anywhere shows in the extremes
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise DataError(
-            "Images contain NaN or infinite values; the model cannot score them. "
-            "Check the image decoding or the transform that made them."
-        )
-    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
-        warnings.warn(
-            f"Images range over [{low:.2f}, {high:.2f}], but models take pixels in [0, 1] (or uint8) and "
-            "normalise them inside: drop any Normalize step from your transform.",
-            stacklevel=3,
-        )
+    check_pixel_range(*(float(v) for v in torch.aminmax(x.detach())))  # one pass

@@ -3,33 +3,15 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from torch.utils.data import Dataset
-from torchvision.transforms import v2
 
 from cvm_lightning.errors import DataError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def image_transform(image_size: int | None) -> Callable:
-    """PIL image -> float tensor in [0, 1], resized to ``image_size`` when given."""
-    return v2.Compose([_decoder(image_size), v2.ToDtype(torch.float32, scale=True)])
-
-
-@lru_cache(maxsize=None)
-def _decoder(image_size: int | None) -> Callable:
-    """PIL image -> uint8 tensor, resized to ``image_size`` when given."""
-    steps: list[Callable] = [v2.ToImage()]
-    if image_size is not None:
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
-    return v2.Compose(steps)
-
+from cvm_lightning.image_files import IMAGE_SUFFIXES, read_image
 
 # Decoded images are kept in memory up to this many bytes per dataset; beyond it they are only checked.
 DECODED_CACHE_BYTES = 1 << 30
@@ -39,8 +21,9 @@ class ImageFileDataset(Dataset):
     """Image files with integer labels, decoded with Pillow.
 
     ``targets`` is a list, as Avalanche expects. Images are converted to RGB
-    (greyscale files included), resized to ``image_size`` when given, and
-    scaled to [0, 1]. :meth:`decode_all` checks every file before training
+    (greyscale files included), resized to ``image_size`` when given (by
+    :func:`~cvm_lightning.image_files.read_image`, as ``cvm predict`` reads
+    them), and scaled to [0, 1]. :meth:`decode_all` checks every file before training
     and keeps the decoded pixels (uint8) for every later epoch.
     """
 
@@ -61,8 +44,7 @@ class ImageFileDataset(Dataset):
         return out
 
     def _decode(self, path: Path) -> torch.Tensor:
-        with Image.open(path) as image:
-            return _decoder(self.image_size)(image.convert("RGB"))
+        return torch.from_numpy(read_image(path, self.image_size))
 
     def decode_all(self) -> None:
         """Decode every file now: a broken one stops here, named, before any training.

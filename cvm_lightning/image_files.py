@@ -1,0 +1,63 @@
+"""Image files to uint8 pixels with Pillow and NumPy alone, the same for training and for deployment.
+
+Nothing here imports torch, so ``cvm predict`` on an ONNX file runs on
+onnxruntime, NumPy and Pillow only.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cvm_lightning.errors import DataError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+# Float pixels this far outside [0, 1] are taken for a second normalisation.
+RANGE_TOLERANCE = 1e-3
+
+
+def read_image(path: Path, image_size: int | None = None, mode: str = "RGB") -> np.ndarray:
+    """The pixels of image file ``path`` as a uint8 C x H x W array.
+
+    The image is converted to ``mode`` (``"RGB"``, or ``"L"`` for one
+    channel) and, when ``image_size`` is given and differs, resized to
+    ``image_size`` x ``image_size`` with Pillow's antialiased bilinear filter.
+    Pillow's errors (unreadable or truncated files) pass through.
+    """
+    with Image.open(path) as image:
+        image = image.convert(mode)
+        if image_size is not None and image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+        pixels = np.array(image)
+    return pixels[None] if pixels.ndim == 2 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def check_pixel_range(low: float, high: float) -> None:
+    """Stop on non-finite pixels; warn when a batch spans more than [0, 1] (normalised twice, most likely)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise DataError(
+            "Images contain NaN or infinite values; the model cannot score them. "
+            "Check the image decoding or the transform that made them."
+        )
+    if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+        warnings.warn(
+            f"Images range over [{low:.2f}, {high:.2f}], but models take pixels in [0, 1] (or uint8) and "
+            "normalise them inside: drop any Normalize step from your transform.",
+            stacklevel=4,
+        )
+
+
+def unit_pixels(images: np.ndarray) -> np.ndarray:
+    """A batch of uint8 or [0, 1] float images (NumPy, or anything it converts) as float32 in [0, 1], checked."""
+    images = np.asarray(images)
+    if images.dtype == np.uint8:
+        return images.astype(np.float32) / 255.0
+    if not np.issubdtype(images.dtype, np.floating):
+        raise DataError(f"Images must be float in [0, 1] or uint8 in 0-255, got {images.dtype}.")
+    check_pixel_range(float(images.min()), float(images.max()))  # NaN or inf anywhere shows in the extremes
+    return images.astype(np.float32)
