@@ -11,16 +11,20 @@ COLUMNS = ("strategy", "final avg acc", "forgetting", "BWT", "zero-shot (chance)
            "peak RSS MB")
 
 
+def _number(value: float | None, spec: str) -> str:
+    """``value`` formatted, or "n/a" where it was not measured (joint training has no zero-shot rows)."""
+    return "n/a" if value is None or value != value else format(value, spec)
+
+
 def table_rows(results: dict) -> list[list[str]]:
-    nan = float("nan")
     return [
         [
             name,
             f"{r['final_avg_accuracy']:.3f}",
             f"{r['forgetting']:.3f}",
             f"{r['bwt']:+.3f}",
-            f"{r.get('zero_shot_accuracy', nan):.3f} ({r.get('zero_shot_chance', nan):.3f})",
-            f"{r.get('fwt', nan):+.3f}",
+            f"{_number(r.get('zero_shot_accuracy'), '.3f')} ({_number(r.get('zero_shot_chance'), '.3f')})",
+            _number(r.get("fwt"), "+.3f"),
             f"{r['train_seconds']:.1f}",
             f"{r['params']:,}",
             f"{r['peak_rss_mb']:.0f}",
@@ -48,7 +52,8 @@ def seed_table(results: dict, markdown: bool = False) -> str:
     from cvm_lightning.sweep import METRICS
 
     head = ["strategy", *METRICS.values()]
-    rows = [[name, *(f"{r[m][0]:.3f} ± {r[m][1]:.3f}" for m in METRICS)] for name, r in results["strategies"].items()]
+    cell = lambda mean, std: "n/a" if _number(mean, ".3f") == "n/a" else f"{mean:.3f} ± {std:.3f}"  # noqa: E731
+    rows = [[name, *(cell(*r[m]) for m in METRICS)] for name, r in results["strategies"].items()]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

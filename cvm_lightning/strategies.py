@@ -24,6 +24,7 @@ class StrategyEntry:
     help: str
     runs_on: str = "avalanche"
     needs_memory: bool = False
+    whole_stream: bool = False  # trained once on every experience at once (i.i.d.), then evaluated once
     reads: tuple[str, ...] = ()
     hyperparameters: Mapping[str, float] = field(default_factory=dict)
 
@@ -77,6 +78,10 @@ for _entry in (
         needs_memory=True, hyperparameters={"temperature": 0.1},
     ),
     StrategyEntry("cumulative", "retrain on every experience so far, all its data kept: an upper bound, no memory limit"),
+    StrategyEntry(
+        "joint", "joint training: the whole stream at once, shuffled (i.i.d.), for the same epochs: the offline "
+        "upper bound, one row in the accuracy matrix", whole_stream=True,
+    ),
     StrategyEntry(
         "ncm", "nearest class mean of the backbone's features, nothing trained: the reference for a frozen "
         "pretrained backbone (--pretrained --freeze-backbone)",

@@ -19,17 +19,22 @@ def test_help_lists_every_registered_strategy(capsys):
 
 
 @pytest.mark.slow
-def test_er_ace_er_aml_icarl_scr_and_the_cumulative_upper_bound_run_beside_naive(tmp_path, capsys):
+def test_er_ace_er_aml_icarl_scr_and_the_upper_bounds_run_beside_naive(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--strategies", "naive,er_ace,er_aml,icarl,scr,cumulative", "--out", str(out), *FAST]) == 0
+    assert main(["run", "--strategies", "naive,er_ace,er_aml,icarl,scr,cumulative,joint", "--out", str(out), *FAST]) == 0
     results = json.loads((out / "results.json").read_text())["strategies"]
-    assert set(results) == {"naive", "er_ace", "er_aml", "icarl", "scr", "cumulative"}
+    assert set(results) == {"naive", "er_ace", "er_aml", "icarl", "scr", "cumulative", "joint"}
     for name in ("icarl", "scr"):
         assert results[name]["final_avg_accuracy"] > results["naive"]["final_avg_accuracy"], f"{name}: class means of a memory"
     for result in results.values():
         assert len(result["accuracy_matrix"]) == 5 and 0 <= result["final_avg_accuracy"] <= 1
     assert results["cumulative"]["forgetting"] < results["naive"]["forgetting"], "retraining on all data forgets less"
     assert results["er_ace"]["final_avg_accuracy"] > results["naive"]["final_avg_accuracy"], "replay beats fine-tuning"
+    joint = results["joint"]
+    assert joint["accuracy_matrix"][:4] == [[None] * 5] * 4, "joint training is evaluated once, after the whole stream"
+    assert joint["final_avg_accuracy"] == pytest.approx(sum(joint["accuracy_matrix"][4]) / 5, abs=1e-5)
+    assert joint["final_avg_accuracy"] > results["naive"]["final_avg_accuracy"] + 0.2, "i.i.d. data does not forget"
+    assert joint["forgetting"] == 0 and joint["bwt"] == 0
     assert "DeprecationWarning" not in capsys.readouterr().err
 
 
