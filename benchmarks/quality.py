@@ -10,7 +10,9 @@ one at a time (see ``cvm_lightning.sweep.ABLATIONS``), including the control
 with random concept vectors instead of language-model concepts. Writes
 ``quality.json`` and ``quality.md`` into ``--out``; finished cells are kept in
 ``--out/cells``, so running the same command again after a crash continues,
-and changing a CVM-only option reruns CVM alone.
+and changing a CVM-only option reruns CVM alone. ``accuracy_forgetting.png``
+plots each strategy's final accuracy against its forgetting (with the
+random-concepts control when it ran).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from cvm_lightning.atomic import atomic_write_text
 from cvm_lightning.cli import add_run_arguments, config_from_args
+from cvm_lightning.reporting import plot_accuracy_forgetting
 from cvm_lightning.sweep import ABLATIONS, markdown, run_cells, summary_rows
 
 
@@ -58,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         report += "\n## CVM ablations (one option changed at a time)\n\n" + markdown(ablation_rows, "variant") + "\n"
     report += f"\nCommand: `python benchmarks/quality.py {shlex.join(sys.argv[1:] if argv is None else argv)}`\n"
     atomic_write_text(args.out / "quality.md", report)
+    control = [{**row, "strategy": "cvm, random concepts", "label": "cvm, random concepts"}
+               for row in ablation_rows if row["variant"].startswith("random concepts")]
+    plot_accuracy_forgetting(rows + control, args.out / "accuracy_forgetting.png",
+                             f"{base.benchmark}, mean ± std over seeds {', '.join(map(str, seeds))}")
     atomic_write_text(
         args.out / "quality.json",
         json.dumps({"config": config, "seeds": seeds, "strategies": rows, "ablations": ablation_rows}, indent=2),

@@ -16,6 +16,11 @@ def _number(value: float | None, spec: str) -> str:
     return "n/a" if value is None or value != value else format(value, spec)
 
 
+def mean_std_text(mean: float, std: float) -> str:
+    """``mean ± std`` to 3 decimals, or "n/a" where nothing was measured."""
+    return "n/a" if _number(mean, ".3f") == "n/a" else f"{mean:.3f} ± {std:.3f}"
+
+
 def table_rows(results: dict) -> list[list[str]]:
     return [
         [
@@ -52,8 +57,7 @@ def seed_table(results: dict, markdown: bool = False) -> str:
     from cvm_lightning.sweep import METRICS
 
     head = ["strategy", *METRICS.values()]
-    cell = lambda mean, std: "n/a" if _number(mean, ".3f") == "n/a" else f"{mean:.3f} ± {std:.3f}"  # noqa: E731
-    rows = [[name, *(cell(*r[m]) for m in METRICS)] for name, r in results["strategies"].items()]
+    rows = [[name, *(mean_std_text(*r[m]) for m in METRICS)] for name, r in results["strategies"].items()]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -148,3 +152,31 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
     fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
     plt.close(fig)
     return paths
+
+
+def plot_accuracy_forgetting(rows: list[dict], path: Path, title: str) -> Path:
+    """One point per strategy: final average accuracy against forgetting, mean ± std over seeds (error bars).
+
+    ``rows`` are :func:`cvm_lightning.sweep.summary_rows`; the best place is
+    the bottom right (accurate, forgets little).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for row in rows:
+        (acc, acc_std), (forget, forget_std) = row["final_avg_accuracy"], row["forgetting"]
+        cvm = row["strategy"] == "cvm"
+        ax.errorbar(acc, forget, xerr=acc_std, yerr=forget_std, fmt="*" if cvm else "o", ms=12 if cvm else 6,
+                    color="tab:red" if cvm else "tab:blue", capsize=2, lw=0.8)
+        ax.annotate(row.get("label", row["strategy"]), (acc, forget), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.set_xlabel("final average accuracy (higher is better)")
+    ax.set_ylabel("forgetting (lower is better)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from cvm_lightning.atomic import atomic_write_text
+from cvm_lightning.reporting import mean_std_text
 from cvm_lightning.runner import RunConfig, claim_out_dir, prepare, run
 
 METRICS = {"final_avg_accuracy": "final avg acc", "forgetting": "forgetting", "bwt": "BWT",
@@ -116,7 +117,9 @@ def run_seeds(config: RunConfig, out_dir: Path, report: Callable[[str], None] = 
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (0 for one value)."""
+    """Mean and population standard deviation (0 for one value); NaN for both where a value was not measured."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
     return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
@@ -140,6 +143,6 @@ def markdown(rows: list[dict], label: str) -> str:
     ]
     for row in rows:
         name = row["strategy"] if label == "strategy" else row["variant"]
-        cells = [f"{row[m][0]:.3f} ± {row[m][1]:.3f}" for m in METRICS]
+        cells = [mean_std_text(*row[m]) for m in METRICS]
         lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -52,3 +52,20 @@ def test_run_seeds_gives_the_mean_and_std_of_separate_single_seed_runs(tmp_path,
             assert together[name][metric] == pytest.approx(list(expected), abs=1e-9), (name, metric)
         assert [c["seed"] for c in together[name]["per_seed"]] == [0, 1]
     assert (tmp_path / "both" / "accuracy_vs_forgetting.png").is_file()
+
+
+def test_accuracy_forgetting_plot_and_tables_show_what_was_not_measured(tmp_path):
+    from cvm_lightning.reporting import plot_accuracy_forgetting
+    from cvm_lightning.sweep import markdown, summary_rows
+
+    nan = float("nan")
+    cells = {"cvm": [{"seed": s, "final_avg_accuracy": a, "forgetting": f, "bwt": -f, "zero_shot_accuracy": 0.3,
+                      "fwt": 0.1} for s, a, f in ((0, 0.9, 0.05), (1, 0.8, 0.07))],
+             "joint": [{"seed": s, "final_avg_accuracy": 0.95, "forgetting": 0.0, "bwt": 0.0, "zero_shot_accuracy": nan,
+                        "fwt": nan} for s in (0, 1)]}
+    rows = summary_rows({"default": cells})
+    assert rows[0]["final_avg_accuracy"] == pytest.approx((0.85, 0.05))
+    table = markdown(rows, "strategy")
+    assert "| joint | 2 | 0.950 ± 0.000 | 0.000 ± 0.000 | 0.000 ± 0.000 | n/a | n/a |" in table
+    path = plot_accuracy_forgetting(rows, tmp_path / "plot.png", "two strategies")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
