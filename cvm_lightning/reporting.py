@@ -157,26 +157,34 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
 def plot_accuracy_forgetting(rows: list[dict], path: Path, title: str) -> Path:
     """One point per strategy: final average accuracy against forgetting, mean ± std over seeds (error bars).
 
-    ``rows`` are :func:`cvm_lightning.sweep.summary_rows`; the best place is
-    the bottom right (accurate, forgets little).
+    ``rows`` are :func:`cvm_lightning.sweep.summary_rows` (a ``label`` key
+    overrides the strategy name). The best place is the bottom right. The
+    right panel zooms into the strategies within 0.12 of the most accurate,
+    where they crowd; strategies at the same spot share one label.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    for row in rows:
-        (acc, acc_std), (forget, forget_std) = row["final_avg_accuracy"], row["forgetting"]
-        cvm = row["strategy"] == "cvm"
-        ax.errorbar(acc, forget, xerr=acc_std, yerr=forget_std, fmt="*" if cvm else "o", ms=12 if cvm else 6,
-                    color="tab:red" if cvm else "tab:blue", capsize=2, lw=0.8)
-        ax.annotate(row.get("label", row["strategy"]), (acc, forget), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
-    ax.set_xlabel("final average accuracy (higher is better)")
-    ax.set_ylabel("forgetting (lower is better)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
+    points = [(row["final_avg_accuracy"], row["forgetting"], row.get("label", row["strategy"])) for row in rows]
+    best = max(acc[0] for acc, _, _ in points)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    for ax, shown in ((axes[0], points), (axes[1], [p for p in points if p[0][0] >= best - 0.12])):
+        labels: dict[tuple[float, float], list[str]] = {}
+        for (acc, acc_std), (forget, forget_std), label in shown:
+            cvm = label == "cvm"
+            ax.errorbar(acc, forget, xerr=acc_std, yerr=forget_std, fmt="*" if cvm else "o", ms=12 if cvm else 6,
+                        color="tab:red" if cvm else "tab:blue", capsize=2, lw=0.8)
+            spot = (round(acc, 2), round(forget, 2))
+            labels.setdefault(spot, []).append(label)
+        for (acc, forget), names in labels.items():
+            ax.annotate(", ".join(names), (acc, forget), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel("final average accuracy (higher is better)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("forgetting (lower is better)")
+    axes[0].set_title(title)
+    axes[1].set_title(f"zoom: within 0.12 of the best ({best:.3f})")
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -47,3 +47,25 @@ def test_every_strategy_reports_zero_shot_and_fwt_on_real_digits(tmp_path, capsy
         assert rows["unseen"][0] == rows["reference"][0], f"{name}: experience 0 is scored untrained"
         later = [rows["unseen"][j] - rows["reference"][j] for j in range(1, 5)]
         assert result["fwt"] == pytest.approx(sum(later) / 4, abs=1e-5) and not math.isnan(result["zero_shot_accuracy"])
+
+
+def test_calibrated_stacking_moves_named_classes_into_reach():
+    from cvm_lightning.metrics.generalized_zero_shot import calibrated_stacking_margin, generalized_zero_shot
+
+    seen = torch.tensor([True, True, False, False])
+    # Trained classes score 0.7 higher on every image: the named ones are never predicted uncalibrated.
+    bias = torch.tensor([0.7, 0.7, 0.0, 0.0])
+    labels = torch.tensor([0, 1, 2, 3] * 25)
+    signal = torch.nn.functional.one_hot(labels, 4).float() * 0.5
+    noise = torch.linspace(-0.1, 0.1, 100)[:, None] * torch.tensor([1.0, -1.0, 0.5, -0.5])
+    sims = signal + bias + noise
+    plain = generalized_zero_shot(sims, labels, seen)
+    assert plain["seen"] == 1.0 and plain["unseen"] == 0.0 and plain["harmonic"] == 0.0
+    held_out = sims[labels < 2]  # images of seen classes only, as a user has
+    margin = calibrated_stacking_margin(held_out, seen, quantile=0.1)
+    gaps = held_out[:, :2].max(1).values - held_out[:, 2:].max(1).values
+    assert (gaps < margin).float().mean().item() == pytest.approx(0.1, abs=0.03), "about 10% of them would move"
+    calibrated = generalized_zero_shot(sims, labels, seen, margin)
+    assert calibrated["unseen"] > 0.8 and calibrated["seen"] >= 0.85 and calibrated["harmonic"] > 0.8
+    with pytest.raises(ValueError, match="both seen"):
+        calibrated_stacking_margin(held_out, torch.ones(4, dtype=torch.bool))
