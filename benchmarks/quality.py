@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     control = [{**row, "strategy": "cvm, random concepts", "label": "cvm, random concepts"}
                for row in ablation_rows if row["variant"].startswith("random concepts")]
     plot_accuracy_forgetting(rows + control, args.out / "accuracy_forgetting.png",
-                             f"{base.benchmark}, mean ± std over seeds {', '.join(map(str, seeds))}")
+                             f"{base.benchmark}, {base.backbone}{' (frozen)' if base.freeze_backbone else ''}: "
+                             f"mean ± std over seeds {', '.join(map(str, seeds))}")
     atomic_write_text(
         args.out / "quality.json",
         json.dumps({"config": config, "seeds": seeds, "strategies": rows, "ablations": ablation_rows}, indent=2),
