@@ -41,6 +41,8 @@ RUN_CASES = {
     "unknown backbone": (["--backbone", "resnet-18"], "Did you mean"),
     "unknown text model": (["--text-model", "no-such/text-model"], "could not be loaded offline"),
     "unknown benchmark": (["--benchmark", "split-digit"], "Did you mean split-digits"),
+    "duplicate seeds": (["--seeds", "0", "1", "0"], "repeats a seed; list each seed once"),
+    "zero eval every": (["--eval-every", "0"], "--eval-every must be an integer >= 1"),
 }
 
 
@@ -248,6 +250,7 @@ def test_python_and_cvm_predict_see_the_same_pixels(workspace, capsys):
     (["run", "--optimizer", "adamx"], "choose from 'adamw', 'adam', 'sgd'"),
     (["run", "--bogus"], "unrecognized arguments: --bogus"),
     (["run", "--lr"], "--lr: expected one argument"),
+    (["run", "--seeds"], "--seeds: expected at least one argument"),
     (["export", "--checkpoint", "m.ckpt"], "required: --out"),
     ([], "required: command"),
 ])
