@@ -14,9 +14,18 @@ model's, or random unit vectors):
 
 1. CVM learns the seen classes (5 epochs, a memory of 20 samples a class);
 2. the new classes join by name (their concepts exist from the start);
-3. each new class gets its first K training images, and CVM trains 5
-   epochs on them with the old classes replayed from the memory, as
-   ``cvm learn --shots K`` does (K = 0: the names alone, nothing trained).
+3. each new class gets its first K training images (K = 0: the names
+   alone, nothing learned), learned in two ways:
+   - ``finetune`` (``cvm learn --shots K``): 5 epochs on them with the old
+     classes replayed from the memory;
+   - ``prototypes`` (``cvm learn --shots K --method prototypes``): nothing
+     trained; every class gets the mean features of its images (the
+     memory's for the old classes), scored beside its concept.
+
+Two controls without concepts run on the same frozen features: the
+prototypes' vote alone (``class means only``), and a linear cross-entropy
+head (``CE head``) trained 5 epochs on the seen classes, then 5 on the K
+images a new class with 20 stored images a seen class.
 
 It reports, as the mean ± std over splits, the new classes' accuracy among
 the new classes (5-way on CIFAR-10, chance 0.20) and the old classes'
@@ -83,7 +92,53 @@ def similarities(module: CVMModule, x: torch.Tensor) -> torch.Tensor:
 
 def accuracies(module: CVMModule, x: torch.Tensor, y: torch.Tensor, old: list[int], new: list[int]) -> tuple[float, float]:
     """New classes' accuracy among the new ones, old classes' accuracy among all."""
-    sims = similarities(module, x)
+    return split_accuracies(similarities(module, x), y, old, new)
+
+
+def encode(module: CVMModule, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and embeddings under bf16 autocast, as the rest of this benchmark runs (and caches features)."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return module.encode(x)
+
+
+def nearest_class_mean(module: CVMModule, x: torch.Tensor) -> torch.Tensor:
+    """The prototypes' vote alone: centred features against each class's prototype."""
+    features, _ = encode(module, x)
+    centred = torch.nn.functional.normalize(features - module.prototypes.feature_center, dim=-1)
+    return centred @ module.prototypes.prototypes.T
+
+
+def ce_head(base: CVMModule, seen_data, shot_data, x_test, y_test, old, new, seed: int) -> tuple[float, float]:
+    """A linear cross-entropy head on the same frozen features: 5 epochs on the seen classes, then 5 on the
+    shots with 20 stored images a seen class, as CVM's memory holds."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x_seen, y_seen = tensors(seen_data)
+    features = encode(base, x_seen)[0]
+    head = torch.nn.Linear(features.shape[1], int(y_test.max()) + 1)
+
+    def train(f: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> None:
+        optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
+        for _ in range(5):
+            for batch in torch.randperm(len(f), generator=generator).split(64):
+                loss = torch.nn.functional.cross_entropy(head(f[batch]) + mask, y[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+
+    seen_only = torch.full((head.out_features,), float("-inf"))
+    seen_only[old] = 0
+    train(features, y_seen, seen_only)
+    if shot_data is not None:
+        memory = torch.cat([(y_seen == c).nonzero().flatten()[:20] for c in old])
+        x_shots, y_shots = tensors(shot_data)
+        train(torch.cat([encode(base, x_shots)[0], features[memory]]), torch.cat([y_shots, y_seen[memory]]),
+              torch.zeros(head.out_features))
+    with torch.no_grad():
+        return split_accuracies(head(encode(base, x_test)[0]), y_test, old, new)
+
+
+def split_accuracies(sims: torch.Tensor, y: torch.Tensor, old: list[int], new: list[int]) -> tuple[float, float]:
     is_new = torch.isin(y, torch.tensor(new))
     new_cols = torch.tensor(new)
     new_acc = (new_cols[sims[is_new][:, new_cols].argmax(1)] == y[is_new]).float().mean().item()
@@ -138,17 +193,33 @@ def main() -> None:
             for kind, m in (("uncalibrated", 0.0), ("calibrated stacking", margin)):
                 gzsl.setdefault((concepts, kind), []).append(generalized_zero_shot(test_sims, y_test, seen, m))
             for shots in args.shots:
-                module = fresh()
-                if shots:
-                    module.hparams["negatives"] = "seen"  # as cvm learn does
-                    module.start_experience(new, experience=1)
-                    fit(module, first_per_class(train, new, shots))
-                results.setdefault((concepts, shots), []).append(accuracies(module, x_test, y_test, old, new))
+                if not shots:
+                    results.setdefault(("names only", concepts, 0), []).append(accuracies(fresh(), x_test, y_test, old, new))
+                    continue
+                shot_data = first_per_class(train, new, shots)
+                module = fresh()  # cvm learn --method finetune
+                module.hparams["negatives"] = "seen"
+                module.start_experience(new, experience=1)
+                fit(module, shot_data)
+                results.setdefault(("finetune", concepts, shots), []).append(accuracies(module, x_test, y_test, old, new))
+                module = fresh()  # cvm learn --method prototypes
+                shot_x, shot_y = tensors(shot_data)
+                memory_x, memory_y = module.memory_samples()
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    module.fit_prototypes(torch.cat([memory_x, shot_x]), torch.cat([memory_y, shot_y]))
+                results.setdefault(("prototypes", concepts, shots), []).append(accuracies(module, x_test, y_test, old, new))
+                if concepts == "language":  # the image half alone: the concepts' term left out
+                    scores = nearest_class_mean(module, x_test)
+                    results.setdefault(("class means only", "none", shots), []).append(
+                        split_accuracies(scores, y_test, old, new))
             print(f"split {split} ({concepts}): done", flush=True)
+        for shots in args.shots:
+            results.setdefault(("CE head", "none", shots), []).append(
+                ce_head(base, seen_data, first_per_class(train, new, shots) if shots else None, x_test, y_test, old, new, split))
     rows = []
-    for (concepts, shots), values in sorted(results.items(), key=lambda item: (item[0][1], item[0][0])):
+    for (method, concepts, shots), values in sorted(results.items(), key=lambda item: (item[0][2], item[0][0], item[0][1])):
         new_acc, old_acc = zip(*values)
-        rows.append({"K": shots, "concepts": concepts,
+        rows.append({"K": shots, "method": method, "concepts": concepts,
                      f"new-class acc ({len(names) - len(names) // 2}-way)": f"{statistics.mean(new_acc):.3f} ± {statistics.pstdev(new_acc):.3f}",
                      f"old-class acc ({len(names)}-way)": f"{statistics.mean(old_acc):.3f} ± {statistics.pstdev(old_acc):.3f}"})
     print(f"frozen Lite0, 160 px, {args.splits} splits of {args.data_root.name}'s {len(names)} classes into "
@@ -162,7 +233,7 @@ def main() -> None:
     print(f"\ngeneralised zero-shot, names only (K = 0), all {len(names)} classes competing:")
     print(table(gzsl_rows, list(gzsl_rows[0])))
     write_json(args.json, {"rows": rows, "gzsl": gzsl_rows,
-                           "per_split": {f"{c} K={k}": v for (c, k), v in results.items()}})
+                           "per_split": {f"{m}, {c}, K={k}": v for (m, c, k), v in results.items()}})
 
 
 if __name__ == "__main__":

@@ -163,8 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     learn.add_argument("--names-file", type=Path, default=None, help="folder<TAB>name[<TAB>description] lines naming --data's folders (default: folder names)")
     learn.add_argument("--eval-data", type=Path, default=None, help="test images of the old classes, <class name>/<image>, to report their accuracy")
-    learn.add_argument("--epochs", type=int, default=5)
-    learn.add_argument("--batch-size", type=int, default=64)
+    learn.add_argument(
+        "--method", choices=CHOICES["learn_method"], default="finetune",
+        help="finetune: train on the new images with the memory replayed; prototypes: train nothing, score each "
+        "class by its concept plus the mean features of its images (the memory's for old classes); best with few "
+        "images on a pretrained backbone",
+    )
+    learn.add_argument("--epochs", type=int, default=5, help="epochs of --method finetune")
+    learn.add_argument("--batch-size", type=int, default=64, help="batch size of --method finetune")
     learn.add_argument("--shots", type=int, default=None, metavar="K",
                        help="learn each new class from its first K training images only (few-shot)")
     learn.add_argument("--out", type=Path, default=None, help="the new checkpoint (default: NAME-learnedN.ckpt beside --checkpoint)")
@@ -295,7 +301,7 @@ def _learn(args: argparse.Namespace) -> int:
 
     report = learn_new_classes(
         args.checkpoint, args.data, names_file=args.names_file, eval_data=args.eval_data, epochs=args.epochs,
-        batch_size=args.batch_size, shots=args.shots, out=args.out,
+        batch_size=args.batch_size, shots=args.shots, method=args.method, out=args.out,
     )
     print(f"Learned {', '.join(report.new_classes)}; wrote {report.checkpoint} ({args.checkpoint} is unchanged)")
     print(f"accuracy on the new classes: {report.new_accuracy:.3f}")

@@ -31,6 +31,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "format": ("torchscript", "onnx"),
     "precision": ("32-true", "bf16-mixed"),  # Lightning's names; hardware.py says where bf16 pays
     "quantize": ("none", "int8"),
+    "learn_method": ("finetune", "prototypes"),  # cvm learn: train on the new images, or class prototypes beside the concepts
 }
 
 # The file suffixes of each export format (``cvm export --out``, ``cvm predict --model``).
@@ -98,7 +99,7 @@ RANGES: dict[str, Range] = {
 }
 
 # Where a Python argument and its command-line flag are named differently.
-FLAGS = {"buffer_size": "--buffer", "epochs_per_experience": "--epochs"}
+FLAGS = {"buffer_size": "--buffer", "epochs_per_experience": "--epochs", "learn_method": "--method"}
 
 
 def flag(name: str) -> str:

@@ -252,6 +252,7 @@ def test_python_and_cvm_predict_see_the_same_pixels(workspace, capsys):
     (["run", "--lr"], "--lr: expected one argument"),
     (["run", "--seeds"], "--seeds: expected at least one argument"),
     (["export", "--checkpoint", "m.ckpt"], "required: --out"),
+    (["learn", "--checkpoint", "m.ckpt", "--method", "protoypes"], "choose from 'finetune', 'prototypes'"),
     ([], "required: command"),
 ])
 def test_flag_errors_are_one_line_with_exit_code_2(argv, fix, capsys):

@@ -68,3 +68,54 @@ def test_learn_with_shots_uses_k_images_a_class(workspace, tmp_path, capsys):
     assert main(["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(workspace["new"]), "--shots", "0",
                  "--out", str(tmp_path / "none.ckpt")]) == 2
     assert "--shots must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_prototypes_vote_by_class_mean_features_beside_the_concepts():
+    from cvm_lightning.model.prototypes import ClassPrototypes
+
+    torch.manual_seed(0)
+    # Every image shares one large direction (what draws all images to one class without centring).
+    shared = 5 * F.normalize(torch.randn(16), dim=0)
+    means = 2 * torch.eye(16)[:3]
+    labels = torch.arange(3).repeat_interleave(4)
+    features = shared + means[labels] + 0.1 * torch.randn(12, 16)
+    embeddings = F.normalize(torch.randn(12, 8), dim=-1)  # the map knows nothing of these classes
+    concepts = F.normalize(torch.randn(4, 8), dim=-1)
+    prototypes = ClassPrototypes(4, 16, 8)
+    assert not prototypes.active
+    prototypes.fit(features, embeddings, labels)
+    assert prototypes.active and prototypes.has_prototype.tolist() == [True, True, True, False]
+    test = shared + means[labels] + 0.1 * torch.randn(12, 16)
+    scores = prototypes.scores(test, embeddings, concepts)
+    assert (scores[:, :3].argmax(1) == labels).all(), "the prototype vote decides where the concepts do not"
+    torch.testing.assert_close(scores[:, 3], F.normalize(embeddings - embeddings.mean(0), dim=-1)
+                               @ F.normalize(concepts[3] - embeddings.mean(0), dim=0))
+    picked = prototypes.select(torch.tensor([2, 0]))
+    torch.testing.assert_close(picked.scores(test, embeddings, concepts[[2, 0]]), scores[:, [2, 0]])
+
+
+def test_learn_with_prototypes_trains_nothing_and_round_trips_through_export(workspace, tmp_path, capsys):
+    from cvm_lightning.deploy.export import DeployedCVM
+    from cvm_lightning.deploy.predict import Predictor, load_checkpoint
+
+    before = load_checkpoint(workspace["ckpt"])
+    out = tmp_path / "proto.ckpt"
+    assert main(["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(workspace["new"]), "--shots", "2",
+                 "--method", "prototypes", "--out", str(out)]) == 0
+    assert "accuracy on the new classes" in capsys.readouterr().out
+    module = load_checkpoint(out)
+    names = module.class_names
+    assert module.prototypes.has_prototype.tolist() == [True] * len(names), "old classes from the memory, new from K shots"
+    for key, value in before.state_dict().items():
+        after = module.state_dict()[key]
+        if not key.startswith("prototypes."):  # the concepts and the seen mask grew by the new classes
+            torch.testing.assert_close(after[: len(value)] if after.shape != value.shape else after, value, msg=key)
+    for name in ("horse", "truck"):
+        assert 0 < len(module.replay.samples_of(names.index(name))) <= 2, "the shots join the memory"
+    images = torch.rand(6, 3, 32, 32)
+    expected = DeployedCVM(module).eval()(images)
+    torch.testing.assert_close(expected, module.eval().similarities(images)[:, module.seen], rtol=1e-4, atol=1e-4)
+    exported = tmp_path / "proto.onnx"
+    assert main(["export", "--checkpoint", str(out), "--format", "onnx", "--out", str(exported)]) == 0
+    onnx_scores = Predictor(exported).similarities(images.numpy())
+    torch.testing.assert_close(torch.from_numpy(onnx_scores), expected, rtol=1e-3, atol=1e-3)

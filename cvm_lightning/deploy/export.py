@@ -48,12 +48,17 @@ class DeployedCVM(nn.Module):
         self.input_size = input_size if image_size is None or image_size < input_size else 0
         learned = module.seen.nonzero().flatten()
         self.register_buffer("concepts", module.concepts[learned].clone())
+        # Prototypes (cvm learn --method prototypes) join the graph; without them it is the plain similarity.
+        self.prototypes = module.prototypes.select(learned) if module.prototypes.active else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         images = self.normalize(images)
         if self.input_size:
             images = upsample_small(images, self.input_size)
-        return self.head(self.backbone(images)) @ self.concepts.T
+        features = self.backbone(images)
+        if self.prototypes is not None:
+            return self.prototypes.scores(features, self.head(features), self.concepts)
+        return self.head(features) @ self.concepts.T
 
 
 def trained_image_size(module: CVMModule) -> int:

@@ -71,6 +71,12 @@ def _relabel(dataset, ids: list[int]):
     return dataset
 
 
+def _stacked(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of a decoded dataset as one image batch and its labels."""
+    x, y = zip(*(dataset[i] for i in range(len(dataset))))
+    return torch.stack(x), torch.tensor(y, dtype=torch.long)
+
+
 def _old_class_data(module: CVMModule, root: Path, image_size: int):
     """Test images of already learned classes: ``root/<class>/*`` with known class names."""
     from cvm_lightning.streams.images import ImageFileDataset, scan_split
@@ -101,6 +107,7 @@ def learn_new_classes(
     epochs: int = 5,
     batch_size: int = 64,
     shots: int | None = None,
+    method: str = "finetune",
     out: Path | None = None,
     overwrite: bool = False,
 ) -> LearnReport:
@@ -113,8 +120,15 @@ def learn_new_classes(
     never touched. Every input is checked before training starts. With
     ``shots``, only the first ``shots`` training images of each new class
     (in file-name order) are used: few-shot learning of named classes.
+
+    ``method`` is how the images are learned: ``finetune`` trains the model
+    ``epochs`` epochs with the memory replayed; ``prototypes`` trains nothing
+    and gives every class a prototype from its images (the memory's for the
+    old classes), scored beside its concept
+    (:meth:`~cvm_lightning.model.CVMModule.fit_prototypes`); the new images
+    join the memory.
     """
-    check_settings({"epochs": epochs, "batch_size": batch_size, "shots": shots})
+    check_settings({"epochs": epochs, "batch_size": batch_size, "shots": shots, "learn_method": method})
     out = _output_path(Path(checkpoint), out, overwrite)
     module = load_checkpoint(checkpoint)
     image_size = _image_size(module)
@@ -128,6 +142,16 @@ def learn_new_classes(
     for dataset in (train, test, old):
         if dataset is not None:
             dataset.decode_all()  # a broken file stops here, before training
+    if method == "prototypes":
+        memory = module.memory_samples()  # before the new classes exist: an empty memory stops here
+        ids = module.add_classes(names, descriptions)
+        new_x, new_y = _stacked(_relabel(train, ids))
+        module.fit_prototypes(torch.cat([memory[0], new_x]), torch.cat([memory[1], new_y]))
+        # Kept for the next learning on site, with the embeddings that the drift penalty reads.
+        module.replay.add(new_x, new_y, module.encode(new_x)[1])
+        save_module_checkpoint(module, Path(checkpoint), out)
+        old_accuracy = accuracy(module, old) if old is not None else None
+        return LearnReport(out, names, accuracy(module, _relabel(test, ids)), old_accuracy)
     # A few epochs on a few images: with the asymmetric loss the new concepts never catch up with the old ones.
     module.hparams["negatives"] = "seen"
     ids = module.add_classes(names, descriptions)

@@ -21,6 +21,7 @@ from cvm_lightning.model.concept_space import ConceptSpace
 from cvm_lightning.model.encoder import VisualEncoder
 from cvm_lightning.model.heads import ConceptAlignmentHead
 from cvm_lightning.model.losses import LOSSES, semantic_distance
+from cvm_lightning.model.prototypes import ClassPrototypes
 from cvm_lightning.model.replay import ReplayBuffer
 from cvm_lightning.settings import check_class_names, check_settings
 
@@ -192,6 +193,7 @@ class CVMModule(pl.LightningModule):
         embeddings = concept_bank.embeddings if concept_bank is not None else torch.zeros(len(class_names), concept_dim)
         self.space = ConceptSpace(embeddings, temperature=temperature, learn_temperature=learn_temperature,
                                   center=center_concepts)
+        self.prototypes = ClassPrototypes(len(class_names), self.encoder.width, concept_dim)
         self.loss_fn = LOSSES[loss]
         self.replay = ReplayBuffer(buffer_size, seed=seed)
         self.current_experience: int | None = None
@@ -268,6 +270,7 @@ class CVMModule(pl.LightningModule):
                 f"Expected embeddings of shape ({len(names)}, {self.concepts.shape[1]}), got {tuple(embeddings.shape)}."
             )
         ids = self.space.add(embeddings)
+        self.prototypes.add_classes(len(ids))
         self.hparams["class_names"] = [*self.class_names, *names]
         return ids
 
@@ -277,8 +280,51 @@ class CVMModule(pl.LightningModule):
         return self.head(self.encoder(x))
 
     def similarities(self, x: torch.Tensor) -> torch.Tensor:
-        """Cosine similarity of each image to every concept (B x n_classes)."""
-        return self.space.similarities(self.embed(x))
+        """Cosine similarity of each image to every concept (B x n_classes).
+
+        Once :meth:`fit_prototypes` has run, each class's score is its
+        centred concept similarity plus its prototype similarity
+        (:class:`~cvm_lightning.model.prototypes.ClassPrototypes`).
+        """
+        features = self.encoder(x)
+        z = self.head(features)
+        if self.prototypes.active:
+            return self.prototypes.scores(features, z, self.concepts)
+        return self.space.similarities(z)
+
+    @torch.no_grad()
+    def fit_prototypes(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> None:
+        """Give each class in ``y`` a prototype from its images ``x`` (training-free few-shot learning).
+
+        The concepts stay as the prior; the images add a nearest-class-mean
+        vote beside them. Fit on every class that should have one (the
+        replay memory and the new images together): classes not in ``y``
+        are scored by their concept alone.
+        """
+        self.space.check_known(y.unique().tolist())
+        self.prototypes.fit(*self.encode(x, batch_size), y.to(self.device))
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone features and unit embeddings of images ``x``, in eval mode and in batches (float32)."""
+        was_training = self.training
+        self.eval()
+        features, embeddings = [], []
+        for start in range(0, len(x), batch_size):
+            f = self.encoder(x[start : start + batch_size].to(self.device))
+            features.append(f.float())
+            embeddings.append(self.head(f).float())
+        self.train(was_training)
+        return torch.cat(features), torch.cat(embeddings)
+
+    def memory_samples(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every sample in the replay memory and its class id."""
+        classes = self.replay.classes
+        if not classes:
+            raise DataError("The replay memory is empty (--buffer 0?): there are no stored images to learn from.")
+        x = torch.cat([self.replay.samples_of(c) for c in classes])
+        y = torch.cat([torch.full((len(self.replay.samples_of(c)),), c, dtype=torch.long) for c in classes])
+        return x, y
 
     def logits(self, z: torch.Tensor) -> torch.Tensor:
         """Logits of unit embeddings ``z``: similarity / temperature, unseen classes at -inf."""
@@ -388,6 +434,8 @@ class CVMModule(pl.LightningModule):
         # A stream trained in one fit recalibrated at the end of each experience already.
         if self.hparams["recalibrate_bn"] and self._recalibrated_at_step != self.global_step:
             self.recalibrate_batchnorm()
+        if self.prototypes.active:  # training moved the features: prototypes from the memory, anew
+            self.fit_prototypes(*self.memory_samples())
 
     def recalibrate_batchnorm(self) -> None:
         """Re-estimate BatchNorm statistics over the current training data (and replay), averaged across processes."""
@@ -476,6 +524,8 @@ class CVMModule(pl.LightningModule):
         _rename_flat_keys(state)
         if "space.concepts" in state:
             state.setdefault("space.concept_center", torch.zeros(state["space.concepts"].shape[1]))  # saved before centring existed
+        for name, buffer in self.prototypes.state_dict().items():
+            state.setdefault("prototypes." + name, buffer)  # saved before prototypes existed
         if "space.concepts" in state and state["space.concepts"].shape != self.concepts.shape:
             raise ConceptError(
                 f"The checkpoint has {tuple(state['space.concepts'].shape)} concepts but this model has "
