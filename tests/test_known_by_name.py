@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from cvm_lightning.cli import main
 from cvm_lightning.concepts import ConceptBank
-from cli_helpers import expect_error
+from cli_helpers import TINY_RUN, expect_error, make_image_folder
 
 
 def test_add_classes_builds_centred_concepts_with_the_models_own_text_model(digit_bank):
@@ -83,7 +83,8 @@ def test_prototypes_vote_by_class_mean_features_beside_the_concepts():
     concepts = F.normalize(torch.randn(4, 8), dim=-1)
     prototypes = ClassPrototypes(4, 16, 8)
     assert not prototypes.active
-    prototypes.fit(features, embeddings, labels)
+    prototypes.accumulate(features, labels)
+    prototypes.update(embeddings)
     assert prototypes.active and prototypes.has_prototype.tolist() == [True, True, True, False]
     test = shared + means[labels] + 0.1 * torch.randn(12, 16)
     scores = prototypes.scores(test, embeddings, concepts)
@@ -119,3 +120,21 @@ def test_learn_with_prototypes_trains_nothing_and_round_trips_through_export(wor
     assert main(["export", "--checkpoint", str(out), "--format", "onnx", "--out", str(exported)]) == 0
     onnx_scores = Predictor(exported).similarities(images.numpy())
     torch.testing.assert_close(torch.from_numpy(onnx_scores), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_run_with_prototypes_keeps_every_training_image_in_its_class_mean(tmp_path):
+    from cvm_lightning.deploy.export import DeployedCVM
+    from cvm_lightning.deploy.predict import load_checkpoint
+
+    data = make_image_folder(tmp_path / "data")  # 12 training images a class
+    assert main(["run", *TINY_RUN, "--prototypes", "--data-root", str(data), "--out", str(tmp_path / "run")]) == 0
+    module = load_checkpoint(tmp_path / "run" / "final.ckpt")
+    assert module.prototypes.count.tolist() == [12.0] * 4, "each image once, replayed ones not again"
+    assert module.hparams["prototypes"] and module.prototypes.active
+    images = torch.rand(3, 3, 32, 32)
+    sims = module.eval().similarities(images)
+    features, embeddings = module.encode(images)
+    plain = F.normalize(embeddings - module.prototypes.embedding_center, dim=-1) @ F.normalize(
+        module.concepts - module.prototypes.embedding_center, dim=-1).T
+    assert not torch.allclose(sims, plain), "the class means vote beside the concepts"
+    torch.testing.assert_close(DeployedCVM(module).eval()(images), sims, rtol=1e-4, atol=1e-4)

@@ -143,10 +143,14 @@ def learn_new_classes(
         if dataset is not None:
             dataset.decode_all()  # a broken file stops here, before training
     if method == "prototypes":
-        memory = module.memory_samples()  # before the new classes exist: an empty memory stops here
+        # The old classes' first prototypes come from the memory; a model trained with them has them already.
+        memory = None if module.prototypes.active else module.memory_samples()  # an empty memory stops here
         ids = module.add_classes(names, descriptions)
         new_x, new_y = _stacked(_relabel(train, ids))
-        module.fit_prototypes(torch.cat([memory[0], new_x]), torch.cat([memory[1], new_y]))
+        if memory is None:
+            module.fit_prototypes(new_x, new_y)
+        else:
+            module.fit_prototypes(torch.cat([memory[0], new_x]), torch.cat([memory[1], new_y]))
         # Kept for the next learning on site, with the embeddings that the drift penalty reads.
         module.replay.add(new_x, new_y, module.encode(new_x)[1])
         save_module_checkpoint(module, Path(checkpoint), out)

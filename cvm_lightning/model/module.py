@@ -129,6 +129,12 @@ class CVMModule(pl.LightningModule):
             normalising. Prompt-template sentences share much of their
             embedding (CIFAR-10's concepts have pairwise cosines of 0.4-0.8);
             centring spreads them apart and keeps their relative geometry.
+        prototypes: keep each class's mean backbone feature over all its
+            training images and score every class by its concept plus that
+            mean (:mod:`cvm_lightning.model.prototypes`): a nearest-class-mean
+            vote beside the language prior. Exact with a frozen backbone;
+            with a training one, earlier classes' means come from older
+            features.
     """
 
     def __init__(
@@ -167,6 +173,7 @@ class CVMModule(pl.LightningModule):
         distill: float = 1.0,
         semantic: float = 0.0,
         center_concepts: bool = True,
+        prototypes: bool = False,
     ) -> None:
         super().__init__()
         check_settings({name: value for name, value in locals().items() if name not in ("self", "concept_bank")})
@@ -201,6 +208,7 @@ class CVMModule(pl.LightningModule):
         self._experience_started = False
         self._first_epoch = 0
         self._recalibrated_at_step = -1
+        self._prototypes_at_step = -1
 
     # ----------------------------------------------------------------- concepts
     @property
@@ -292,17 +300,39 @@ class CVMModule(pl.LightningModule):
             return self.prototypes.scores(features, z, self.concepts)
         return self.space.similarities(z)
 
+    @property
+    def keeps_prototypes(self) -> bool:
+        """Whether training adds its images to the class prototypes (``prototypes=True``, or once fitted)."""
+        return bool(self.hparams.get("prototypes")) or self.prototypes.active
+
     @torch.no_grad()
     def fit_prototypes(self, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256) -> None:
-        """Give each class in ``y`` a prototype from its images ``x`` (training-free few-shot learning).
+        """Add images ``x`` of classes ``y`` to the class prototypes (training-free few-shot learning).
 
         The concepts stay as the prior; the images add a nearest-class-mean
-        vote beside them. Fit on every class that should have one (the
-        replay memory and the new images together): classes not in ``y``
-        are scored by their concept alone.
+        vote beside them. A class with no image so far is scored by its
+        concept alone, so the first call should cover every class that
+        should have a prototype (the replay memory and the new images).
         """
         self.space.check_known(y.unique().tolist())
-        self.prototypes.fit(*self.encode(x, batch_size), y.to(self.device))
+        features, embeddings = self.encode(x, batch_size)
+        self.prototypes.accumulate(features, y.to(self.device))
+        self.update_prototypes(extra_embeddings=embeddings)
+
+    def update_prototypes(self, extra_embeddings: torch.Tensor | None = None) -> None:
+        """Recompute the prototypes and centres; the embedding centre is over the memory (and ``extra_embeddings``)."""
+        reference = [extra_embeddings] if extra_embeddings is not None else []
+        if self.replay.classes:
+            reference.append(self.encode(self.memory_samples()[0])[1])
+        self.prototypes.update(torch.cat(reference) if reference else None)
+        self._prototypes_at_step = self.global_step if self._trainer is not None else -1
+
+    def end_experience(self) -> None:
+        """After an experience's last batch: BatchNorm recalibration and prototypes, where they are on."""
+        if self.hparams["recalibrate_bn"]:
+            self.recalibrate_batchnorm()
+        if self.keeps_prototypes:
+            self.update_prototypes()
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -373,7 +403,10 @@ class CVMModule(pl.LightningModule):
             self.hparams["image_size"] = int(x.shape[-1])
         n = len(x)
         mixed_x, mixed_y, stored = self.mix_replay(x, y)
-        z = self.embed(mixed_x)
+        features = self.encoder(mixed_x)
+        z = self.head(features)
+        if offer and self.keeps_prototypes:
+            self.prototypes.accumulate(features[:n], y)
         with torch.autocast(z.device.type, enabled=False):  # the loss compares unit vectors: float32 under bf16 too
             loss = self.batch_loss(z, mixed_y, n)
         if stored is not None and self.hparams["distill"] > 0:
@@ -434,8 +467,8 @@ class CVMModule(pl.LightningModule):
         # A stream trained in one fit recalibrated at the end of each experience already.
         if self.hparams["recalibrate_bn"] and self._recalibrated_at_step != self.global_step:
             self.recalibrate_batchnorm()
-        if self.prototypes.active:  # training moved the features: prototypes from the memory, anew
-            self.fit_prototypes(*self.memory_samples())
+        if self.keeps_prototypes and self._prototypes_at_step != self.global_step:
+            self.update_prototypes()
 
     def recalibrate_batchnorm(self) -> None:
         """Re-estimate BatchNorm statistics over the current training data (and replay), averaged across processes."""

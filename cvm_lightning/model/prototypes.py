@@ -1,18 +1,19 @@
-"""``ClassPrototypes``: image evidence beside the concepts, for classes learned from a few images.
+"""``ClassPrototypes``: image evidence beside the concepts, a nearest-class-mean vote.
 
-A class's prototype is the unit mean of its images' centred backbone
-features. Once prototypes are fitted, the score of class ``c`` for an image
-with backbone features ``f`` and unit embedding ``z`` is
+Each class keeps the running sum and count of its images' backbone
+features. Its prototype is its mean feature minus the mean over all
+classes' images, normalised. Once any class has a prototype, the score of
+class ``c`` for an image with backbone features ``f`` and unit embedding
+``z`` is
 
     cos(z - m_z, c - m_z) + cos(f - m_f, p_c)
 
-where ``m_z`` and ``m_f`` are the mean embedding and the mean feature of the
-images the prototypes were fitted on, and ``p_c`` is class ``c``'s prototype
-(zero for a class without images, which is then scored by its concept
-alone). The first term is the language prior, the second a nearest-class-
-mean vote that needs no training. Centring removes the direction that every
-image shares; without it the classes with image evidence draw every image
-(hubness).
+where ``m_f`` is that mean feature, ``m_z`` the mean embedding of a
+reference set (the replay memory) and ``p_c`` class ``c``'s prototype (zero
+for a class without images, which is then scored by its concept alone).
+The first term is the language prior, the second a vote that needs no
+training. Centring removes the direction that every image shares; without
+it the classes with image evidence draw every image (hubness).
 """
 
 from __future__ import annotations
@@ -23,14 +24,19 @@ from torch import nn
 
 
 class ClassPrototypes(nn.Module):
-    """Per-class mean features and the centres of the fitted images; inactive until :meth:`fit`."""
+    """Per-class feature sums and counts, the centres and the prototypes; inactive until a class has images."""
 
     def __init__(self, n_classes: int, feature_dim: int, concept_dim: int) -> None:
         super().__init__()
+        self.register_buffer("feature_sum", torch.zeros(n_classes, feature_dim))
+        self.register_buffer("count", torch.zeros(n_classes))
         self.register_buffer("feature_center", torch.zeros(feature_dim))
         self.register_buffer("embedding_center", torch.zeros(concept_dim))
         self.register_buffer("prototypes", torch.zeros(n_classes, feature_dim))
-        self.register_buffer("has_prototype", torch.zeros(n_classes, dtype=torch.bool))
+
+    @property
+    def has_prototype(self) -> torch.Tensor:
+        return self.count > 0
 
     @property
     def active(self) -> bool:
@@ -38,28 +44,37 @@ class ClassPrototypes(nn.Module):
         return bool(self.has_prototype.any())
 
     def add_classes(self, n: int) -> None:
-        """Room for ``n`` more classes, without prototypes."""
+        """Room for ``n`` more classes, without images."""
+        self.feature_sum = torch.cat([self.feature_sum, self.feature_sum.new_zeros(n, self.feature_sum.shape[1])])
+        self.count = torch.cat([self.count, self.count.new_zeros(n)])
         self.prototypes = torch.cat([self.prototypes, self.prototypes.new_zeros(n, self.prototypes.shape[1])])
-        self.has_prototype = torch.cat([self.has_prototype, self.has_prototype.new_zeros(n)])
+
+    def reset(self) -> None:
+        """Forget every class's images."""
+        for buffer in (self.feature_sum, self.count, self.feature_center, self.embedding_center, self.prototypes):
+            buffer.zero_()
 
     @torch.no_grad()
-    def fit(self, features: torch.Tensor, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
-        """Centres from all the given images; a prototype for each class among ``labels`` (others are cleared)."""
-        features, embeddings = features.float(), embeddings.float()
-        self.feature_center.copy_(features.mean(0))
-        self.embedding_center.copy_(embeddings.mean(0))
-        centred = F.normalize(features - self.feature_center, dim=-1)
-        self.prototypes.zero_()
-        self.has_prototype.zero_()
-        for c in labels.unique().tolist():
-            self.prototypes[c] = F.normalize(centred[labels == c].sum(0), dim=0)
-            self.has_prototype[c] = True
+    def accumulate(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add images' features to their classes' running sums (call :meth:`update` to use them)."""
+        self.feature_sum.index_add_(0, labels, features.detach().float())
+        self.count.index_add_(0, labels, torch.ones_like(labels, dtype=self.count.dtype))
+
+    @torch.no_grad()
+    def update(self, reference_embeddings: torch.Tensor | None) -> None:
+        """Prototypes from the sums so far; the embedding centre from ``reference_embeddings`` (``None``: none)."""
+        seen = self.has_prototype
+        self.feature_center.copy_(self.feature_sum[seen].sum(0) / self.count[seen].sum())
+        means = self.feature_sum[seen] / self.count[seen, None]
+        self.prototypes[seen] = F.normalize(means - self.feature_center, dim=-1)
+        center = reference_embeddings.float().mean(0) if reference_embeddings is not None else 0.0
+        self.embedding_center.copy_(torch.as_tensor(center).expand_as(self.embedding_center))
 
     def select(self, rows: torch.Tensor) -> "ClassPrototypes":
         """A copy that scores only classes ``rows`` (in that order), for an exported model."""
         picked = ClassPrototypes(len(rows), self.prototypes.shape[1], self.embedding_center.shape[0])
-        picked.load_state_dict({"feature_center": self.feature_center, "embedding_center": self.embedding_center,
-                                "prototypes": self.prototypes[rows], "has_prototype": self.has_prototype[rows]})
+        state = self.state_dict()
+        picked.load_state_dict({k: v[rows] if k in ("feature_sum", "count", "prototypes") else v for k, v in state.items()})
         return picked
 
     def scores(self, features: torch.Tensor, embeddings: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:

@@ -24,9 +24,11 @@ class ExperienceSchedule(pl.Callback):
     At the start of each experience it marks the experience's classes as seen
     (``start_experience``), clears the optimiser state and restarts the
     learning-rate schedule, as a fresh optimiser per experience would. After
-    the experience's last training batch it re-estimates BatchNorm statistics
-    (when the module's ``recalibrate_bn`` is on), averaged across processes
-    under DDP, before Lightning validates. The progress bar shows the
+    the experience's last training batch it calls the module's
+    ``end_experience``, which re-estimates BatchNorm statistics (when
+    ``recalibrate_bn`` is on, averaged across processes under DDP) and
+    updates the class prototypes (when they are on), before Lightning
+    validates. The progress bar shows the
     experience, and each validation logs it as ``experience``, which
     :func:`~cvm_lightning.training.experience_checkpoints` names its files by.
     """
@@ -79,5 +81,5 @@ class ExperienceSchedule(pl.Callback):
         datamodule = trainer.datamodule
         last_epoch = (trainer.current_epoch + 1) % datamodule.epochs_per_experience == 0
         last_batch = batch_idx + 1 >= trainer.num_training_batches
-        if last_epoch and last_batch and pl_module.hparams.get("recalibrate_bn", False):
-            pl_module.recalibrate_batchnorm()
+        if last_epoch and last_batch:
+            pl_module.end_experience()
