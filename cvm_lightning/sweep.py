@@ -40,6 +40,8 @@ ABLATIONS: dict[str, dict] = {
     "hardest-negative triplet (--loss triplet-hard)": {"loss": "triplet-hard"},
     "semantic-distance term added (--semantic 1)": {"semantic": 1.0},
     "triplet + semantic distance (--loss triplet --semantic 1)": {"loss": "triplet", "semantic": 1.0},
+    "class means beside the concepts (--prototypes)": {"prototypes": True},
+    "class means beside random vectors (--text-model random --prototypes)": {"text_model": "random", "prototypes": True},
 }
 
 
