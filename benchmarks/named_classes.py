@@ -103,9 +103,7 @@ def encode(module: CVMModule, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 def nearest_class_mean(module: CVMModule, x: torch.Tensor) -> torch.Tensor:
     """The prototypes' vote alone: centred features against each class's prototype."""
-    features, _ = encode(module, x)
-    centred = torch.nn.functional.normalize(features - module.prototypes.feature_center, dim=-1)
-    return centred @ module.prototypes.prototypes.T
+    return module.prototypes.vote(encode(module, x)[0])
 
 
 def ce_head(base: CVMModule, seen_data, shot_data, x_test, y_test, old, new, seed: int) -> tuple[float, float]:

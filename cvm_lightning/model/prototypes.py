@@ -49,11 +49,6 @@ class ClassPrototypes(nn.Module):
         self.count = torch.cat([self.count, self.count.new_zeros(n)])
         self.prototypes = torch.cat([self.prototypes, self.prototypes.new_zeros(n, self.prototypes.shape[1])])
 
-    def reset(self) -> None:
-        """Forget every class's images."""
-        for buffer in (self.feature_sum, self.count, self.feature_center, self.embedding_center, self.prototypes):
-            buffer.zero_()
-
     @torch.no_grad()
     def accumulate(self, features: torch.Tensor, labels: torch.Tensor) -> None:
         """Add images' features to their classes' running sums (call :meth:`update` to use them)."""
@@ -77,10 +72,14 @@ class ClassPrototypes(nn.Module):
         picked.load_state_dict({k: v[rows] if k in ("feature_sum", "count", "prototypes") else v for k, v in state.items()})
         return picked
 
+    def vote(self, features: torch.Tensor) -> torch.Tensor:
+        """The class-mean half of :meth:`scores`: centred feature similarity to each prototype (B x n_classes)."""
+        with torch.autocast(features.device.type, enabled=False):
+            return F.normalize(features.float() - self.feature_center, dim=-1) @ self.prototypes.T
+
     def scores(self, features: torch.Tensor, embeddings: torch.Tensor, concepts: torch.Tensor) -> torch.Tensor:
         """Centred concept similarity plus prototype similarity (B x n_classes), in float32."""
         with torch.autocast(features.device.type, enabled=False):
             z = F.normalize(embeddings.float() - self.embedding_center, dim=-1)
             c = F.normalize(concepts.float() - self.embedding_center, dim=-1)
-            f = F.normalize(features.float() - self.feature_center, dim=-1)
-            return z @ c.T + f @ self.prototypes.T  # a class without images has a zero prototype
+            return z @ c.T + self.vote(features)  # a class without images has a zero prototype
