@@ -3,13 +3,19 @@
     python benchmarks/zero_shot_corrections.py --data-root DIR --seed 0 [--threads 2]
 
 Trains CVM on split-CIFAR-10 (1,000 training and 500 test images a class,
-memory 500, bfloat16 autocast, the other defaults of ``cvm run``) and, before
-each experience, scores its test images among its own classes and among all
-unseen classes with plain cosine similarity and four corrections computed
-from the replay memory's embeddings. Prints one JSON row per experience
-(accuracies and the share of the most-chosen concept) and the final average
-accuracy of each scoring; writes them to ``--out``.
+memory 500, bfloat16 autocast, the other defaults of ``cvm run``). Before
+each experience it scores that experience's test images among its own
+classes and among all unseen classes, with plain cosine similarity and with
+corrections computed from the replay memory's embeddings (no test data):
+minus each concept's mean similarity to the memory, standardised by its mean
+and spread, CSLS with 10 and 50 nearest memory samples, and centred on the
+memory's mean embedding. Prints one JSON row per experience (accuracies and
+the share of the most-chosen concept) and each scoring's final average
+accuracy, and writes them to ``--out``.
 """
+
+from __future__ import annotations
+
 import argparse
 import json
 from pathlib import Path
@@ -17,87 +23,94 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-from cvm_lightning.run_config import RunConfig
-from cvm_lightning.runner import prepare, build_cvm_module
-from cvm_lightning.training import ExperienceSchedule
 from cvm_lightning.hardware import set_threads
+from cvm_lightning.model import CVMModule
+from cvm_lightning.run_config import RunConfig
+from cvm_lightning.runner import build_cvm_module, prepare
+from cvm_lightning.training import ExperienceSchedule
 
-parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--data-root", required=True, help="CIFAR-10 in the ImageFolder layout (train/, test/)")
-parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--threads", type=int, default=2)
-parser.add_argument("--out", default="zero_shot_corrections.json", help="a new file; an existing one is not replaced")
-args = parser.parse_args()
-if Path(args.out).exists():
-    parser.error(f"{args.out} exists; pass another --out")
-seed, threads = args.seed, args.threads
-cfg = RunConfig(benchmark="split-cifar10", data_root=args.data_root, train_per_class=1000, test_per_class=500,
-                buffer_size=500, precision="bf16-mixed", seed=seed, strategies=("cvm",))
-data, bank = prepare(cfg)
-set_threads(threads)
-pl.seed_everything(seed, verbose=False)
-model = build_cvm_module(cfg, data.benchmark, bank)
-classes = [sorted(data.classes_of(j)) for j in range(data.n_experiences)]
-tests = [e.dataset.eval() for e in data.benchmark.test_stream]
 
-@torch.no_grad()
-def embed_all(ds):
-    xs, ys = [], []
-    for b in torch.utils.data.DataLoader(ds, batch_size=256):
-        xs.append(b[0]); ys.append(b[1])
-    x = torch.cat(xs); y = torch.cat(ys)
-    return model.encode(x)[1], y
-
-def variants(z, C, mem):
-    """Scores of embeddings ``z`` against concepts ``C``: cosine and the corrections from memory embeddings ``mem``."""
-    s = z @ C.T
+def scorings(z: torch.Tensor, concepts: torch.Tensor, memory: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Scores of embeddings ``z`` against ``concepts``: cosine, and the corrections from ``memory`` embeddings."""
+    s = z @ concepts.T
     out = {"raw": s}
-    if mem is not None:
-        sm = mem @ C.T  # memory x classes
+    if memory is not None:
+        to_memory = memory @ concepts.T  # memory samples x classes
         for k in (10, 50):
-            out[f"csls{k}"] = s - sm.topk(min(k, len(mem)), dim=0).values.mean(0)
-        out["mean"] = s - sm.mean(0)
-        out["std"] = (s - sm.mean(0)) / sm.std(0).clamp_min(1e-6)
-        m = mem.mean(0)
-        out["center"] = F.normalize(z - m, dim=-1) @ F.normalize(C - m, dim=-1).T
+            out[f"csls{k}"] = s - to_memory.topk(min(k, len(memory)), dim=0).values.mean(0)
+        out["mean"] = s - to_memory.mean(0)
+        out["std"] = (s - to_memory.mean(0)) / to_memory.std(0).clamp_min(1e-6)
+        center = memory.mean(0)
+        out["center"] = F.normalize(z - center, dim=-1) @ F.normalize(concepts - center, dim=-1).T
     return out
 
-log = {"rows": []}
-def measure(j):
-    model.eval()
-    mem = model.encode(model.memory_samples()[0])[1] if model.replay.classes else None
-    z, y = embed_all(tests[j]); C = model.concepts.float()
-    unseen = sorted(c for cs in classes[j:] for c in cs)
-    row = {"experience": j}
-    for name, s in variants(z.float(), C, mem).items():
-        for label, cols in (("own", classes[j]), ("unseen", unseen)):
-            cols_t = torch.tensor(cols)
-            pred = cols_t[s[:, cols_t].argmax(1)]
-            row[f"{name}/{label}"] = float((pred == y).float().mean())
-            if label == "unseen":
-                row[f"{name}/top_share"] = float(torch.bincount(pred, minlength=10).max()) / len(pred)
-    model.train()
-    log["rows"].append(row); print(json.dumps(row), flush=True)
 
-class Probe(pl.Callback):
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch % data.epochs_per_experience == 0 and trainer.current_epoch > 0:
-            measure(trainer.current_epoch // data.epochs_per_experience)
-    def on_train_end(self, trainer, pl_module):
-        model.eval()
-        mem = model.encode(model.memory_samples()[0])[1]; C = model.concepts.float()
-        final = {}
-        for j in range(data.n_experiences):
-            z, y = embed_all(tests[j])
-            for name, s in variants(z.float(), C, mem).items():
-                pred = s.argmax(1)
-                final.setdefault(name, []).append(float((pred == y).float().mean()))
-        log["final"] = {k: sum(v) / len(v) for k, v in final.items()}
-        print("final", json.dumps(log["final"]), flush=True)
+class CorrectionsProbe(pl.Callback):
+    """Scores each experience before it is trained, and the whole test stream after the last one."""
 
-trainer = pl.Trainer(callbacks=[ExperienceSchedule(), Probe()], max_epochs=data.max_epochs, logger=False,
-                     enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
-                     num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu", precision=cfg.precision)
-trainer.fit(model, datamodule=data)
-Path(args.out).write_text(json.dumps(log, indent=1))
+    def __init__(self, classes: list[list[int]], tests: list, epochs_per_experience: int) -> None:
+        self.classes, self.tests, self.epochs = classes, tests, epochs_per_experience
+        self.results: dict = {"rows": []}
+
+    @torch.no_grad()
+    def _scores(self, model: CVMModule, j: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        x, y = (torch.cat(parts) for parts in zip(*((b[0], b[1]) for b in DataLoader(self.tests[j], batch_size=256))))
+        memory = model.encode(model.memory_samples()[0])[1] if model.replay.classes else None
+        return scorings(model.encode(x)[1], model.concepts.float(), memory), y
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, model: CVMModule) -> None:
+        j, first_epoch = divmod(trainer.current_epoch, self.epochs)
+        if first_epoch or j == 0:
+            return
+        unseen = sorted(c for cs in self.classes[j:] for c in cs)
+        scores, y = self._scores(model, j)
+        row: dict = {"experience": j}
+        for name, s in scores.items():
+            for label, columns in (("own", self.classes[j]), ("unseen", unseen)):
+                columns = torch.tensor(columns)
+                predicted = columns[s[:, columns].argmax(1)]
+                row[f"{name}/{label}"] = float((predicted == y).float().mean())
+            row[f"{name}/top_share"] = float(torch.bincount(predicted).max()) / len(predicted)  # among unseen
+        self.results["rows"].append(row)
+        print(json.dumps(row), flush=True)
+
+    def on_train_end(self, trainer: pl.Trainer, model: CVMModule) -> None:
+        per_experience: dict[str, list[float]] = {}
+        for j in range(len(self.tests)):
+            scores, y = self._scores(model, j)
+            for name, s in scores.items():
+                per_experience.setdefault(name, []).append(float((s.argmax(1) == y).float().mean()))
+        self.results["final"] = {name: sum(v) / len(v) for name, v in per_experience.items()}
+        print("final", json.dumps(self.results["final"]), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-root", required=True, help="CIFAR-10 in the ImageFolder layout (train/, test/)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("zero_shot_corrections.json"),
+                        help="a new file; an existing one is not replaced")
+    args = parser.parse_args()
+    if args.out.exists():
+        parser.error(f"{args.out} exists; pass another --out")
+
+    config = RunConfig(benchmark="split-cifar10", data_root=args.data_root, train_per_class=1000, test_per_class=500,
+                       buffer_size=500, precision="bf16-mixed", seed=args.seed, strategies=("cvm",))
+    data, bank = prepare(config)
+    set_threads(args.threads)
+    pl.seed_everything(args.seed, verbose=False)
+    model = build_cvm_module(config, data.benchmark, bank)
+    probe = CorrectionsProbe([sorted(data.classes_of(j)) for j in range(data.n_experiences)],
+                             [e.dataset.eval() for e in data.benchmark.test_stream], data.epochs_per_experience)
+    trainer = pl.Trainer(callbacks=[ExperienceSchedule(), probe], max_epochs=data.max_epochs, logger=False,
+                         enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                         num_sanity_val_steps=0, limit_val_batches=0, accelerator="cpu", precision=config.precision)
+    trainer.fit(model, datamodule=data)
+    args.out.write_text(json.dumps(probe.results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
