@@ -18,9 +18,11 @@ run: $(STAMP)
 	$(BIN)/cvm run
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --durations=15
 
 test-fast: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 docs: $(STAMP)

@@ -22,8 +22,9 @@ import warnings
 from pathlib import Path
 
 from _report import table, write_json
-from cvm_lightning.run_config import RunConfig
-from cvm_lightning.runner import prepare, run
+
+from cvm_lightning.app.run_config import RunConfig
+from cvm_lightning.app.runner import prepare, run
 
 
 def main() -> None:

@@ -22,10 +22,11 @@ import warnings
 from pathlib import Path
 
 import torch
-
 from _report import table, write_json
-from cvm_lightning.hardware import autocast, native_bf16
+
+from cvm_lightning.hardware import native_bf16
 from cvm_lightning.model.backbones import upsample_small
+from cvm_lightning.model.cpu import autocast
 from cvm_lightning.model.encoder import VisualEncoder
 
 
@@ -71,7 +72,9 @@ def main() -> None:
         encoder.features = None  # time the backbone itself, not the cache's lookups
     variants = {"eager fp32": (False, "32-true"), "eager fp32 + channels_last": (True, "32-true")}
     if native_bf16():
-        variants.update({"eager bf16-mixed": (False, "bf16-mixed"), "eager bf16-mixed + channels_last": (True, "bf16-mixed")})
+        variants.update(
+            {"eager bf16-mixed": (False, "bf16-mixed"), "eager bf16-mixed + channels_last": (True, "bf16-mixed")}
+        )
 
     def eager(channels_last: bool, precision: str):
         def run(x):
@@ -91,8 +94,10 @@ def main() -> None:
             for name, run in runners.items():
                 rates.setdefault(name, []).append(images_per_second(run, batch))
     base = statistics.median(rates["eager fp32"])
-    rows = [{"path": name, "img/s": f"{statistics.median(v):.0f}", "x eager fp32": f"{statistics.median(v) / base:.2f}x"}
-            for name, v in rates.items()]
+    rows = [
+        {"path": name, "img/s": f"{statistics.median(v):.0f}", "x eager fp32": f"{statistics.median(v) / base:.2f}x"}
+        for name, v in rates.items()
+    ]
     print(f"{args.backbone} pretrained, frozen, {args.input_size}x{args.input_size}, batch 64, "
           f"threads {torch.get_num_threads()}, median of {args.rounds} rounds")
     print(table(rows, ["path", "img/s", "x eager fp32"]))

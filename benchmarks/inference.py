@@ -17,8 +17,8 @@ import warnings
 from pathlib import Path
 
 import torch
-
 from _report import median_seconds, table, write_json
+
 from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.deploy import export_model
 from cvm_lightning.deploy.export import DeployedCVM
@@ -57,7 +57,9 @@ def main() -> None:
                 session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
                 name = session.get_inputs()[0].name
                 runners["onnx"] = lambda x, s=session, n=name: s.run(None, {n: x.numpy()})
-            params = sum(p.numel() for p in module.backbone.parameters()) + sum(p.numel() for p in module.head.parameters())
+            params = sum(p.numel() for p in module.backbone.parameters()) + sum(
+                p.numel() for p in module.head.parameters()
+            )
             row = {"backbone": backbone, "params": f"{params / 1e6:.2f}M", "MB (fp32)": f"{params * 4 / 2**20:.1f}"}
             with torch.inference_mode():
                 for label, run in runners.items():

@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
-
 from _report import table, write_json
+
+from cvm_lightning.app.run_config import RunConfig
 from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.deploy import export_model
 from cvm_lightning.deploy.predict import load_checkpoint
-from cvm_lightning.run_config import RunConfig
 
 
 def latency_ms(session: onnxruntime.InferenceSession, batch: np.ndarray, repeats: int) -> float:

@@ -30,14 +30,15 @@ import warnings
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from _lightning import images_per_second
+from _report import median_seconds, table, write_json
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
-from _lightning import images_per_second
-from _report import median_seconds, table, write_json
 from cvm_lightning.concepts import ConceptBank
-from cvm_lightning.hardware import autocast, native_bf16
+from cvm_lightning.hardware import native_bf16
 from cvm_lightning.model import CVMModule
+from cvm_lightning.model.cpu import autocast
 from cvm_lightning.training.baselines import ClassifierNet
 
 N_CLASSES = 10
@@ -73,7 +74,9 @@ def machine_peak() -> list[dict]:
             x = image.to(dtype).contiguous(memory_format=order)
             with torch.no_grad():
                 rate = gflops_per_second(lambda: layer(x), flops)
-            name = f"conv3x3 128ch 32x32 b64, {dtype}".replace("torch.", "") + (", channels_last" if channels_last else "")
+            name = f"conv3x3 128ch 32x32 b64, {dtype}".replace("torch.", "") + (
+                ", channels_last" if channels_last else ""
+            )
             rows.append({"kernel": name, "GFLOP/s": rate})
     return rows
 
@@ -105,7 +108,9 @@ class LinearHeadModule(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=1e-4)
 
 
-def plain_rate(net: torch.nn.Module, batches: list, steps: int, precision: str, compile_model: bool = False) -> tuple[float, float]:
+def plain_rate(
+    net: torch.nn.Module, batches: list, steps: int, precision: str, compile_model: bool = False
+) -> tuple[float, float]:
     """Images/s of a hand-written loop, and the seconds its first 3 steps took (compilation, when asked)."""
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-4)
     model = torch.compile(net) if compile_model else net

@@ -33,16 +33,15 @@ def child(variant: str) -> dict:
     import gc
 
     import psutil
+    import pytorch_lightning as pl
     import torch
 
+    from cvm_lightning.app.resources import PeakRSS
+    from cvm_lightning.app.runner import RunConfig, build_cvm_module
     from cvm_lightning.concepts import ConceptBank, TextModelSpec
     from cvm_lightning.concepts.text_models import load_text_encoder
-    from cvm_lightning.resources import PeakRSS
-    from cvm_lightning.runner import RunConfig, build_cvm_module
-    from cvm_lightning.streams import StreamConfig, build_benchmark
-    import pytorch_lightning as pl
-
     from cvm_lightning.data import ClassIncrementalDataModule
+    from cvm_lightning.streams import StreamConfig, build_benchmark
 
     warnings.filterwarnings("ignore")
     rss = lambda: psutil.Process().memory_info().rss / 2**20  # noqa: E731

@@ -1,7 +1,8 @@
 """Classes known by name on a frozen pretrained backbone: alone, among the trained ones, and with K images.
 
     python benchmarks/named_classes.py --data-root DIR [--splits 4] [--shots 0 1 5 20] [--json out.json]
-    python benchmarks/named_classes.py --data-root TINY --train-per-class 80 --held-out 20 --test-per-class 50 --splits 1
+    python benchmarks/named_classes.py --data-root TINY --train-per-class 80 --held-out 20 \\
+        --test-per-class 50 --splits 1
 
 ``DIR`` is CIFAR-10 as an ImageFolder (``train/<class>/``, ``test/<class>/``),
 or any ImageFolder with class names (Tiny-ImageNet's ``classes.tsv``):
@@ -46,9 +47,9 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from _report import table, write_json
 from torch.utils.data import DataLoader
 
-from _report import table, write_json
 from cvm_lightning import CVMModule
 from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.metrics.generalized_zero_shot import calibrated_stacking_margin, generalized_zero_shot
@@ -90,7 +91,9 @@ def similarities(module: CVMModule, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([module.similarities(x[i : i + 256]) for i in range(0, len(x), 256)]).float()
 
 
-def accuracies(module: CVMModule, x: torch.Tensor, y: torch.Tensor, old: list[int], new: list[int]) -> tuple[float, float]:
+def accuracies(
+    module: CVMModule, x: torch.Tensor, y: torch.Tensor, old: list[int], new: list[int]
+) -> tuple[float, float]:
     """New classes' accuracy among the new ones, old classes' accuracy among all."""
     return split_accuracies(similarities(module, x), y, old, new)
 
@@ -186,26 +189,34 @@ def main() -> None:
             named = fresh()
             seen = torch.zeros(len(names), dtype=torch.bool)
             seen[old] = True
-            margin = calibrated_stacking_margin(similarities(named, held_out_x[torch.isin(held_out_y, seen.nonzero().flatten())]), seen)
+            margin = calibrated_stacking_margin(
+                similarities(named, held_out_x[torch.isin(held_out_y, seen.nonzero().flatten())]), seen
+            )
             test_sims = similarities(named, x_test)
             for kind, m in (("uncalibrated", 0.0), ("calibrated stacking", margin)):
                 gzsl.setdefault((concepts, kind), []).append(generalized_zero_shot(test_sims, y_test, seen, m))
             for shots in args.shots:
                 if not shots:
-                    results.setdefault(("names only", concepts, 0), []).append(accuracies(fresh(), x_test, y_test, old, new))
+                    results.setdefault(("names only", concepts, 0), []).append(
+                        accuracies(fresh(), x_test, y_test, old, new)
+                    )
                     continue
                 shot_data = first_per_class(train, new, shots)
                 module = fresh()  # cvm learn --method finetune
                 module.hparams["negatives"] = "seen"
                 module.start_experience(new, experience=1)
                 fit(module, shot_data)
-                results.setdefault(("finetune", concepts, shots), []).append(accuracies(module, x_test, y_test, old, new))
+                results.setdefault(("finetune", concepts, shots), []).append(
+                    accuracies(module, x_test, y_test, old, new)
+                )
                 module = fresh()  # cvm learn --method prototypes
                 shot_x, shot_y = tensors(shot_data)
                 memory_x, memory_y = module.memory_samples()
                 with torch.autocast("cpu", dtype=torch.bfloat16):
                     module.fit_prototypes(torch.cat([memory_x, shot_x]), torch.cat([memory_y, shot_y]))
-                results.setdefault(("prototypes", concepts, shots), []).append(accuracies(module, x_test, y_test, old, new))
+                results.setdefault(("prototypes", concepts, shots), []).append(
+                    accuracies(module, x_test, y_test, old, new)
+                )
                 if concepts == "language":  # the image half alone: the concepts' term left out
                     scores = nearest_class_mean(module, x_test)
                     results.setdefault(("class means only", "none", shots), []).append(
@@ -213,13 +224,33 @@ def main() -> None:
             print(f"split {split} ({concepts}): done", flush=True)
         for shots in args.shots:
             results.setdefault(("CE head", "none", shots), []).append(
-                ce_head(base, seen_data, first_per_class(train, new, shots) if shots else None, x_test, y_test, old, new, split))
+                ce_head(
+                    base,
+                    seen_data,
+                    first_per_class(train, new, shots) if shots else None,
+                    x_test,
+                    y_test,
+                    old,
+                    new,
+                    split,
+                )
+            )
     rows = []
-    for (method, concepts, shots), values in sorted(results.items(), key=lambda item: (item[0][2], item[0][0], item[0][1])):
+    for (method, concepts, shots), values in sorted(
+        results.items(), key=lambda item: (item[0][2], item[0][0], item[0][1])
+    ):
         new_acc, old_acc = zip(*values)
-        rows.append({"K": shots, "method": method, "concepts": concepts,
-                     f"new-class acc ({len(names) - len(names) // 2}-way)": f"{statistics.mean(new_acc):.3f} ± {statistics.pstdev(new_acc):.3f}",
-                     f"old-class acc ({len(names)}-way)": f"{statistics.mean(old_acc):.3f} ± {statistics.pstdev(old_acc):.3f}"})
+        rows.append(
+            {
+                "K": shots,
+                "method": method,
+                "concepts": concepts,
+                f"new-class acc ({len(names) - len(names) // 2}-way)": f"{statistics.mean(new_acc):.3f} ± "
+                                                                       f"{statistics.pstdev(new_acc):.3f}",
+                f"old-class acc ({len(names)}-way)": f"{statistics.mean(old_acc):.3f} ± "
+                                                     f"{statistics.pstdev(old_acc):.3f}",
+            }
+        )
     print(f"frozen Lite0, 160 px, {args.splits} splits of {args.data_root.name}'s {len(names)} classes into "
           f"{len(names) // 2} seen + {len(names) - len(names) // 2} new")
     print(table(rows, list(rows[0])))

@@ -6,7 +6,7 @@
 
 Takes every flag of ``cvm run`` (backbone, buffer, epochs, ...), applied to
 every strategy. ``--ablations`` adds CVM runs with each option off or swapped,
-one at a time (see ``cvm_lightning.sweep.ABLATIONS``), including the control
+one at a time (see ``cvm_lightning.app.sweep.ABLATIONS``), including the control
 with random concept vectors instead of language-model concepts. Writes
 ``quality.json`` and ``quality.md`` into ``--out``; finished cells are kept in
 ``--out/cells``, so running the same command again after a crash continues,
@@ -25,17 +25,18 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+from cvm_lightning.app.cli import add_run_arguments, config_from_args
+from cvm_lightning.app.reporting import plot_accuracy_forgetting
+from cvm_lightning.app.sweep import ABLATIONS, markdown, run_cells, summary_rows
 from cvm_lightning.atomic import atomic_write_text
-from cvm_lightning.cli import add_run_arguments, config_from_args
-from cvm_lightning.reporting import plot_accuracy_forgetting
-from cvm_lightning.sweep import ABLATIONS, markdown, run_cells, summary_rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser)
     parser.add_argument("--ablations", action="store_true", help="also run CVM with each option off, one at a time")
-    parser.add_argument("--only-ablations", nargs="+", default=None, help="run only the ablations whose name contains one of these words")
+    parser.add_argument("--only-ablations", nargs="+", default=None, help="run only the ablations whose name contains "
+                                                                          "one of these words")
     parser.add_argument("--out", type=Path, default=Path("runs") / f"quality-{time.strftime('%Y%m%d-%H%M%S')}")
     args = parser.parse_args(argv)
 

@@ -19,14 +19,14 @@ import warnings
 
 import pytorch_lightning as pl
 import torch
-
 from _report import table, write_json
+
 from cvm_lightning.concepts import ConceptBank
+from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.model import CVMModule
+from cvm_lightning.streams import Benchmark
 from cvm_lightning.streams.datasets import TensorImageDataset
 from cvm_lightning.streams.registry import split_by_class
-from cvm_lightning.data import ClassIncrementalDataModule
-from cvm_lightning.streams import Benchmark
 from cvm_lightning.training import ExperienceSchedule
 
 
@@ -45,9 +45,16 @@ def measure(n_classes: int, n_experiences: int, train_per_experience: int) -> di
     benchmark = Benchmark("scaling", scenario, bank.class_names, in_chans=3, image_size=32)
     dm = ClassIncrementalDataModule.from_benchmark(benchmark, epochs_per_experience=1)
     timer = ExperienceTimes()
-    trainer = pl.Trainer(callbacks=[ExperienceSchedule(), timer], max_epochs=dm.max_epochs, accelerator="cpu",
-                         num_sanity_val_steps=0,  # a sanity check would be timed as a first evaluation
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = pl.Trainer(
+        callbacks=[ExperienceSchedule(), timer],
+        max_epochs=dm.max_epochs,
+        accelerator="cpu",
+        num_sanity_val_steps=0,  # a sanity check would be timed as a first evaluation
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=dm)
     return {"classes": n_classes, "experiences": n_experiences, "train_s": timer.train, "eval_s": timer.evaluate}
 

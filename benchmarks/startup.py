@@ -25,7 +25,16 @@ COMMANDS = {
     "cvm benchmarks": ["-m", "cvm_lightning", "benchmarks"],
     "cvm run --bogus (unknown flag)": ["-m", "cvm_lightning", "run", "--bogus"],
     "cvm run --lr -0.1 (bad value)": ["-m", "cvm_lightning", "run", "--lr", "-0.1"],
-    "cvm predict --batch-size 0 (bad value)": ["-m", "cvm_lightning", "predict", "--model", "m.pt", "x", "--batch-size", "0"],
+    "cvm predict --batch-size 0 (bad value)": [
+        "-m",
+        "cvm_lightning",
+        "predict",
+        "--model",
+        "m.pt",
+        "x",
+        "--batch-size",
+        "0",
+    ],
 }
 
 

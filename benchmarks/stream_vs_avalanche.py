@@ -19,22 +19,30 @@ import warnings
 
 import pytorch_lightning as pl
 import torch
+from _report import table, write_json
 from avalanche.training import Naive
 
-from _report import table, write_json
-from cvm_lightning.runner import RunConfig, build_cvm_module
-from cvm_lightning.streams import StreamConfig, build_benchmark
+from cvm_lightning.app.runner import RunConfig, build_cvm_module
 from cvm_lightning.data import ClassIncrementalDataModule
+from cvm_lightning.streams import StreamConfig, build_benchmark
 from cvm_lightning.training import ClassifierNet, CVMStrategy, ExperienceSchedule, RunState
 
 
 def lightning(config, benchmark) -> float:
     module = build_cvm_module(config, benchmark)
-    dm = ClassIncrementalDataModule.from_benchmark(benchmark, epochs_per_experience=config.epochs_per_experience, batch_size=config.batch_size)
+    dm = ClassIncrementalDataModule.from_benchmark(
+        benchmark, epochs_per_experience=config.epochs_per_experience, batch_size=config.batch_size
+    )
     clock = RunState()
     trainer = pl.Trainer(
-        callbacks=[ExperienceSchedule(), clock], max_epochs=dm.max_epochs, limit_val_batches=0, accelerator="cpu",
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        callbacks=[ExperienceSchedule(), clock],
+        max_epochs=dm.max_epochs,
+        limit_val_batches=0,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     trainer.fit(module, datamodule=dm)
     return clock.train_seconds
@@ -55,9 +63,13 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    config = RunConfig(strategies=("cvm",), epochs_per_experience=args.epochs, buffer_size=0, recalibrate_bn=False, progress=False)
+    config = RunConfig(
+        strategies=("cvm",), epochs_per_experience=args.epochs, buffer_size=0, recalibrate_bn=False, progress=False
+    )
     benchmark = build_benchmark(config.benchmark, StreamConfig(seed=0))
-    common = dict(train_mb_size=config.batch_size, train_epochs=config.epochs_per_experience, device="cpu", evaluator=None)
+    common = dict(
+        train_mb_size=config.batch_size, train_epochs=config.epochs_per_experience, device="cpu", evaluator=None
+    )
 
     def cvm_strategy():
         module = build_cvm_module(config, benchmark)
@@ -77,14 +89,26 @@ def main() -> None:
         times["naive"].append(avalanche_loop(naive, benchmark))
     med = {k: statistics.median(v) for k, v in times.items()}
     rows = [
-        {"path": "CVMModule, one trainer.fit (ExperienceSchedule)", "train s": f"{med['lightning']:.1f}", "Avalanche / this": "-"},
-        {"path": "CVMModule, Avalanche loop (CVMStrategy)", "train s": f"{med['cvm_in_avalanche']:.1f}",
-         "Avalanche / this": f"{med['cvm_in_avalanche'] / med['lightning']:.2f}x"},
-        {"path": "Avalanche Naive, linear head", "train s": f"{med['naive']:.1f}",
-         "Avalanche / this": f"{med['naive'] / med['lightning']:.2f}x"},
+        {
+            "path": "CVMModule, one trainer.fit (ExperienceSchedule)",
+            "train s": f"{med['lightning']:.1f}",
+            "Avalanche / this": "-",
+        },
+        {
+            "path": "CVMModule, Avalanche loop (CVMStrategy)",
+            "train s": f"{med['cvm_in_avalanche']:.1f}",
+            "Avalanche / this": f"{med['cvm_in_avalanche'] / med['lightning']:.2f}x",
+        },
+        {
+            "path": "Avalanche Naive, linear head",
+            "train s": f"{med['naive']:.1f}",
+            "Avalanche / this": f"{med['naive'] / med['lightning']:.2f}x",
+        },
     ]
-    print(f"split-digits, {config.backbone} at {config.input_size}px, {args.epochs} epochs x 5 experiences, "
-          f"batch {config.batch_size}, median of {args.rounds} rounds; last column: Avalanche time / Lightning time")
+    print(
+        f"split-digits, {config.backbone} at {config.input_size}px, {args.epochs} epochs x 5 experiences, "
+        f"batch {config.batch_size}, median of {args.rounds} rounds; last column: Avalanche time / Lightning time"
+    )
     print(table(rows, list(rows[0])))
     write_json(args.json, {"seconds": times, "median": med})
 

@@ -25,7 +25,7 @@ def worker(threads: int, steps: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from cvm_lightning.hardware import set_threads
+    from cvm_lightning.model.cpu import set_threads
     from cvm_lightning.training.baselines import ClassifierNet
 
     set_threads(threads)

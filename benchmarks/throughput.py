@@ -18,10 +18,10 @@ import warnings
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
-
 from _lightning import images_per_second
 from _report import table, write_json
+from torch.utils.data import DataLoader, TensorDataset
+
 from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import create_backbone, feature_dim
@@ -65,10 +65,14 @@ def main() -> None:
         runs = {"linear": [], "cvm": [], "cvm+replay": []}
         for _ in range(args.rounds):
             runs["linear"].append(images_per_second(LinearHeadModule(backbone), loader, args.steps))
-            runs["cvm"].append(images_per_second(CVMModule(bank, backbone=backbone, input_size=32, buffer_size=0), loader, args.steps))
+            runs["cvm"].append(
+                images_per_second(CVMModule(bank, backbone=backbone, input_size=32, buffer_size=0), loader, args.steps)
+            )
             replaying = CVMModule(bank, backbone=backbone, input_size=32, buffer_size=500)
             replaying.seen[N_CLASSES // 2 :] = True  # learned in "earlier experiences"
-            replaying.replay.add(data.tensors[0][:500], data.tensors[1][:500] + N_CLASSES // 2, torch.zeros(500, bank.dim))
+            replaying.replay.add(
+                data.tensors[0][:500], data.tensors[1][:500] + N_CLASSES // 2, torch.zeros(500, bank.dim)
+            )
             runs["cvm+replay"].append(images_per_second(replaying, loader, args.steps))
         med = {k: statistics.median(v) for k, v in runs.items()}
         rows.append({
@@ -78,7 +82,8 @@ def main() -> None:
             "CVM / linear": f"{med['cvm'] / med['linear']:.2f}x",
             "CVM + replay img/s (new data)": f"{med['cvm+replay']:.0f}",
         })
-    print(f"threads: {torch.get_num_threads()}, batch {args.batch_size}, {args.steps} timed steps, median of {args.rounds} rounds")
+    print(f"threads: {torch.get_num_threads()}, batch {args.batch_size}, {args.steps} timed steps, median of "
+          f"{args.rounds} rounds")
     print(table(rows, list(rows[0])))
     write_json(args.json, {"rows": rows, "threads": torch.get_num_threads()})
 

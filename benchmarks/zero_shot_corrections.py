@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from cvm_lightning.hardware import set_threads
+from cvm_lightning.app.run_config import RunConfig
+from cvm_lightning.app.runner import build_cvm_module, prepare
 from cvm_lightning.model import CVMModule
-from cvm_lightning.run_config import RunConfig
-from cvm_lightning.runner import build_cvm_module, prepare
+from cvm_lightning.model.cpu import set_threads
 from cvm_lightning.training import ExperienceSchedule
 
 

@@ -1,5 +1,5 @@
 import sys
 
-from cvm_lightning.cli import main
+from cvm_lightning.app.cli import main
 
 sys.exit(main())

@@ -2,20 +2,19 @@
 
 ``cvm run --precision`` takes Lightning's precision names. ``bf16-mixed``
 runs matrix products and convolutions in bfloat16 under ``torch.autocast``
-(Lightning's ``MixedPrecision`` plugin for CVM, :func:`autocast` for the
-Avalanche baselines). It pays only on CPUs with bfloat16 units (x86
-AVX512-BF16 or AMX, Arm BF16); elsewhere it is emulated and slower than
-``32-true``, so a run refuses it there. The module imports torch only inside
-the functions that need it, so the command line checks flags without it.
+(Lightning's ``MixedPrecision`` plugin for CVM,
+:func:`cvm_lightning.model.cpu.autocast` for the Avalanche baselines). It
+pays only on CPUs with bfloat16 units (x86 AVX512-BF16 or AMX, Arm BF16);
+elsewhere it is emulated and slower than ``32-true``, so a run refuses it there. The module reads the CPU from the
+operating system and imports no torch, so the command line checks flags
+without it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import ContextManager
 
 from cvm_lightning.errors import ConfigError
 
@@ -52,15 +51,6 @@ def check_precision(precision: str) -> None:
         )
 
 
-def autocast(precision: str) -> ContextManager:
-    """The autocast context of ``precision`` on the CPU (a no-op for ``32-true``)."""
-    if precision != "bf16-mixed":
-        return contextlib.nullcontext()
-    import torch
-
-    return torch.autocast("cpu", dtype=torch.bfloat16)
-
-
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
@@ -74,17 +64,3 @@ def check_threads(threads: int | None) -> None:
     if threads is not None and threads > cores:
         raise ConfigError(f"--threads {threads} is more than the {cores} CPU core(s) this process may use; "
                           f"pass at most {cores} (or leave it out for one per physical core).")
-
-
-def set_threads(threads: int | None) -> int:
-    """Use ``threads`` intra-op threads (``None`` keeps torch's default, one per core); returns the count in use.
-
-    Processes that share the cores should split them: two runs of 2 threads
-    each on 2 cores oversubscribe, and each runs several times slower than
-    with 1 thread each.
-    """
-    import torch
-
-    if threads is not None:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()

@@ -65,7 +65,8 @@ def check_output_file(
     path = Path(path)
     for source in inputs:
         if _same_file(path, Path(source)) or path.resolve() == Path(source).resolve():
-            raise ConfigError(f"{flag} {path} is also an input of this command; write to another file so the input is kept.")
+            raise ConfigError(f"{flag} {path} is also an input of this command; write to another file so the input is "
+                              "kept.")
     if suffixes is not None:
         allowed = sorted(set(suffixes))
         if path.suffix.lower() not in allowed:

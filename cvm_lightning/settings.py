@@ -31,8 +31,17 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "format": ("torchscript", "onnx"),
     "precision": ("32-true", "bf16-mixed"),  # Lightning's names; hardware.py says where bf16 pays
     "quantize": ("none", "int8"),
-    "learn_method": ("finetune", "prototypes"),  # cvm learn: train on the new images, or class prototypes beside the concepts
+    "learn_method": (
+        "finetune",
+        "prototypes",
+    ),  # cvm learn: train on the new images, or class prototypes beside the concepts
 }
+
+# Defaults that several entry points share (a library function or Metric and a `cvm` flag), declared once.
+DEFAULT_HEAD = "linear"  # the alignment head: CVMModule's, and ConceptAlignmentHead's
+DEFAULT_Z_THRESHOLD = 3.0  # concept drift: a batch this many standard errors from the reference
+DEFAULT_BATCH_SIZE = 64  # images a batch of `cvm predict` and `cvm learn`
+DEFAULT_LEARN_EPOCHS = 5  # `cvm learn --method finetune`: a small budget, since it runs on site
 
 # The file suffixes of each export format (``cvm export --out``, ``cvm predict --model``).
 MODEL_SUFFIXES: dict[str, tuple[str, ...]] = {"torchscript": (".pt", ".ts", ".torchscript", ".jit"), "onnx": (".onnx",)}
@@ -75,7 +84,6 @@ RANGES: dict[str, Range] = {
     "eval_every": Range(int, 1),
     "num_workers": Range(int, 0),
     "batch_size": Range(int, 1),
-    "buffer": Range(int, 0),
     "buffer_size": Range(int, 0),
     "replay_batch_size": Range(int, 1, optional=True),
     "lr": Range(float, 0, strict=True, example="for example 1e-3"),
@@ -98,6 +106,9 @@ RANGES: dict[str, Range] = {
     "z_threshold": Range(float, 0, strict=True, example="for example 3"),
 }
 
+# The strategies that keep a replay memory, so need ``buffer_size`` >= 1 (CVM's memory is optional: 0 turns it off).
+MEMORY_STRATEGIES: frozenset[str] = frozenset({"replay", "der", "gdumb", "er_ace", "er_aml", "icarl", "scr"})
+
 # Where a Python argument and its command-line flag are named differently.
 FLAGS = {"buffer_size": "--buffer", "epochs_per_experience": "--epochs", "learn_method": "--method"}
 
@@ -113,6 +124,14 @@ def check_choice(name: str, value: Any, choices: Iterable[str]) -> None:
     if value not in choices:
         hint = did_you_mean(value, choices) if isinstance(value, str) else ""
         raise ConfigError(f"Unknown {flag(name)} {value!r}.{hint} Choose one of: {', '.join(choices)}.")
+
+
+def check_memory(strategies: Iterable[str], buffer_size: int) -> None:
+    """Every strategy in ``strategies`` that keeps a memory (:data:`MEMORY_STRATEGIES`) needs ``buffer_size >= 1``."""
+    needy = [name for name in strategies if name in MEMORY_STRATEGIES]
+    if needy and buffer_size < 1:
+        raise ConfigError(f"Strategies {', '.join(needy)} need a memory: pass {flag('buffer_size')} N with N >= 1, "
+                          "or leave them out.")
 
 
 # Settings that only make sense together: (setting, its value that needs..., other setting, the values it needs, fix).
@@ -158,7 +177,8 @@ def check_class_names(names: Any, *, known: Sequence[str] = (), what: str = "cla
         if not name.strip():
             raise ConceptError(f"The {what} include an empty name: every class needs concept text.")
         if name != name.strip() or "\n" in name or "\t" in name:
-            raise ConceptError(f"Class name {name!r} has leading/trailing spaces or a tab/newline; write it as {name.strip()!r}.")
+            raise ConceptError(f"Class name {name!r} has leading/trailing spaces or a tab/newline; write it as "
+                               f"{name.strip()!r}.")
     seen: set[str] = set()
     duplicates = sorted({name for name in names if name in seen or seen.add(name)})
     if duplicates:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 MARKERS = {
-    "<!-- run-options -->": "cvm_lightning.run_config:options_markdown",
-    "<!-- strategies -->": "cvm_lightning.strategies:strategies_markdown",
+    "<!-- run-options -->": "cvm_lightning.app.run_config:options_markdown",
+    "<!-- strategies -->": "cvm_lightning.app.strategies:strategies_markdown",
 }
 
 

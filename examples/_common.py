@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from cvm_lightning.cli import main
+from cvm_lightning.app.cli import main
 
 
 def run_benchmark(benchmark: str, defaults: list[str]) -> None:

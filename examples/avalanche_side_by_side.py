@@ -16,7 +16,7 @@ from avalanche.evaluation.metrics import accuracy_metrics, forgetting_metrics
 from avalanche.training import Naive, Replay
 from avalanche.training.plugins import EvaluationPlugin
 
-from cvm_lightning import CVMModule, ConceptBank
+from cvm_lightning import ConceptBank, CVMModule
 from cvm_lightning.streams import StreamConfig, build_benchmark
 from cvm_lightning.training import ClassifierNet, CVMStrategy
 
@@ -47,7 +47,11 @@ def main() -> None:
         return strategy_cls(model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(),
                             evaluator=evaluator(), **common, **extra)
 
-    strategies = {"cvm": cvm, "naive": lambda: baseline(Naive), "replay": lambda: baseline(Replay, mem_size=args.buffer)}
+    strategies = {
+        "cvm": cvm,
+        "naive": lambda: baseline(Naive),
+        "replay": lambda: baseline(Replay, mem_size=args.buffer),
+    }
     print(f"{'strategy':10s} {'stream accuracy':>16s} {'stream forgetting':>18s}")
     for name, make in strategies.items():
         pl.seed_everything(0, verbose=False)

@@ -13,7 +13,7 @@ import argparse
 
 import pytorch_lightning as pl
 
-from cvm_lightning import CVMModule, ConceptBank
+from cvm_lightning import ConceptBank, CVMModule
 from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.metrics import ContinualMetricsCallback
 from cvm_lightning.training import ExperienceSchedule
@@ -22,7 +22,8 @@ from cvm_lightning.training import ExperienceSchedule
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3, help="epochs per experience")
-    parser.add_argument("--backbone", default="reduced_resnet18", help="reduced_resnet18 keeps 32x32 inputs at full resolution")
+    parser.add_argument("--backbone", default="reduced_resnet18", help="reduced_resnet18 keeps 32x32 inputs at full "
+                                                                       "resolution")
     parser.add_argument("--input-size", type=int, default=32, help="8x8 digits are upsampled to this inside the model")
     parser.add_argument("--root", default="lightning_logs")
     parser.add_argument("--loop", action="store_true", help="one fit per experience instead of one fit")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cvm_lightning.cli import main
+from cvm_lightning.app.cli import main
 
 CLASSES = ("cat", "dog", "frog", "ship")
 TINY_RUN = ["--benchmark", "imagefolder", "--n-experiences", "2", "--strategies", "cvm", "--epochs", "1",
@@ -32,7 +32,11 @@ def make_image_folder(root: Path, classes=CLASSES, train: int = 12, test: int = 
 
 
 def checksums(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def expect_error(args: list[str], fix: str, capsys, root: Path) -> str:

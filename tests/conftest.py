@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from cli_helpers import TINY_RUN, make_image_folder
-from cvm_lightning.cli import main
+
+from cvm_lightning.app.cli import main
 from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.streams.datasets import DIGIT_NAMES
 

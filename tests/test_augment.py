@@ -2,11 +2,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cvm_lightning.app.runner import RunConfig
 from cvm_lightning.errors import ConfigError
 from cvm_lightning.model import CVMModule
 from cvm_lightning.model.augment import BatchAugment, random_crop, random_flip
 from cvm_lightning.model.batchnorm import recalibrate_batchnorm
-from cvm_lightning.runner import RunConfig
 from cvm_lightning.training import ClassifierNet
 
 
@@ -18,7 +18,12 @@ def test_random_crop_shifts_each_image_within_the_padding():
     assert out.shape == x.shape
     shifts = set()
     for image, original in zip(out, padded):
-        windows = [(dy, dx) for dy in range(9) for dx in range(9) if torch.equal(image, original[:, dy : dy + 32, dx : dx + 32])]
+        windows = [
+            (dy, dx)
+            for dy in range(9)
+            for dx in range(9)
+            if torch.equal(image, original[:, dy : dy + 32, dx : dx + 32])
+        ]
         assert len(windows) == 1, "every output is exactly one 32x32 window of the zero-padded image"
         shifts.add(windows[0])
     assert len(shifts) > 20, "images in one batch get their own shifts"
@@ -78,7 +83,7 @@ def test_the_default_augmentation_is_the_benchmarks():
     assert RunConfig().augment == "none", "8x8 digits: shifts and mirror images change digits"
     assert RunConfig(benchmark="split-cifar10").augment == "crop-flip"
     assert RunConfig(benchmark="split-cifar10", augment="crop").augment == "crop"
-    from cvm_lightning.cli import build_parser, config_from_args
+    from cvm_lightning.app.cli import build_parser, config_from_args
 
     args = build_parser().parse_args(["run", "--benchmark", "split-cifar10"])
     assert config_from_args(args).augment == "crop-flip", "the command line leaves the choice to the benchmark"

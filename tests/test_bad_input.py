@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_helpers import TINY_RUN, expect_error, make_image_folder
 from PIL import Image
 
-from cli_helpers import TINY_RUN, expect_error, make_image_folder
-from cvm_lightning.cli import main
+from cvm_lightning.app.cli import main
 from cvm_lightning.errors import ConceptError, ConfigError, DataError
 
 RUN_CASES = {
@@ -80,7 +80,10 @@ def test_deploy_commands_never_write_over_their_inputs_or_existing_files(workspa
     cases = [
         (["export", "--checkpoint", ckpt, "--out", ckpt], "is also an input"),
         (["export", "--checkpoint", ckpt, "--out", pt], "already exists; pass --overwrite"),
-        (["export", "--checkpoint", ckpt, "--format", "onnx", "--out", str(root / "x.pt")], "needs one of the suffixes .onnx"),
+        (
+            ["export", "--checkpoint", ckpt, "--format", "onnx", "--out", str(root / "x.pt")],
+            "needs one of the suffixes .onnx",
+        ),
         (["export", "--checkpoint", pt, "--out", str(root / "y.pt")], "is not a checkpoint (expected .ckpt)"),
         (["export", "--checkpoint", str(root / "missing.ckpt"), "--out", str(root / "y.pt")], "No checkpoint at"),
         (["export", "--checkpoint", ckpt, "--out", str(root / "y.pt"), "--image-size", "0"], "--image-size must be"),
@@ -95,10 +98,19 @@ def test_deploy_commands_never_write_over_their_inputs_or_existing_files(workspa
         (["predict", "--model", str(root / "data"), images], "is a folder"),
         (["predict", "--model", str(root / "run" / "run_config.json"), images], "is not a model file"),
         (["predict", "--model", pt, str(root / "nowhere")], "does not exist"),
-        (["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--epochs", "0"], "--epochs must be an integer >= 1"),
-        (["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--eval-data", str(root / "typo")], "No --eval-data folder"),
+        (
+            ["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--epochs", "0"],
+            "--epochs must be an integer >= 1",
+        ),
+        (
+            ["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--eval-data", str(root / "typo")],
+            "No --eval-data folder",
+        ),
         (["learn", "--checkpoint", ckpt, "--data", str(root / "nowhere")], "No folder of new classes"),
-        (["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--names-file", str(root / "n.txt")], "No class-names file"),
+        (
+            ["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--names-file", str(root / "n.txt")],
+            "No class-names file",
+        ),
         (["learn", "--checkpoint", ckpt, "--data", str(workspace["data"])], "already classes of this model"),
         (["learn", "--checkpoint", ckpt, "--data", str(workspace["new"]), "--out", ckpt], "is also an input"),
     ]
@@ -120,7 +132,9 @@ def test_files_that_are_not_models_get_our_own_one_line(workspace, tmp_path, cap
 def test_learn_checks_its_new_images_before_training(workspace, tmp_path, capsys):
     new = make_image_folder(tmp_path / "new", classes=("horse", "truck"), train=4, test=2)
     (new / "train" / "truck" / "broken.png").write_bytes(b"")
-    expect_error(["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(new)], "broken.png", capsys, workspace["root"])
+    expect_error(
+        ["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(new)], "broken.png", capsys, workspace["root"]
+    )
     assert not list(workspace["ckpt"].parent.glob("*-learned*.ckpt")), "no checkpoint nobody asked for"
 
 
@@ -128,7 +142,12 @@ def test_bad_concept_cache_locations_are_one_clear_error(tmp_path, capsys, monke
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     monkeypatch.setenv("CVM_CACHE_DIR", str(blocker))
-    expect_error(["run", "--strategies", "cvm", "--epochs", "1", "--out", str(tmp_path / "out")], "CVM_CACHE_DIR", capsys, tmp_path)
+    expect_error(
+        ["run", "--strategies", "cvm", "--epochs", "1", "--out", str(tmp_path / "out")],
+        "CVM_CACHE_DIR",
+        capsys,
+        tmp_path,
+    )
     from cvm_lightning.concepts import EmbeddingCache
 
     cache = EmbeddingCache("identity", tmp_path / "cache")
@@ -139,7 +158,7 @@ def test_bad_concept_cache_locations_are_one_clear_error(tmp_path, capsys, monke
 
 @pytest.mark.parametrize("names", ["cat", [], ["", "dog"], ["cat ", "dog"], [1, 2], ["cat", "cat"], ["a\tb"]])
 def test_bad_class_names_are_concept_errors(names, digit_bank):
-    from cvm_lightning import CVMModule, ConceptBank
+    from cvm_lightning import ConceptBank, CVMModule
 
     with pytest.raises(ConceptError):
         ConceptBank.from_names(names, text_model="random")
@@ -189,7 +208,12 @@ def test_happy_path_says_what_it_wrote(workspace, tmp_path, capsys):
     out = tmp_path / "p.csv"
     assert main(["predict", "--model", str(workspace["pt"]), str(workspace["images"]), "--output", str(out)]) == 0
     assert f"Wrote 4 predictions to {out}" in capsys.readouterr().out
-    assert main(["predict", "--model", str(workspace["pt"]), str(workspace["images"]), "--output", str(out), "--overwrite"]) == 0
+    assert (
+        main(
+            ["predict", "--model", str(workspace["pt"]), str(workspace["images"]), "--output", str(out), "--overwrite"]
+        )
+        == 0
+    )
     assert len(out.read_text().splitlines()) == 5
     files = {"cvm_meta.json": ""}
     torch.jit.load(str(workspace["pt"]), _extra_files=files)
@@ -206,7 +230,7 @@ def test_learn_on_a_model_trained_with_a_small_input_size(workspace, tmp_path, c
 
 QUIET_SESSION = r'''
 import sys
-from cvm_lightning.cli import main
+from cvm_lightning.app.cli import main
 data, root = sys.argv[1], sys.argv[2]
 assert main(["run", "--benchmark", "imagefolder", "--n-experiences", "2", "--strategies", "cvm,replay", "--epochs", "1",
              "--buffer", "16", "--no-progress", "--data-root", data, "--out", root + "/run"]) == 0
@@ -221,8 +245,13 @@ def test_the_happy_path_prints_what_informs_and_nothing_else(workspace, tmp_path
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", QUIET_SESSION, str(workspace["data"]), str(tmp_path), str(workspace["new"])],
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", QUIET_SESSION, str(workspace["data"]), str(tmp_path), str(workspace["new"])],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out, err = result.stdout, result.stderr
     assert f"CVM's trained model: {tmp_path}/run/final.ckpt" in out

@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from cvm_lightning.cli import main
+from cvm_lightning.app.cli import main
 from cvm_lightning.errors import ConfigError, DataError
 from cvm_lightning.streams import BENCHMARKS, StreamConfig, build_benchmark
 from cvm_lightning.streams.benchmarks import FASHION_MNIST_DEBIAN
@@ -12,7 +12,15 @@ from cvm_lightning.streams.images import read_class_names
 
 
 def test_every_listed_benchmark_is_registered():
-    assert {"split-digits", "split-cifar10", "split-cifar100", "split-tinyimagenet", "split-fashion-mnist", "core50", "imagefolder"} <= set(BENCHMARKS)
+    assert {
+        "split-digits",
+        "split-cifar10",
+        "split-cifar100",
+        "split-tinyimagenet",
+        "split-fashion-mnist",
+        "core50",
+        "imagefolder",
+    } <= set(BENCHMARKS)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from cvm_lightning.cli import main
+from cvm_lightning.app.cli import main
 
 FAST = ["--epochs", "1", "--buffer", "40", "--no-progress", "--backbone", "mobilenetv3_small_050", "--input-size", "16"]
 
@@ -15,7 +15,9 @@ def test_benchmarks_lists_the_default(capsys):
 
 
 def test_help_documents_every_flag():
-    out = subprocess.run([sys.executable, "-m", "cvm_lightning", "run", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "cvm_lightning", "run", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     for flag in ("--benchmark", "--strategies", "--backbone", "--text-model", "--epochs", "--buffer", "--seed",
                  "--data-root", "--train-per-class", "--out"):
         assert flag in out
@@ -24,8 +26,8 @@ def test_help_documents_every_flag():
 def test_every_run_setting_has_a_flag():
     from dataclasses import fields
 
-    from cvm_lightning.cli import build_parser
-    from cvm_lightning.runner import RunConfig
+    from cvm_lightning.app.cli import build_parser
+    from cvm_lightning.app.runner import RunConfig
 
     parsed = vars(build_parser().parse_args(["run"]))
     assert {f.name for f in fields(RunConfig)} - {"progress"} <= set(parsed)
@@ -46,9 +48,19 @@ def test_run_writes_results_and_repeats_with_the_same_seed(tmp_path, capsys):
     assert first["benchmark"] == "split-digits" and first["n_experiences"] == 5
     assert first["classes_per_experience"] == [2] * 5
     for name, result in first["strategies"].items():
-        assert set(result) >= {"final_avg_accuracy", "forgetting", "bwt", "accuracy_matrix", "train_seconds", "params", "peak_rss_mb"}
+        assert set(result) >= {
+            "final_avg_accuracy",
+            "forgetting",
+            "bwt",
+            "accuracy_matrix",
+            "train_seconds",
+            "params",
+            "peak_rss_mb",
+        }
         assert 0.0 <= result["final_avg_accuracy"] <= 1.0
-        assert len(result["accuracy_matrix"]) == 5 and all(0 <= v <= 1 for row in result["accuracy_matrix"] for v in row)
+        assert len(result["accuracy_matrix"]) == 5 and all(
+            0 <= v <= 1 for row in result["accuracy_matrix"] for v in row
+        )
         again = runs[1]["strategies"][name]
         assert again["accuracy_matrix"] == result["accuracy_matrix"], f"{name} is not repeatable"
 
@@ -58,7 +70,9 @@ def test_bad_input_exits_non_zero_with_a_message(tmp_path, capsys):
     assert "Did you mean split-digits" in capsys.readouterr().err
     assert main(["run", "--strategies", "cvm,icarl2", "--out", str(tmp_path / "y"), *FAST]) == 2
     assert "Unknown strategies" in capsys.readouterr().err
-    assert main(["run", "--backbone", "resnet-18", "--strategies", "cvm", "--out", str(tmp_path / "z"), *FAST[:-4]]) == 2
+    assert (
+        main(["run", "--backbone", "resnet-18", "--strategies", "cvm", "--out", str(tmp_path / "z"), *FAST[:-4]]) == 2
+    )
     assert "resnet18" in capsys.readouterr().err
 
 

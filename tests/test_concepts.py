@@ -50,7 +50,9 @@ def test_extend_encodes_only_new_concepts(tmp_path, monkeypatch):
 
 def test_descriptions_and_templates_change_the_concept(tmp_path):
     plain = ConceptBank.from_names(["bolt"], cache_dir=tmp_path)
-    described = ConceptBank.from_names(["bolt"], descriptions={"bolt": "a lightning strike in a storm"}, cache_dir=tmp_path)
+    described = ConceptBank.from_names(
+        ["bolt"], descriptions={"bolt": "a lightning strike in a storm"}, cache_dir=tmp_path
+    )
     templated = ConceptBank.from_names(["bolt"], templates=("a metal {} with a thread",), cache_dir=tmp_path)
     assert not torch.allclose(plain.embeddings, described.embeddings)
     assert not torch.allclose(plain.embeddings, templated.embeddings)
@@ -114,9 +116,15 @@ def tiny_gpt2(tmp_path_factory):
 
 def test_decoder_llm_uses_last_token_pooling_and_layers(tiny_gpt2, tmp_path):
     auto = ConceptBank.from_names(["cat", "dog"], text_model=TextModelSpec(str(tiny_gpt2)), cache_dir=tmp_path)
-    last = ConceptBank.from_names(["cat", "dog"], text_model=TextModelSpec(str(tiny_gpt2), pooling="last"), cache_dir=tmp_path)
-    mean = ConceptBank.from_names(["cat", "dog"], text_model=TextModelSpec(str(tiny_gpt2), pooling="mean"), cache_dir=tmp_path)
-    early = ConceptBank.from_names(["cat", "dog"], text_model=TextModelSpec(str(tiny_gpt2), layer=1), cache_dir=tmp_path)
+    last = ConceptBank.from_names(
+        ["cat", "dog"], text_model=TextModelSpec(str(tiny_gpt2), pooling="last"), cache_dir=tmp_path
+    )
+    mean = ConceptBank.from_names(
+        ["cat", "dog"], text_model=TextModelSpec(str(tiny_gpt2), pooling="mean"), cache_dir=tmp_path
+    )
+    early = ConceptBank.from_names(
+        ["cat", "dog"], text_model=TextModelSpec(str(tiny_gpt2), layer=1), cache_dir=tmp_path
+    )
     assert auto.dim == 32
     assert torch.allclose(auto.embeddings, last.embeddings, atol=1e-6)
     assert not torch.allclose(last.embeddings, mean.embeddings)

@@ -7,12 +7,18 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from cvm_lightning import CVMModule, ConceptBank
-from cvm_lightning.cli import main
+from cvm_lightning import ConceptBank, CVMModule
+from cvm_lightning.app.cli import main
 from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.errors import ConfigError
 from cvm_lightning.metrics import ContinualMetricsCallback
-from cvm_lightning.training import AtomicCheckpointIO, ExperienceSchedule, RunState, experience_checkpoints, fit_resumable
+from cvm_lightning.training import (
+    AtomicCheckpointIO,
+    ExperienceSchedule,
+    RunState,
+    experience_checkpoints,
+    fit_resumable,
+)
 
 SMALL = dict(backbone="reduced_resnet18", in_chans=1, input_size=16, buffer_size=60)
 
@@ -100,7 +106,9 @@ def test_cvm_fit_trains_the_stream_from_a_config(tmp_path):
     run = next(tmp_path.rglob("accuracy_matrix.json"))
     saved = json.loads(run.read_text())
     assert len(saved["accuracy_matrix"]) == 5 and all(v is not None for v in saved["accuracy_matrix"][4])
-    assert (run.parent / "config.yaml").is_file() and list(run.parent.rglob("*.ckpt")), "Lightning's config and checkpoint"
+    assert (run.parent / "config.yaml").is_file() and list(run.parent.rglob("*.ckpt")), (
+        "Lightning's config and checkpoint"
+    )
 
 
 @pytest.mark.parametrize("args,fix", [
@@ -118,3 +126,70 @@ def test_bad_config_values_are_one_line(args, fix, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cvm: error: ") and fix in err[0], err
     assert not list(tmp_path.rglob("*")), "nothing written"
+
+
+def _own_datasets(per_class: int, channels: int = 3, dtype=torch.float32):
+    """A torchvision-style dataset of (image, label) pairs: 4 classes whose brightness tells them apart."""
+    from torch.utils.data import TensorDataset
+
+    y = torch.arange(4).repeat(per_class)
+    x = (torch.rand(len(y), channels, 16, 16, generator=torch.Generator().manual_seed(per_class)) * 0.2
+         + y.view(-1, 1, 1, 1) / 5).clamp(0, 1)
+    if dtype == torch.uint8:
+        x = (x * 255).to(torch.uint8)
+    return TensorDataset(x, y)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_from_datasets_streams_your_own_dataset_end_to_end(dtype):
+    names = ["cat", "dog", "car", "ship"]
+    dm = ClassIncrementalDataModule.from_datasets(
+        _own_datasets(30, dtype=dtype), _own_datasets(10, dtype=dtype), names, n_experiences=2, seed=1,
+        epochs_per_experience=2, batch_size=16, train_per_class=20,
+    )
+    assert dm.class_names == names and dm.in_chans == 3 and dm.n_experiences == 2
+    orders = {tuple(dm.classes_of(i)) for i in range(2)}
+    assert sorted(c for order in orders for c in order) == [0, 1, 2, 3], "each class in exactly one experience"
+    assert all(len(dm.benchmark.train_stream[i].dataset) == 40 for i in range(2)), "20 training images a class"
+    again = ClassIncrementalDataModule.from_datasets(
+        _own_datasets(30), _own_datasets(10), names, n_experiences=2, seed=1
+    )
+    assert [again.classes_of(i) for i in range(2)] == [dm.classes_of(i) for i in range(2)], "the seed fixes the order"
+    bank = ConceptBank.from_names(names, text_model="random")
+    model = CVMModule(bank, backbone="reduced_resnet18", in_chans=3, input_size=16, buffer_size=20)
+    metrics = ContinualMetricsCallback(n_experiences=dm.n_experiences)
+    trainer = pl.Trainer(callbacks=[ExperienceSchedule(), metrics], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(model, datamodule=dm)
+    matrix = metrics.matrix.compute()
+    assert matrix.shape == (2, 2) and not torch.isnan(matrix).any()
+    assert matrix[0, 0] > 0.5, "the first experience's two classes are learned"
+
+
+@pytest.mark.parametrize("case, fix", [
+    ("label outside", "outside the 4 class_names"),
+    ("class without training images", "have no training images"),
+    ("channels differ", "different channel counts"),
+    ("not images", "C x H x W tensors"),
+    ("no n_experiences", "needs n_experiences"),
+])
+def test_from_datasets_bad_input_is_one_clear_error(case, fix):
+    from torch.utils.data import ConcatDataset, TensorDataset
+
+    from cvm_lightning.errors import CVMError
+
+    names = ["cat", "dog", "car", "ship"]
+    train, test, kwargs = _own_datasets(5), _own_datasets(2), {"n_experiences": 2}
+    if case == "label outside":
+        train = ConcatDataset([train, TensorDataset(torch.rand(1, 3, 16, 16), torch.tensor([7]))])
+    elif case == "class without training images":
+        x, y = train.tensors
+        train = TensorDataset(x[y != 2], y[y != 2])
+    elif case == "channels differ":
+        test = _own_datasets(2, channels=1)
+    elif case == "not images":
+        train = [(float(i), i % 4) for i in range(8)]
+    else:
+        kwargs = {"n_experiences": None}
+    with pytest.raises(CVMError, match=fix):
+        ClassIncrementalDataModule.from_datasets(train, test, names, **kwargs)

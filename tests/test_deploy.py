@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from cli_helpers import expect_error
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from cli_helpers import expect_error
-from cvm_lightning.cli import main
+from cvm_lightning.app.cli import main
 from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.errors import DataError
 from cvm_lightning.model import CVMModule
@@ -77,7 +77,7 @@ def test_predicting_with_an_onnx_file_never_imports_torch(workspace, tmp_path, c
     capsys.readouterr()
     assert main(["predict", "--model", str(workspace["ckpt"]), str(workspace["images"])]) == 0
     from_checkpoint = capsys.readouterr().out
-    code = ("import sys; from cvm_lightning.cli import main; status = main(['predict', '--model', *sys.argv[1:]]); "
+    code = ("import sys; from cvm_lightning.app.cli import main; status = main(['predict', '--model', *sys.argv[1:]]); "
             "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(status)")
     result = subprocess.run([sys.executable, "-c", code, str(model), str(workspace["images"])],
                             capture_output=True, text=True, timeout=300)
@@ -155,7 +155,10 @@ def test_predict_writes_csv_and_json(trained, tmp_path):
     assert main(["predict", "--model", str(checkpoint), str(root / "test" / "frog"), "--output", str(out)]) == 0
     lines = out.read_text().splitlines()
     assert lines[0] == "path,class_id,class_name,similarity" and len(lines) == 41
-    assert main(["predict", "--model", str(checkpoint), str(root / "test" / "ship"), "--output", str(tmp_path / "p.json")]) == 0
+    assert (
+        main(["predict", "--model", str(checkpoint), str(root / "test" / "ship"), "--output", str(tmp_path / "p.json")])
+        == 0
+    )
     assert {row["class_name"] for row in json.loads((tmp_path / "p.json").read_text())} <= set(CLASSES)
 
 
@@ -250,8 +253,19 @@ def test_learn_adds_two_classes_to_a_model_of_eight(cifar10_root, tmp_path, caps
     trainer.save_checkpoint(checkpoint)
     before = checkpoint.read_bytes()
 
-    args = ["learn", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "new"), "--names-file", str(tmp_path / "names.txt"),
-            "--eval-data", str(tmp_path / "old" / "test"), "--epochs", "2"]
+    args = [
+        "learn",
+        "--checkpoint",
+        str(checkpoint),
+        "--data",
+        str(tmp_path / "new"),
+        "--names-file",
+        str(tmp_path / "names.txt"),
+        "--eval-data",
+        str(tmp_path / "old" / "test"),
+        "--epochs",
+        "2",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "Learned cargo ship, lorry" in out

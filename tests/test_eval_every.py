@@ -4,7 +4,7 @@ import json
 
 from cli_helpers import TINY_RUN, expect_error
 
-from cvm_lightning.cli import main
+from cvm_lightning.app.cli import main
 
 FOUR_EXPERIENCES = [*TINY_RUN, "--n-experiences", "4", "--strategies", "cvm,naive"]
 

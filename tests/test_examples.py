@@ -29,7 +29,9 @@ def test_lightning_dropin_example_runs_and_logs(tmp_path):
 
 @pytest.mark.slow
 def test_avalanche_side_by_side_example_scores_every_strategy():
-    result = run_example("avalanche_side_by_side.py", "--epochs", "1", "--backbone", "mobilenetv3_small_050", "--input-size", "16")
+    result = run_example(
+        "avalanche_side_by_side.py", "--epochs", "1", "--backbone", "mobilenetv3_small_050", "--input-size", "16"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines()[-3:]}
     assert set(rows) == {"cvm", "naive", "replay"}
@@ -38,12 +40,24 @@ def test_avalanche_side_by_side_example_scores_every_strategy():
 
 @pytest.mark.slow
 def test_split_digits_example(tmp_path):
-    result = run_example("split_digits.py", *TINY, "--strategies", "cvm,naive", "--input-size", "16", "--out", str(tmp_path / "o"))
+    result = run_example(
+        "split_digits.py", *TINY, "--strategies", "cvm,naive", "--input-size", "16", "--out", str(tmp_path / "o")
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "o" / "results.json").is_file() and "final avg acc" in result.stdout
 
 
-@pytest.mark.parametrize("script", ["split_cifar10.py", "split_cifar100.py", "split_tinyimagenet.py", "split_fashion_mnist.py", "core50.py", "own_images.py"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "split_cifar10.py",
+        "split_cifar100.py",
+        "split_tinyimagenet.py",
+        "split_fashion_mnist.py",
+        "core50.py",
+        "own_images.py",
+    ],
+)
 def test_data_examples_without_data_say_where_to_put_it(script, tmp_path):
     result = run_example(script, "--data-root", str(tmp_path), "--out", str(tmp_path / "o"))
     assert result.returncode == 2
@@ -66,5 +80,7 @@ def test_data_examples_on_real_images(cifar10_root, tinyimagenet_root, tmp_path)
             (own / split / folder).mkdir(parents=True)
             for image in sorted((cifar10_root / split / folder).iterdir())[:count]:
                 shutil.copy(image, own / split / folder / image.name)
-    result = run_example("own_images.py", *TINY, "--strategies", "cvm", "--data-root", str(own), "--out", str(tmp_path / "own-out"))
+    result = run_example(
+        "own_images.py", *TINY, "--strategies", "cvm", "--data-root", str(own), "--out", str(tmp_path / "own-out")
+    )
     assert result.returncode == 0, result.stderr[-2000:]

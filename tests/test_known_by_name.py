@@ -4,10 +4,10 @@ import json
 
 import torch
 import torch.nn.functional as F
-
-from cvm_lightning.cli import main
-from cvm_lightning.concepts import ConceptBank
 from cli_helpers import TINY_RUN, expect_error, make_image_folder
+
+from cvm_lightning.app.cli import main
+from cvm_lightning.concepts import ConceptBank
 
 
 def test_add_classes_builds_centred_concepts_with_the_models_own_text_model(digit_bank):
@@ -21,7 +21,9 @@ def test_add_classes_builds_centred_concepts_with_the_models_own_text_model(digi
     expected = ConceptBank.from_names(["ten", "eleven"], templates=digit_bank.templates).embeddings
     torch.testing.assert_close(module.concepts[ids], F.normalize(expected - module.space.concept_center, dim=-1))
     logits = module.eval()(torch.rand(4, 1, 8, 8))
-    assert torch.isfinite(logits[:, ids]).all() and torch.isinf(logits[:, 2:10]).all(), "new classes compete, unseen do not"
+    assert torch.isfinite(logits[:, ids]).all() and torch.isinf(logits[:, 2:10]).all(), (
+        "new classes compete, unseen do not"
+    )
 
 
 def test_learn_names_round_trips_through_checkpoint_export_and_predict(workspace, tmp_path, capsys):
@@ -49,13 +51,15 @@ def test_bad_names_are_one_line_and_write_nothing(workspace, capsys):
                        ("horse, ", "empty name")):
         expect_error(["learn", "--checkpoint", ckpt, "--names", names], fix, capsys, root)
     expect_error(["learn", "--checkpoint", ckpt], "Pass --data DIR", capsys, root)
-    expect_error(["learn", "--checkpoint", ckpt, "--names", "horse", "--data", str(workspace["new"])], "not both", capsys, root)
+    expect_error(
+        ["learn", "--checkpoint", ckpt, "--names", "horse", "--data", str(workspace["new"])], "not both", capsys, root
+    )
     expect_error(["predict", "--model", str(workspace["pt"]), str(workspace["images"]), "--classes", "cat,zebra"],
                  "not learned classes", capsys, root)
 
 
 def test_learn_with_shots_uses_k_images_a_class(workspace, tmp_path, capsys):
-    from cvm_lightning.cli import main
+    from cvm_lightning.app.cli import main
     from cvm_lightning.deploy.predict import load_checkpoint
 
     out = tmp_path / "few.ckpt"
@@ -106,7 +110,9 @@ def test_learn_with_prototypes_trains_nothing_and_round_trips_through_export(wor
     assert "accuracy on the new classes" in capsys.readouterr().out
     module = load_checkpoint(out)
     names = module.class_names
-    assert module.prototypes.has_prototype.tolist() == [True] * len(names), "old classes from the memory, new from K shots"
+    assert module.prototypes.has_prototype.tolist() == [True] * len(names), (
+        "old classes from the memory, new from K shots"
+    )
     for key, value in before.state_dict().items():
         after = module.state_dict()[key]
         if not key.startswith("prototypes."):  # the concepts and the seen mask grew by the new classes

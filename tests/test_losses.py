@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from cvm_lightning.cli import main
+from cvm_lightning.app.cli import main
 from cvm_lightning.model.losses import LOSSES, semantic_distance
 
 # Three unit concepts on the axes; one image between concepts 0 and 1, labelled 0.
@@ -37,7 +37,17 @@ def test_every_loss_has_a_gradient_towards_the_own_concept():
 
 
 def test_loss_flag_reaches_the_model_and_bad_names_are_errors(tmp_path, capsys):
-    fast = ["--epochs", "1", "--backbone", "mobilenetv3_small_050", "--input-size", "16", "--no-progress", "--strategies", "cvm"]
+    fast = [
+        "--epochs",
+        "1",
+        "--backbone",
+        "mobilenetv3_small_050",
+        "--input-size",
+        "16",
+        "--no-progress",
+        "--strategies",
+        "cvm",
+    ]
     with pytest.raises(SystemExit) as stop:
         main(["run", "--loss", "triplet-huge", "--out", str(tmp_path / "bad"), *fast])
     assert stop.value.code == 2 and "invalid choice: 'triplet-huge'" in capsys.readouterr().err

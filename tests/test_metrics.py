@@ -30,12 +30,16 @@ def test_forgetting_modes_on_the_issue_example():
     assert F.forgetting(R3, mode="avalanche").item() == pytest.approx(((0.90 - 0.70) + (0.80 - 0.60)) / 2)
     assert F.forgetting(torch.tensor([[0.9]])).item() == 0.0
     one_old = torch.tensor([[0.90, 0.0], [0.95, 0.9], [0.70, 0.9]])  # 3 steps, first column only matters
-    assert F.forgetting(torch.cat([one_old, torch.zeros(3, 1)], 1), mode="max").item() == pytest.approx((0.25 + 0.0) / 2)
+    assert F.forgetting(torch.cat([one_old, torch.zeros(3, 1)], 1), mode="max").item() == pytest.approx(
+        (0.25 + 0.0) / 2
+    )
 
 
 def test_hand_computed_values():
     assert F.average_accuracy(R3).item() == pytest.approx((0.70 + 0.60 + 0.85) / 3)
-    assert F.average_incremental_accuracy(R3).item() == pytest.approx((0.90 + (0.95 + 0.80) / 2 + (0.70 + 0.60 + 0.85) / 3) / 3)
+    assert F.average_incremental_accuracy(R3).item() == pytest.approx(
+        (0.90 + (0.95 + 0.80) / 2 + (0.70 + 0.60 + 0.85) / 3) / 3
+    )
     assert F.backward_transfer(R3).item() == pytest.approx(((0.70 - 0.90) + (0.60 - 0.80)) / 2)
     reference = torch.tensor([0.1, 0.05, 0.1])
     assert F.forward_transfer(R3, reference).item() == pytest.approx(((0.10 - 0.05) + (0.20 - 0.10)) / 2)
@@ -54,7 +58,9 @@ def test_rows_not_evaluated_are_left_out_of_each_metric():
         [0.60, 0.70, 0.50, 0.85],
     ])
     assert F.average_accuracy(R).item() == pytest.approx((0.60 + 0.70 + 0.50 + 0.85) / 4)
-    assert F.average_incremental_accuracy(R).item() == pytest.approx(((0.90 + 0.80) / 2 + (0.60 + 0.70 + 0.50 + 0.85) / 4) / 2)
+    assert F.average_incremental_accuracy(R).item() == pytest.approx(
+        ((0.90 + 0.80) / 2 + (0.60 + 0.70 + 0.50 + 0.85) / 4) / 2
+    )
     # Experience 2 was never evaluated before the last row: it has no best accuracy to forget from.
     assert F.forgetting(R).item() == pytest.approx(((0.90 - 0.60) + (0.80 - 0.70)) / 2)
     assert F.backward_transfer(R).item() == pytest.approx(0.70 - 0.80)  # only R[1, 1] is on the diagonal
@@ -154,7 +160,9 @@ def test_equal_to_avalanche_forgetting_and_bwt_on_the_same_predictions():
     bench = build_benchmark("split-digits", StreamConfig(seed=0, n_experiences=5))
     model = ClassifierNet("mobilenetv3_small_050", 10, in_chans=1, input_size=16)
     recorder = AccuracyMatrixPlugin(5)
-    evaluator = EvaluationPlugin(forgetting_metrics(experience=False, stream=True), bwt_metrics(stream=True), loggers=[])
+    evaluator = EvaluationPlugin(
+        forgetting_metrics(experience=False, stream=True), bwt_metrics(stream=True), loggers=[]
+    )
     strategy = Naive(
         model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05), train_mb_size=64, train_epochs=1,
         eval_mb_size=256, plugins=[recorder], evaluator=evaluator,

@@ -3,6 +3,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.errors import ConceptError, ConfigError, DataError, TrainingDivergedError
 from cvm_lightning.model import CVMModule, create_backbone, feature_dim
 from cvm_lightning.streams.datasets import load_digits_split
@@ -33,7 +34,9 @@ def test_feature_width_is_measured_not_read():
 
 
 def test_vit_gets_img_size_for_small_images(digit_bank):
-    module = CVMModule(digit_bank, backbone="vit_tiny_patch16_224", in_chans=1, input_size=32, head="linear", buffer_size=0)
+    module = CVMModule(
+        digit_bank, backbone="vit_tiny_patch16_224", in_chans=1, input_size=32, head="linear", buffer_size=0
+    )
     logits = module(torch.rand(2, 1, 8, 8))
     assert logits.shape == (2, 10)
 
@@ -127,8 +130,39 @@ def test_added_concepts_survive_checkpoints(digit_bank, tmp_path):
     trainer.save_checkpoint(tmp_path / "grown.ckpt")
     restored = CVMModule.load_from_checkpoint(tmp_path / "grown.ckpt")
     assert restored.class_names[-1] == "ten" and restored.concepts.shape == (11, digit_bank.dim)
+    assert torch.equal(restored.concepts, module.concepts) and restored.hparams["class_names"] == digit_bank.class_names
+    # A model of the same classes grows to the checkpoint's (Trainer.fit(ckpt_path=...) resumes it) ...
+    same = small_module(digit_bank)
+    same.on_load_checkpoint(torch.load(tmp_path / "grown.ckpt", weights_only=True))
+    assert same.class_names == [*digit_bank.class_names, "ten"] and same.concepts.shape == (11, digit_bank.dim)
+    # ... but a model of other classes is refused.
+    other = ConceptBank.from_names([f"digit {n}" for n in range(10)], text_model="random")
     with pytest.raises(ConceptError, match="another concept bank"):
-        small_module(digit_bank).on_load_checkpoint(torch.load(tmp_path / "grown.ckpt", weights_only=True))
+        small_module(other).on_load_checkpoint(torch.load(tmp_path / "grown.ckpt", weights_only=True))
+
+
+def test_checkpoints_of_earlier_versions_keep_their_grown_classes_and_image_size(digit_bank, tmp_path):
+    """Checkpoints written before the grown state left the hyperparameters still load with every class."""
+    module = small_module(digit_bank)
+    module.add_concepts(["ten"], torch.randn(1, digit_bank.dim))
+    old_style = {"state_dict": module.state_dict(), "pytorch-lightning_version": "2.6.0",
+                 "hyper_parameters": {**module.hparams, "class_names": module.class_names, "image_size": 12},
+                 "cvm_state": {"current_experience": 3}}
+    torch.save(old_style, tmp_path / "old.ckpt")
+    restored = CVMModule.load_from_checkpoint(tmp_path / "old.ckpt")
+    assert restored.class_names == module.class_names and restored.image_size == 12
+    assert restored.current_experience == 3 and torch.equal(restored.concepts, module.concepts)
+
+
+def test_hyperparameters_are_settled_at_construction(digit_bank):
+    """Training and adding classes change the model's state, never its hyperparameters."""
+    module = small_module(digit_bank)
+    before = dict(module.hparams)
+    module.add_concepts(["ten"], torch.randn(1, digit_bank.dim))
+    module.start_experience([0, 10])
+    module.training_loss(torch.rand(4, 1, 8, 8), torch.tensor([0, 10, 0, 10]), offer=False)
+    assert dict(module.hparams) == before
+    assert module.class_names[-1] == "ten" and module.image_size == 8
 
 
 def test_bad_options_are_config_errors(digit_bank):
@@ -177,7 +211,9 @@ def test_centred_concepts_spread_apart_and_added_ones_share_the_centre(digit_ban
     centred = small_module(digit_bank)
     off_diagonal = ~torch.eye(10, dtype=torch.bool)
     assert torch.allclose(raw.concepts, digit_bank.embeddings)
-    assert (centred.concepts @ centred.concepts.T)[off_diagonal].mean() < (raw.concepts @ raw.concepts.T)[off_diagonal].mean() - 0.2
+    assert (centred.concepts @ centred.concepts.T)[off_diagonal].mean() < (raw.concepts @ raw.concepts.T)[
+        off_diagonal
+    ].mean() - 0.2
     assert torch.allclose(centred.concepts.norm(dim=1), torch.ones(10))
     new = torch.nn.functional.normalize(torch.randn(1, digit_bank.dim), dim=-1)
     centred.add_concepts(["ten"], new)
@@ -203,7 +239,9 @@ def test_asymmetric_loss_keeps_new_samples_off_old_concepts(digit_bank):
     assert 2 in mixed_y[32:].tolist(), "the replayed part holds current classes, where they meet old ones"
     symmetric = small_module(digit_bank, negatives="seen")
     symmetric.start_experience([0, 1, 2, 3])
-    assert torch.allclose(module.batch_loss(z, y, n_new=6), symmetric.batch_loss(z, y, n_new=6)), "no replay: plain loss"
+    assert torch.allclose(module.batch_loss(z, y, n_new=6), symmetric.batch_loss(z, y, n_new=6)), (
+        "no replay: plain loss"
+    )
 
 
 def test_reduced_resnet18_is_a_timm_model():
@@ -231,3 +269,21 @@ def test_checkpoints_with_the_flat_layout_of_earlier_versions_still_load(digit_b
     assert loaded.seen.tolist() == module.seen.tolist()
     torch.testing.assert_close(loaded.concepts, module.concepts)
     torch.testing.assert_close(loaded.state_dict(), module.state_dict())
+
+
+@pytest.mark.parametrize("order", ["cvm_lightning first", "timm first"])
+def test_import_cvm_lightning_registers_its_backbones_with_timm(order):
+    """``import cvm_lightning`` alone makes ``timm.create_model("reduced_resnet18")`` work, and loads no timm itself."""
+    import subprocess
+    import sys
+
+    imports = "import cvm_lightning, timm" if order == "cvm_lightning first" else "import timm, cvm_lightning"
+    code = (
+        "import sys, importlib.util; import cvm_lightning\n"
+        "assert 'timm' not in sys.modules and 'torch' not in sys.modules\n"
+        "assert importlib.util.find_spec('timm') is not None  # a probe, as transformers makes, imports nothing\n"
+        if order == "cvm_lightning first" else ""
+    ) + f"{imports}\nmodel = timm.create_model('reduced_resnet18', num_classes=0)\nprint(type(model).__name__)\n"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ReducedResNet18"

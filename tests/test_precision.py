@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-
 from cli_helpers import TINY_RUN, expect_error
+
 from cvm_lightning import hardware
-from cvm_lightning.cli import main
+from cvm_lightning.app.cli import main
 from cvm_lightning.model import CVMModule
 from cvm_lightning.model.encoder import VisualEncoder
 from cvm_lightning.training.baselines import ClassifierNet

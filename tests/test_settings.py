@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
+from cvm_lightning.app.strategies import STRATEGIES
 from cvm_lightning.errors import ConfigError
 from cvm_lightning.settings import CHOICES, check_settings
-from cvm_lightning.strategies import STRATEGIES
 
 
 def test_every_vocabulary_is_the_key_set_of_its_registry():
@@ -24,7 +24,9 @@ def test_every_vocabulary_is_the_key_set_of_its_registry():
     assert tuple(OPTIMIZERS) == CHOICES["optimizer"]
     assert tuple(FORMATS) == CHOICES["format"]
     avalanche = [name for name, entry in STRATEGIES.items() if entry.runs_on == "avalanche"]
-    assert avalanche == list(BASELINES), "every Avalanche entry of the registry has a builder, and no builder is unlisted"
+    assert avalanche == list(BASELINES), (
+        "every Avalanche entry of the registry has a builder, and no builder is unlisted"
+    )
 
 
 @pytest.mark.parametrize("values", [{"lr": 0}, {"lr": float("inf")}, {"epochs": 1.5}, {"epochs": True},
@@ -39,7 +41,7 @@ def test_optional_settings_accept_none_and_unknown_names_are_left_alone():
 
 
 def test_the_command_line_validates_without_importing_torch():
-    code = ("import sys; from cvm_lightning.cli import main; code = main(['run', '--lr', '-1']); "
+    code = ("import sys; from cvm_lightning.app.cli import main; code = main(['run', '--lr', '-1']); "
             "assert 'torch' not in sys.modules, 'validation imported torch'; sys.exit(code)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
@@ -50,8 +52,8 @@ def test_every_run_setting_is_part_of_some_strategys_cache_key():
     """A setting no entry reads would be left out of the sweep's cache keys, and stale results reused."""
     from dataclasses import fields
 
-    from cvm_lightning.run_config import MODEL_SETTINGS, NOT_IN_RESULTS, RunConfig
-    from cvm_lightning.strategies import SHARED_SETTINGS
+    from cvm_lightning.app.run_config import MODEL_SETTINGS, NOT_IN_RESULTS, RunConfig
+    from cvm_lightning.app.strategies import SHARED_SETTINGS
 
     read = set(SHARED_SETTINGS).union(*(entry.reads for entry in STRATEGIES.values()), MODEL_SETTINGS)
     assert {f.name for f in fields(RunConfig)} - read == {"strategies", "seeds", *NOT_IN_RESULTS}
@@ -60,7 +62,7 @@ def test_every_run_setting_is_part_of_some_strategys_cache_key():
 def test_cache_keys_follow_what_each_strategy_reads():
     from dataclasses import replace
 
-    from cvm_lightning.run_config import RunConfig
+    from cvm_lightning.app.run_config import RunConfig
 
     base = RunConfig()
     changed = replace(base, temperature=0.1)
@@ -74,9 +76,9 @@ def test_run_settings_are_the_signatures_of_what_a_run_builds():
     """cvm run's settings, defaults and help come from CVMModule's and ClassIncrementalDataModule's signatures."""
     import inspect
 
+    from cvm_lightning.app.run_config import DATA_SETTINGS, FROM_THE_DATA, MODEL_SETTINGS, RunConfig
     from cvm_lightning.data import ClassIncrementalDataModule
     from cvm_lightning.model import CVMModule
-    from cvm_lightning.run_config import DATA_SETTINGS, FROM_THE_DATA, MODEL_SETTINGS, RunConfig
 
     for cls, read in ((CVMModule, MODEL_SETTINGS), (ClassIncrementalDataModule, DATA_SETTINGS)):
         parameters = inspect.signature(cls.__init__).parameters

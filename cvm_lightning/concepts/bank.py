@@ -17,7 +17,6 @@ from cvm_lightning.errors import ConceptError
 from cvm_lightning.settings import check_class_names
 
 
-
 def concept_sentences(name: str, templates: Sequence[str], description: str | None = None) -> list[str]:
     """The sentences whose averaged embedding is the concept of ``name``."""
     sentences = [template.format(name) for template in templates]

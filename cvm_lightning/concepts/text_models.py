@@ -20,6 +20,7 @@ import torch
 
 from cvm_lightning.concepts.defaults import DEFAULT_TEXT_MODEL
 from cvm_lightning.errors import ConfigError, TextModelNotFoundError
+
 POOLINGS = ("auto", "mean", "cls", "last")
 
 

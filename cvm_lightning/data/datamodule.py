@@ -79,18 +79,50 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         download: bool = False,
     ) -> None:
         super().__init__()
-        check_settings({"epochs_per_experience": epochs_per_experience, "batch_size": batch_size,
-                        "eval_batch_size": eval_batch_size, "eval_every": eval_every, "num_workers": num_workers, "seed": seed,
-                        "train_per_class": train_per_class, "test_per_class": test_per_class,
-                        "n_experiences": n_experiences})
+        check_settings(
+            {
+                "epochs_per_experience": epochs_per_experience,
+                "batch_size": batch_size,
+                "eval_batch_size": eval_batch_size,
+                "eval_every": eval_every,
+                "num_workers": num_workers,
+                "seed": seed,
+                "train_per_class": train_per_class,
+                "test_per_class": test_per_class,
+                "n_experiences": n_experiences,
+            }
+        )
         data_root = str(data_root) if data_root is not None else None  # checkpoints hold plain values only
         self.save_hyperparameters()
         self._benchmark: Benchmark | None = None
 
     @classmethod
     def from_benchmark(cls, benchmark: Benchmark, **kwargs: Any) -> "ClassIncrementalDataModule":
-        """A data module over an already built :class:`~cvm_lightning.streams.Benchmark` (any Avalanche scenario inside)."""
+        """A data module over an already built :class:`~cvm_lightning.streams.Benchmark` (any Avalanche scenario)."""
         module = cls(benchmark.name, **kwargs)
+        module._check(benchmark)
+        module._benchmark = benchmark
+        return module
+
+    @classmethod
+    def from_datasets(
+        cls, train, test, class_names: list[str], *, n_experiences: int, seed: int = 0, **kwargs: Any
+    ) -> "ClassIncrementalDataModule":
+        """A data module over your own map-style datasets of ``(image, label)`` pairs (a torchvision dataset, say).
+
+        Images are C x H x W float tensors in [0, 1] (``ToTensor()``) or
+        uint8, without normalisation; labels are class ids into
+        ``class_names``. ``seed`` shuffles the class order as for the
+        registered benchmarks, and ``train_per_class``/``test_per_class``
+        (among ``kwargs``, with every other setting) subsample each class.
+        """
+        from cvm_lightning.streams.benchmarks import from_datasets
+
+        module = cls("datasets", n_experiences=n_experiences, seed=seed, **kwargs)
+        h = module.hparams
+        config = StreamConfig(seed=h.seed, train_per_class=h.train_per_class, test_per_class=h.test_per_class,
+                              n_experiences=h.n_experiences)
+        benchmark = from_datasets(train, test, class_names, config)
         module._check(benchmark)
         module._benchmark = benchmark
         return module
@@ -160,7 +192,9 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """The loader of the experience the Trainer's current epoch trains."""
-        return self.train_dataloader_of(self.experience_at(self.trainer.current_epoch if self.trainer is not None else 0))
+        return self.train_dataloader_of(
+            self.experience_at(self.trainer.current_epoch if self.trainer is not None else 0)
+        )
 
     def train_dataloader_of(self, experience: int) -> DataLoader:
         """The training loader of ``experience`` (for one ``fit`` per experience)."""
@@ -173,5 +207,7 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         h = self.hparams
-        return [experience_loader(exp.dataset.eval(), batch_size=h.eval_batch_size, train=False, num_workers=h.num_workers)
-                for exp in self.benchmark.test_stream]
+        return [
+            experience_loader(exp.dataset.eval(), batch_size=h.eval_batch_size, train=False, num_workers=h.num_workers)
+            for exp in self.benchmark.test_stream
+        ]

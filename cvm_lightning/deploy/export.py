@@ -32,7 +32,9 @@ FORMATS = CHOICES["format"]
 
 
 class DeployedCVM(nn.Module):
-    """The trained ``VisualEncoder`` (no augmentation) + head + learned concepts: images in [0, 1] -> similarities over learned classes.
+    """The trained ``VisualEncoder`` (no augmentation) + head + learned concepts.
+
+    It maps images in [0, 1] to their similarities over the learned classes.
 
     With ``image_size`` (an exported graph, whose images always have that
     side) the upsampling to the model's input size is decided here, so a
@@ -63,7 +65,7 @@ class DeployedCVM(nn.Module):
 
 def trained_image_size(module: CVMModule) -> int:
     """The side of the images ``module`` was trained on (recorded at training), else its input size, else 32."""
-    return int(module.hparams.get("image_size") or module.hparams["input_size"] or 32)
+    return int(module.image_size or module.hparams["input_size"] or 32)
 
 
 def deployment_metadata(module: CVMModule, image_size: int | None = None) -> dict:

@@ -15,7 +15,7 @@ from cvm_lightning.deploy.predict import load_checkpoint
 from cvm_lightning.errors import ConceptError, DataError
 from cvm_lightning.model import CVMModule
 from cvm_lightning.paths import check_output_file
-from cvm_lightning.settings import check_class_names, check_settings
+from cvm_lightning.settings import DEFAULT_BATCH_SIZE, DEFAULT_LEARN_EPOCHS, check_class_names, check_settings
 from cvm_lightning.streams.images import list_class_folders, load_image_folder, read_class_names
 
 
@@ -86,7 +86,9 @@ def _old_class_data(module: CVMModule, root: Path, image_size: int):
     known = module.class_names
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise ConceptError(f"--eval-data folders {unknown} are not classes of this model; it knows: {', '.join(known)}.")
+        raise ConceptError(
+            f"--eval-data folders {unknown} are not classes of this model; it knows: {', '.join(known)}."
+        )
     paths, targets = scan_split(root, folders)
     return ImageFileDataset(paths, [known.index(names[t]) for t in targets], image_size)
 
@@ -104,8 +106,8 @@ def learn_new_classes(
     *,
     names_file: Path | None = None,
     eval_data: Path | None = None,
-    epochs: int = 5,
-    batch_size: int = 64,
+    epochs: int = DEFAULT_LEARN_EPOCHS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     shots: int | None = None,
     method: str = "finetune",
     out: Path | None = None,
@@ -174,7 +176,7 @@ def learn_new_classes(
 
 
 def save_module_checkpoint(module: CVMModule, source: Path, out: Path) -> Path:
-    """Write ``module`` as a copy of checkpoint ``source`` with its weights, concepts and names replaced (atomically)."""
+    """Write ``module`` as a copy of checkpoint ``source``, its weights, concepts and names replaced (atomically)."""
     checkpoint = torch.load(source, map_location="cpu", weights_only=True)
     checkpoint["state_dict"] = module.state_dict()
     checkpoint["hyper_parameters"] = dict(module.hparams)

@@ -22,7 +22,14 @@ from cvm_lightning.atomic import atomic_write_text
 from cvm_lightning.errors import CVMError, DataError
 from cvm_lightning.image_files import IMAGE_SUFFIXES, read_image, unit_pixels
 from cvm_lightning.paths import check_input_file
-from cvm_lightning.settings import META_FILE, MODEL_SUFFIXES, check_class_names, check_settings
+from cvm_lightning.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_Z_THRESHOLD,
+    META_FILE,
+    MODEL_SUFFIXES,
+    check_class_names,
+    check_settings,
+)
 
 TORCHSCRIPT_SUFFIXES = set(MODEL_SUFFIXES["torchscript"])
 
@@ -64,7 +71,8 @@ class Predictor:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         if not self.path.is_file():
-            raise DataError(f"No model file at {self.path}: pass a .ckpt checkpoint, a TorchScript (.pt) or an .onnx export.")
+            raise DataError(f"No model file at {self.path}: pass a .ckpt checkpoint, a TorchScript (.pt) or an .onnx "
+                            "export.")
         suffix = self.path.suffix.lower()
         try:
             if suffix == ".ckpt":
@@ -118,7 +126,8 @@ class Predictor:
         names = check_class_names(names, what="--classes")
         unknown = [n for n in names if n not in self.class_names]
         if unknown:
-            raise DataError(f"--classes {unknown} are not learned classes of {self.path}; it knows: {', '.join(self.class_names)}.")
+            raise DataError(f"--classes {unknown} are not learned classes of {self.path}; it knows: "
+                            f"{', '.join(self.class_names)}.")
         self._columns = [self.class_names.index(n) for n in names]
         self.class_ids = [self.class_ids[i] for i in self._columns]
         self.class_names = list(names)
@@ -162,7 +171,7 @@ class PredictionReport:
 
     rows: list[dict]
     batch_size: int
-    z_threshold: float = 3.0
+    z_threshold: float = DEFAULT_Z_THRESHOLD
     drift: dict | None = None
     reference: dict | None = None
     flagged: list[int] = field(default_factory=list)
@@ -182,20 +191,30 @@ class PredictionReport:
         """The drift monitor's report in words (empty without ``--monitor``)."""
         if self.drift is None or self.reference is None:
             return []
-        d, (near_mean, near_std), (margin_mean, margin_std) = self.drift, self.reference["nearest"], self.reference["margin"]
+        d, (near_mean, near_std), (margin_mean, margin_std) = (
+            self.drift,
+            self.reference["nearest"],
+            self.reference["margin"],
+        )
         lines = [
             f"drift monitor: the reference images sit at similarity {near_mean:.3f}±{near_std:.3f} to their nearest "
             f"concept (margin to the second {margin_mean:.3f}±{margin_std:.3f}); these images at {d['nearest']:.3f} "
-            f"(z={d['z_nearest']:.1f}), margin {d['margin']:.3f} (z={d['z_margin']:.1f}); drift means |z| > {self.z_threshold:g}."
+            f"(z={d['z_nearest']:.1f}), margin {d['margin']:.3f} (z={d['z_margin']:.1f}); drift means |z| > "
+            f"{self.z_threshold:g}."
         ]
         if d["drifted"]:
-            lines.append("drift monitor: DRIFT: these images differ from the reference ones, so predictions on them are "
-                         "less trustworthy. Check the camera and lighting, or teach new kinds of image with `cvm learn`.")
+            lines.append(
+                "drift monitor: DRIFT: these images differ from the reference ones, so predictions on them are "
+                "less trustworthy. Check the camera and lighting, or teach new kinds of image with `cvm learn`."
+            )
         else:
             lines.append("drift monitor: no drift: these images look like the reference ones.")
         if self.flagged:
-            spans = ", ".join(f"{b * self.batch_size + 1}-{min((b + 1) * self.batch_size, len(self.rows))}" for b in self.flagged)
-            lines.append(f"drift monitor: on their own, {len(self.flagged)} batch(es) of --batch-size {self.batch_size} "
+            spans = ", ".join(
+                f"{b * self.batch_size + 1}-{min((b + 1) * self.batch_size, len(self.rows))}" for b in self.flagged
+            )
+            lines.append(f"drift monitor: on their own, {len(self.flagged)} batch(es) of --batch-size "
+                         f"{self.batch_size} "
                          f"images drifted: images {spans} in the order listed.")
         return lines
 
@@ -204,9 +223,9 @@ def predict_files(
     model: Path,
     files: Sequence[Path],
     *,
-    batch_size: int = 64,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     reference: Path | None = None,
-    z_threshold: float = 3.0,
+    z_threshold: float = DEFAULT_Z_THRESHOLD,
     classes: Sequence[str] | None = None,
 ) -> PredictionReport:
     """Predict every image file with ``model``; with ``reference``, also test the images for concept drift.

@@ -27,7 +27,7 @@ QUANTIZED_OPS = ("Conv", "Gemm")
 
 
 def calibration_images(module, image_size: int, limit: int = CALIBRATION_IMAGES) -> torch.Tensor:
-    """Up to ``limit`` images of the module's replay memory (class-balanced), float in [0, 1], resized to ``image_size``."""
+    """Up to ``limit`` images of the module's replay memory (class-balanced), in [0, 1], resized to ``image_size``."""
     per_class = [module.replay.samples_of(c) for c in module.replay.classes]
     if not per_class:
         raise ConfigError(
@@ -38,7 +38,9 @@ def calibration_images(module, image_size: int, limit: int = CALIBRATION_IMAGES)
     images = torch.cat([samples[:take] for samples in per_class])[:limit]
     images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     if images.shape[-1] != image_size or images.shape[-2] != image_size:
-        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        images = F.interpolate(
+            images, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+        )
     return images.clamp(0, 1)
 
 

@@ -2,7 +2,6 @@
 
 from cvm_lightning.metrics import functional
 from cvm_lightning.metrics.callback import ContinualMetricsCallback
-from cvm_lightning.metrics.drift import ConceptDriftCallback, ConceptDriftMonitor
 from cvm_lightning.metrics.continual import (
     AccuracyMatrix,
     AverageAccuracy,
@@ -10,6 +9,7 @@ from cvm_lightning.metrics.continual import (
     Forgetting,
     ForwardTransfer,
 )
+from cvm_lightning.metrics.drift import ConceptDriftCallback, ConceptDriftMonitor
 
 __all__ = [
     "AccuracyMatrix",

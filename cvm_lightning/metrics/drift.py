@@ -10,6 +10,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torchmetrics import Metric
 
+from cvm_lightning.settings import DEFAULT_Z_THRESHOLD
+
 SIGNALS = ("nearest", "margin")
 
 
@@ -48,7 +50,7 @@ class ConceptDriftMonitor(Metric):
 
     full_state_update = False
 
-    def __init__(self, z_threshold: float = 3.0, **kwargs) -> None:
+    def __init__(self, z_threshold: float = DEFAULT_Z_THRESHOLD, **kwargs) -> None:
         super().__init__(**kwargs)
         self.z_threshold = z_threshold
         self.add_state("count", default=torch.tensor(0.0), dist_reduce_fx="sum")
@@ -102,7 +104,7 @@ class ConceptDriftCallback(pl.Callback):
     ``similarities`` (``CVMModule`` does).
     """
 
-    def __init__(self, z_threshold: float = 3.0) -> None:
+    def __init__(self, z_threshold: float = DEFAULT_Z_THRESHOLD) -> None:
         self.monitor = ConceptDriftMonitor(z_threshold)
         self._held_out = ConceptDriftMonitor()
         self.report: dict[str, float | bool] | None = None

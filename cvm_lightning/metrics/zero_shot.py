@@ -114,7 +114,7 @@ def _in_eval_mode(model: torch.nn.Module, run: Callable[[], None]) -> None:
 
 
 class ZeroShotCallback(pl.Callback):
-    """Measures zero-shot accuracy and FWT during one ``fit`` over a :class:`~cvm_lightning.data.ClassIncrementalDataModule`.
+    """Measures zero-shot accuracy and FWT during one ``fit`` over a ``ClassIncrementalDataModule``.
 
     The untrained model is scored at the start of the fit, and each later
     experience at the start of its first epoch. :attr:`recorder` holds the

@@ -1,13 +1,10 @@
-"""The visual side: backbones, alignment head, losses, replay and the LightningModule."""
+"""The visual side: backbones, alignment head, losses, replay and the LightningModule.
 
-from cvm_lightning.model import reduced_resnet as _reduced_resnet  # noqa: F401 - registers reduced_resnet18 with timm
-from cvm_lightning.model.backbones import create_backbone, feature_dim
-from cvm_lightning.model.concept_space import ConceptSpace
-from cvm_lightning.model.encoder import VisualEncoder
-from cvm_lightning.model.heads import ConceptAlignmentHead
-from cvm_lightning.model.losses import LOSSES
-from cvm_lightning.model.module import CVMModule, split_batch
-from cvm_lightning.model.replay import ReplayBuffer
+Names load on first use, so importing one submodule (``reduced_resnet``,
+which timm's first import registers) does not load Lightning.
+"""
+
+from cvm_lightning._lazy import lazy_exports
 
 __all__ = [
     "LOSSES",
@@ -20,3 +17,8 @@ __all__ = [
     "feature_dim",
     "split_batch",
 ]
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "create_backbone": ".backbones", "feature_dim": ".backbones", "ConceptSpace": ".concept_space",
+    "VisualEncoder": ".encoder", "ConceptAlignmentHead": ".heads", "LOSSES": ".losses", "CVMModule": ".module",
+    "split_batch": ".module", "ReplayBuffer": ".replay",
+})

@@ -14,6 +14,7 @@ from torch import nn
 from cvm_lightning.errors import ConfigError, did_you_mean
 from cvm_lightning.model.pretrained import find_pretrained_file
 
+
 def _unknown_backbone(name: str) -> ConfigError:
     return ConfigError(
         f"Unknown backbone {name!r}.{did_you_mean(name, timm.list_models())} "

@@ -14,7 +14,9 @@ from cvm_lightning.settings import check_settings
 
 
 class VisualEncoder(nn.Module):
-    """Images in [0, 1] or uint8 -> features: pixel normalisation, training augmentation, small-image upsampling, a timm backbone.
+    """Images in [0, 1] or uint8 -> features.
+
+    Pixel normalisation, training augmentation, small-image upsampling, then a timm backbone.
 
     ``CVMModule``, the baselines' ``ClassifierNet`` and the exported
     ``DeployedCVM`` all see images through it, so every model gets the same
@@ -41,7 +43,9 @@ class VisualEncoder(nn.Module):
         self.backbone = create_backbone(
             backbone, pretrained=pretrained, pretrained_file=pretrained_file, in_chans=in_chans, img_size=input_size
         )
-        self.normalize = PixelNormalize(*pretrained_normalization(self.backbone, in_chans)) if pretrained else PixelNormalize()
+        self.normalize = (
+            PixelNormalize(*pretrained_normalization(self.backbone, in_chans)) if pretrained else PixelNormalize()
+        )
         self.width = feature_dim(self.backbone, in_chans, input_size or 64)
         self.channels_last = channels_last
         if channels_last:
@@ -50,7 +54,11 @@ class VisualEncoder(nn.Module):
         self.features: FeatureCache | None = None
         if freeze:
             # Pretrained weights are the same in every model built from them, so their features are shared and kept.
-            self.features = FeatureCache.shared(weights_digest(self.backbone, backbone, input_size)) if pretrained else FeatureCache()
+            self.features = (
+                FeatureCache.shared(weights_digest(self.backbone, backbone, input_size))
+                if pretrained
+                else FeatureCache()
+            )
             self.backbone.requires_grad_(False)
             self.backbone.eval()
 

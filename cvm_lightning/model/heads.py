@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvm_lightning.errors import ConfigError
-from cvm_lightning.settings import CHOICES
+from cvm_lightning.settings import DEFAULT_HEAD, check_choice
 
-HEADS = CHOICES["head"]
+# The projections by name (the settings layer's ``head`` vocabulary): (features, concept dim, hidden units) -> module.
+HEADS: dict[str, Callable[[int, int, int], nn.Module]] = {
+    "linear": lambda in_dim, concept_dim, hidden_dim: nn.Linear(in_dim, concept_dim),
+    "mlp": lambda in_dim, concept_dim, hidden_dim: nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, concept_dim)
+    ),
+}
 
 
 class ConceptAlignmentHead(nn.Module):
@@ -19,14 +26,10 @@ class ConceptAlignmentHead(nn.Module):
     linear -> GELU -> linear with ``hidden_dim`` units.
     """
 
-    def __init__(self, in_dim: int, concept_dim: int, kind: str = "mlp", hidden_dim: int = 512) -> None:
+    def __init__(self, in_dim: int, concept_dim: int, kind: str = DEFAULT_HEAD, hidden_dim: int = 512) -> None:
         super().__init__()
-        if kind == "linear":
-            self.proj: nn.Module = nn.Linear(in_dim, concept_dim)
-        elif kind == "mlp":
-            self.proj = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, concept_dim))
-        else:
-            raise ConfigError(f"Unknown head {kind!r}; choose one of {', '.join(HEADS)}.")
+        check_choice("head", kind, HEADS)
+        self.proj: nn.Module = HEADS[kind](in_dim, concept_dim, hidden_dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(features).float(), dim=-1)  # unit vectors in float32, under autocast too

@@ -8,8 +8,8 @@ from functools import partial
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
-from lightning_fabric.utilities.warnings import PossibleUserWarning
 import torch
+from lightning_fabric.utilities.warnings import PossibleUserWarning
 from torch import nn
 
 from cvm_lightning.concepts import ConceptBank
@@ -23,7 +23,7 @@ from cvm_lightning.model.heads import ConceptAlignmentHead
 from cvm_lightning.model.losses import LOSSES, semantic_distance
 from cvm_lightning.model.prototypes import ClassPrototypes
 from cvm_lightning.model.replay import ReplayBuffer
-from cvm_lightning.settings import check_class_names, check_settings
+from cvm_lightning.settings import DEFAULT_HEAD, check_class_names, check_settings
 
 OPTIMIZERS = {
     "adamw": torch.optim.AdamW,
@@ -155,7 +155,7 @@ class CVMModule(pl.LightningModule):
         channels_last: bool = False,
         image_size: int | None = None,
         augment: str = "none",
-        head: str = "linear",
+        head: str = DEFAULT_HEAD,
         head_hidden_dim: int = 512,
         loss: str = "ce",
         temperature: float = 0.05,
@@ -192,10 +192,21 @@ class CVMModule(pl.LightningModule):
         self.hparams["class_names"] = list(class_names)
         self.hparams["concept_dim"] = int(concept_dim)
         self.hparams["concept_source"] = concept_source
+        # What grows after construction lives beside the hyperparameters, saved by on_save_checkpoint:
+        # the classes added on site, and the side of the images training saw.
+        self._class_names = list(class_names)
+        self.image_size: int | None = image_size
 
-        self.encoder = VisualEncoder(backbone, pretrained=pretrained, pretrained_file=pretrained_file, in_chans=in_chans,
-                                     input_size=input_size, augment=augment, freeze=freeze_backbone,
-                                     channels_last=channels_last)
+        self.encoder = VisualEncoder(
+            backbone,
+            pretrained=pretrained,
+            pretrained_file=pretrained_file,
+            in_chans=in_chans,
+            input_size=input_size,
+            augment=augment,
+            freeze=freeze_backbone,
+            channels_last=channels_last,
+        )
         self.head = ConceptAlignmentHead(self.encoder.width, concept_dim, kind=head, hidden_dim=head_hidden_dim)
         embeddings = concept_bank.embeddings if concept_bank is not None else torch.zeros(len(class_names), concept_dim)
         self.space = ConceptSpace(embeddings, temperature=temperature, learn_temperature=learn_temperature,
@@ -213,7 +224,8 @@ class CVMModule(pl.LightningModule):
     # ----------------------------------------------------------------- concepts
     @property
     def class_names(self) -> list[str]:
-        return list(self.hparams["class_names"])
+        """Every class's name, by class id: those it was built with, then any added since."""
+        return list(self._class_names)
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -264,7 +276,10 @@ class CVMModule(pl.LightningModule):
             raise ConceptError(f"This model's concepts are the fixed {source['text_model']['name']} targets, which "
                                "know no names: classes can be added by name only to a model with a text model.")
         bank = ConceptBank.from_names(
-            names, text_model=TextModelSpec(**source["text_model"]), templates=source["templates"], descriptions=descriptions
+            names,
+            text_model=TextModelSpec(**source["text_model"]),
+            templates=source["templates"],
+            descriptions=descriptions,
         )
         ids = self.add_concepts(names, bank.embeddings)
         self.seen[ids] = True
@@ -279,7 +294,7 @@ class CVMModule(pl.LightningModule):
             )
         ids = self.space.add(embeddings)
         self.prototypes.add_classes(len(ids))
-        self.hparams["class_names"] = [*self.class_names, *names]
+        self._class_names += names
         return ids
 
     # ------------------------------------------------------------------ forward
@@ -399,8 +414,8 @@ class CVMModule(pl.LightningModule):
         The embeddings cover the batch first, then the replayed samples.
         """
         self.observe(y)
-        if self.hparams["image_size"] is None:
-            self.hparams["image_size"] = int(x.shape[-1])
+        if self.image_size is None:
+            self.image_size = int(x.shape[-1])
         n = len(x)
         mixed_x, mixed_y, stored = self.mix_replay(x, y)
         features = self.encoder(mixed_x)
@@ -454,7 +469,9 @@ class CVMModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         if self.encoder.frozen:
             # Lightning warns about modules left in eval mode; a frozen backbone is, by design.
-            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning)
+            warnings.filterwarnings(
+                "ignore", message=r"Found \d+ module\(s\) in eval mode", category=PossibleUserWarning
+            )
 
     def on_train_start(self) -> None:
         # Without start_experience, each fit is one experience of the classes it sees.
@@ -534,7 +551,10 @@ class CVMModule(pl.LightningModule):
         if self.hparams["scheduler"] == "none":
             return optimizer
         self.trainer.estimated_stepping_batches  # noqa: B018 - loads the train dataloader
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.build_scheduler(optimizer), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.build_scheduler(optimizer), "interval": "step"},
+        }
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
         """The cosine schedule of one experience, from the first step of the current epoch.
@@ -550,13 +570,24 @@ class CVMModule(pl.LightningModule):
     # -------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cvm_replay"] = self.replay.state_dict()
-        checkpoint["cvm_state"] = {"current_experience": self.current_experience}
+        checkpoint["cvm_state"] = {"current_experience": self.current_experience, "class_names": self.class_names,
+                                   "image_size": self.image_size}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
+        saved = checkpoint.get("cvm_state", {})
+        # Older checkpoints kept the grown class list and the image size in their hyperparameters.
+        hparams = checkpoint.get("hyper_parameters", {})
+        names = saved.get("class_names", hparams.get("class_names", self.class_names))
+        added = names[len(self.class_names):]
+        if names[:len(self.class_names)] == self.class_names and added:  # classes added after construction
+            self.add_concepts(added, torch.zeros(len(added), self.concepts.shape[1]))  # the state dict fills them
+        self.image_size = saved.get("image_size", hparams.get("image_size", self.image_size))
         _rename_flat_keys(state)
         if "space.concepts" in state:
-            state.setdefault("space.concept_center", torch.zeros(state["space.concepts"].shape[1]))  # saved before centring existed
+            state.setdefault(
+                "space.concept_center", torch.zeros(state["space.concepts"].shape[1])
+            )  # saved before centring existed
         for name, buffer in self.prototypes.state_dict().items():
             state.setdefault("prototypes." + name, buffer)  # saved before prototypes existed
         if "space.concepts" in state and state["space.concepts"].shape != self.concepts.shape:
@@ -567,7 +598,7 @@ class CVMModule(pl.LightningModule):
             )
         if "cvm_replay" in checkpoint:
             self.replay.load_state_dict(checkpoint["cvm_replay"])
-        self.current_experience = checkpoint.get("cvm_state", {}).get("current_experience")
+        self.current_experience = saved.get("current_experience")
 
 
 def _rename_flat_keys(state: dict[str, Any]) -> None:

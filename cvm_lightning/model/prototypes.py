@@ -69,7 +69,9 @@ class ClassPrototypes(nn.Module):
         """A copy that scores only classes ``rows`` (in that order), for an exported model."""
         picked = ClassPrototypes(len(rows), self.prototypes.shape[1], self.embedding_center.shape[0])
         state = self.state_dict()
-        picked.load_state_dict({k: v[rows] if k in ("feature_sum", "count", "prototypes") else v for k, v in state.items()})
+        picked.load_state_dict(
+            {k: v[rows] if k in ("feature_sum", "count", "prototypes") else v for k, v in state.items()}
+        )
         return picked
 
     def vote(self, features: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,13 @@ from pathlib import Path
 
 from cvm_lightning.concepts.defaults import DEFAULT_TEMPLATES
 from cvm_lightning.errors import ConfigError, DataError
-from cvm_lightning.streams.registry import Benchmark, StreamConfig, register_benchmark, split_by_class, subsample_per_class
+from cvm_lightning.streams.registry import (
+    Benchmark,
+    StreamConfig,
+    register_benchmark,
+    split_by_class,
+    subsample_per_class,
+)
 
 
 def shipped_class_names(name: str) -> dict:
@@ -43,6 +49,49 @@ def class_incremental(
             dataset.decode_all()
     scenario = split_by_class(train, test, len(class_names), config.n_experiences or default_experiences, config.seed)
     return Benchmark(name, scenario, class_names, in_chans, image_size, templates, descriptions or {})
+
+
+def from_datasets(train, test, class_names, config: StreamConfig, name: str = "datasets") -> Benchmark:
+    """A class-incremental :class:`Benchmark` over a user's own map-style datasets of ``(image, label)`` pairs.
+
+    Labels are class ids into ``class_names``; images are C x H x W float
+    tensors in [0, 1] or uint8. The class order, per-class subsampling and
+    experiences follow ``config`` as for the registered benchmarks. Every
+    class needs training images, and every image of the stream the same
+    channel count (the first image of each class and split is checked).
+    """
+    from cvm_lightning.settings import check_class_names
+    from cvm_lightning.streams.datasets import image_shape, labelled
+
+    class_names = check_class_names(class_names)
+    if config.n_experiences is None:
+        raise ConfigError("from_datasets needs n_experiences: how many experiences the classes split into.")
+    shapes = {}
+    for what, data in (("training", train), ("test", test)):
+        data = labelled(data, what)
+        outside = sorted({t for t in data.targets if not 0 <= t < len(class_names)})
+        if outside:
+            raise DataError(f"The {what} set has labels {outside[:10]} outside the {len(class_names)} class_names "
+                            f"(ids 0..{len(class_names) - 1}): give a name for every class.")
+        first = {}
+        for index, target in enumerate(data.targets):
+            first.setdefault(target, index)
+        if what == "training":
+            missing = [class_names[c] for c in range(len(class_names)) if c not in first]
+            if missing:
+                raise DataError(f"Classes {missing[:10]} have no training images: every class needs some.")
+            train = data
+        else:
+            test = data
+        shapes.update({(what, class_names[c]): image_shape(data, i, what) for c, i in sorted(first.items())})
+    channels = {shape[0] for shape in shapes.values()}
+    if len(channels) > 1:
+        seen = ", ".join(f"{what} {name}: {shape[0]}" for (what, name), shape in shapes.items())
+        raise DataError(f"The images have different channel counts ({seen}); convert them to one mode "
+                        "(for example all RGB) first.")
+    image_size = max(shape[-1] for shape in shapes.values())
+    return class_incremental(name, config, train, test, class_names, config.n_experiences,
+                             in_chans=channels.pop(), image_size=image_size)
 
 
 def _keep_per_class(dataset, per_class: int | None, seed: int, flag: str):
@@ -81,7 +130,9 @@ def _torchvision_cifar(kind: str, root: Path, download: bool, layout: str):
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
         raise DataError(f"No {kind.upper()} data found in {root}. Put there {layout}") from err
     return [
-        TensorImageDataset(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), _uint8_to_unit)
+        TensorImageDataset(
+            torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), _uint8_to_unit
+        )
         for ds in splits
     ]
 
@@ -104,7 +155,9 @@ def _cifar(kind: str, name: str, default_experiences: int, config: StreamConfig)
     return class_incremental(name, config, train, test, shipped["names"], default_experiences)
 
 
-@register_benchmark("split-digits", "sklearn's 8x8 digits, 5 experiences of 2 classes (embedded, the default)", augment="none")
+@register_benchmark(
+    "split-digits", "sklearn's 8x8 digits, 5 experiences of 2 classes (embedded, the default)", augment="none"
+)
 def split_digits(config: StreamConfig) -> Benchmark:
     from cvm_lightning.streams.datasets import DIGIT_NAMES, load_digits_split
 
@@ -138,7 +191,11 @@ def _read_idx(path: Path):
     return torch.frombuffer(bytearray(data[4 + 4 * n_dims :]), dtype=torch.uint8).view(shape)
 
 
-@register_benchmark("split-fashion-mnist", "Fashion-MNIST (28x28 grey), 5 experiences of 2 classes (Debian dataset-fashion-mnist or --data-root)", augment="none")
+@register_benchmark(
+    "split-fashion-mnist",
+    "Fashion-MNIST (28x28 grey), 5 experiences of 2 classes (Debian dataset-fashion-mnist or --data-root)",
+    augment="none",
+)
 def split_fashion_mnist(config: StreamConfig) -> Benchmark:
     from cvm_lightning.streams.datasets import TensorImageDataset
 
@@ -157,8 +214,18 @@ def split_fashion_mnist(config: StreamConfig) -> Benchmark:
         images, labels = (_read_idx(p) for p in found)
         splits.append(TensorImageDataset(images.unsqueeze(1), labels.long(), _uint8_to_unit))
     return class_incremental(
-        "split-fashion-mnist", config, *splits, list(FASHION_MNIST_NAMES), 5, in_chans=1, image_size=28,
-        templates=("a photo of a {}.", "a black and white photo of a {}.", "a product photo of a {}, an item of clothing."),
+        "split-fashion-mnist",
+        config,
+        *splits,
+        list(FASHION_MNIST_NAMES),
+        5,
+        in_chans=1,
+        image_size=28,
+        templates=(
+            "a photo of a {}.",
+            "a black and white photo of a {}.",
+            "a product photo of a {}, an item of clothing.",
+        ),
     )
 
 
@@ -167,12 +234,16 @@ def split_cifar10(config: StreamConfig) -> Benchmark:
     return _cifar("cifar10", "split-cifar10", 5, config)
 
 
-@register_benchmark("split-cifar100", "CIFAR-100, 10 experiences of 10 classes; --n-experiences 20 for 20 x 5 (--data-root)")
+@register_benchmark(
+    "split-cifar100", "CIFAR-100, 10 experiences of 10 classes; --n-experiences 20 for 20 x 5 (--data-root)"
+)
 def split_cifar100(config: StreamConfig) -> Benchmark:
     return _cifar("cifar100", "split-cifar100", 10, config)
 
 
-@register_benchmark("split-tinyimagenet", "Tiny-ImageNet (200 classes, 64x64), 10 experiences of 20 classes (--data-root)")
+@register_benchmark(
+    "split-tinyimagenet", "Tiny-ImageNet (200 classes, 64x64), 10 experiences of 20 classes (--data-root)"
+)
 def split_tinyimagenet(config: StreamConfig) -> Benchmark:
     layout = (
         "an ImageFolder layout (train/<wnid>/*, test/<wnid>/*, classes.tsv of wnid<TAB>names) "
@@ -191,7 +262,9 @@ def split_tinyimagenet(config: StreamConfig) -> Benchmark:
         train, test, names, descriptions = _official_tinyimagenet(root)
     else:
         raise DataError(f"No Tiny-ImageNet data found in {root}. Put there {layout}")
-    return class_incremental("split-tinyimagenet", config, train, test, names, 10, image_size=64, descriptions=descriptions)
+    return class_incremental(
+        "split-tinyimagenet", config, train, test, names, 10, image_size=64, descriptions=descriptions
+    )
 
 
 def _official_tinyimagenet(root: Path):
@@ -207,23 +280,34 @@ def _official_tinyimagenet(root: Path):
         test_targets.append(index[wnid])
     words = root / "words.txt"
     names, descriptions = read_class_names(root, wnids, names_file=words if words.is_file() else None)
-    return (ImageFileDataset(train_paths, train_targets, 64), ImageFileDataset(test_paths, test_targets, 64), names, descriptions)
+    return (
+        ImageFileDataset(train_paths, train_targets, 64),
+        ImageFileDataset(test_paths, test_targets, 64),
+        names,
+        descriptions,
+    )
 
 
-@register_benchmark("core50", "CORe50 new-classes scenario: 50 objects, 10 experiences of 5 (--data-root, Avalanche layout)")
+@register_benchmark(
+    "core50", "CORe50 new-classes scenario: 50 objects, 10 experiences of 5 (--data-root, Avalanche layout)"
+)
 def core50(config: StreamConfig) -> Benchmark:
     from avalanche.benchmarks.datasets import CORe50Dataset
 
     layout = "Avalanche's CORe50 layout (core50_128x128/, paths.pkl, labels.pkl, LUP.pkl), or pass --download."
     root = require_root(config, "core50", layout)
     try:
-        train, test = (CORe50Dataset(root=root, train=t, download=config.download, object_level=True) for t in (True, False))
+        train, test = (
+            CORe50Dataset(root=root, train=t, download=config.download, object_level=True) for t in (True, False)
+        )
     except Exception as err:  # Avalanche raises several kinds when files are missing
         raise DataError(f"CORe50 could not be loaded from {root}: {err}. Put there {layout}") from err
     return class_incremental("core50", config, train, test, shipped_class_names("core50")["names"], 10, image_size=128)
 
 
-@register_benchmark("imagefolder", "your own images: ROOT/train/<class>/*, ROOT/test/<class>/* (--data-root, --n-experiences)")
+@register_benchmark(
+    "imagefolder", "your own images: ROOT/train/<class>/*, ROOT/test/<class>/* (--data-root, --n-experiences)"
+)
 def imagefolder(config: StreamConfig) -> Benchmark:
     layout = (
         "train/<class>/<image> and test/<class>/<image>; class names are the folder names (underscores become "

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cvm_lightning.errors import DataError
+
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
@@ -53,3 +55,53 @@ def load_digits_split(test_fraction: float = 0.2) -> tuple[TensorImageDataset, T
         TensorImageDataset(images[train_idx], targets[train_idx]),
         TensorImageDataset(images[test_idx], targets[test_idx]),
     )
+
+
+class LabelledDataset(Dataset):
+    """Any map-style dataset of ``(image, label)`` pairs, with the ``.targets`` list and ``subset`` a stream needs.
+
+    Images pass through unchanged: float tensors in [0, 1] or uint8, as the
+    model takes them. ``targets`` are the labels, read once.
+    """
+
+    def __init__(self, dataset, targets: list[int]) -> None:
+        self.dataset, self.targets = dataset, [int(t) for t in targets]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, indices) -> "LabelledDataset":
+        """The same dataset restricted to ``indices``."""
+        from torch.utils.data import Subset
+
+        indices = [int(i) for i in indices]
+        return LabelledDataset(Subset(self.dataset, indices), [self.targets[i] for i in indices])
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.dataset[index][0], self.targets[index]
+
+
+def labelled(dataset, what: str) -> LabelledDataset:
+    """``dataset`` with its labels as ``.targets``: its own ``targets`` where it has them, else read from its pairs."""
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise DataError(f"The {what} set must be a map-style dataset of (image, label) pairs, "
+                        f"got {type(dataset).__name__}.")
+    targets = getattr(dataset, "targets", None)
+    if targets is None or len(targets) != len(dataset):
+        targets = [dataset[i][1] for i in range(len(dataset))]
+    try:
+        return LabelledDataset(dataset, [int(t) for t in targets])
+    except (TypeError, ValueError) as err:
+        raise DataError(f"The {what} set's labels must be integer class ids ({err}).") from None
+
+
+def image_shape(dataset: LabelledDataset, index: int, what: str) -> tuple[int, int, int]:
+    """The (channels, height, width) of image ``index``, which must be a C x H x W float or uint8 tensor."""
+    image = dataset[index][0]
+    if not isinstance(image, torch.Tensor) or image.ndim != 3:
+        got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise DataError(f"The {what} images must be C x H x W tensors (torchvision's ToTensor() makes them), "
+                        f"got {got} at index {index}.")
+    if image.dtype != torch.uint8 and not image.is_floating_point():
+        raise DataError(f"The {what} images must be float tensors in [0, 1] or uint8, got {image.dtype}.")
+    return tuple(image.shape)

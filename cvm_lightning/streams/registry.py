@@ -96,7 +96,9 @@ def class_order(n_classes: int, seed: int) -> list[int]:
     return torch.randperm(n_classes, generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def subsample_per_class(targets: list[int], per_class: int | None, seed: int, flag: str = "--train-per-class") -> list[int]:
+def subsample_per_class(
+    targets: list[int], per_class: int | None, seed: int, flag: str = "--train-per-class"
+) -> list[int]:
     """Indices keeping at most ``per_class`` random samples of each class (``flag`` names it in errors)."""
     import torch
 
@@ -121,7 +123,8 @@ def split_by_class(train, test, n_classes: int, n_experiences: int, seed: int):
     if n_experiences < 1:
         raise ConfigError(f"--n-experiences must be an integer >= 1, got {n_experiences}.")
     if n_experiences > n_classes:
-        raise ConfigError(f"--n-experiences {n_experiences} is more than the {n_classes} classes; each experience needs a class.")
+        raise ConfigError(f"--n-experiences {n_experiences} is more than the {n_classes} classes; each experience "
+                          "needs a class.")
     if n_classes % n_experiences:
         raise ConfigError(
             f"{n_classes} classes do not split evenly into {n_experiences} experiences "

@@ -33,7 +33,9 @@ class CVMStrategy(SupervisedTemplate):
         self._loss: torch.Tensor | None = None
 
     def _before_training_exp(self, **kwargs: Any) -> None:
-        self.model.start_experience(sorted(self.experience.classes_in_this_experience), self.experience.current_experience)
+        self.model.start_experience(
+            sorted(self.experience.classes_in_this_experience), self.experience.current_experience
+        )
         super()._before_training_exp(**kwargs)
 
     def _after_training_exp(self, **kwargs: Any) -> None:

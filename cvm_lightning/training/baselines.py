@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from itertools import chain, cycle
 from types import SimpleNamespace
 from typing import Callable
@@ -22,15 +23,14 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
 from cvm_lightning.errors import ConfigError, did_you_mean
-from cvm_lightning.hardware import autocast
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
+from cvm_lightning.model.cpu import autocast
 from cvm_lightning.model.encoder import VisualEncoder
-from cvm_lightning.settings import check_settings
-from cvm_lightning.strategies import STRATEGIES
+from cvm_lightning.settings import check_memory, check_settings
 
 
 class ClassifierNet(nn.Module):
-    """The baselines' model: CVM's ``VisualEncoder`` (pixel input, augmentation, backbone) with a linear head over all classes.
+    """The baselines' model: CVM's ``VisualEncoder`` (pixels, augmentation, backbone), a linear head over all classes.
 
     Avalanche's loop has no precision option, so the model applies
     ``precision`` itself: with ``"bf16-mixed"`` its forward runs under
@@ -45,9 +45,16 @@ class ClassifierNet(nn.Module):
     ) -> None:
         super().__init__()
         check_settings({"precision": precision})
-        self.encoder = VisualEncoder(backbone, pretrained=pretrained, pretrained_file=pretrained_file, in_chans=in_chans,
-                                     input_size=input_size, augment=augment, freeze=freeze_backbone,
-                                     channels_last=channels_last)
+        self.encoder = VisualEncoder(
+            backbone,
+            pretrained=pretrained,
+            pretrained_file=pretrained_file,
+            in_chans=in_chans,
+            input_size=input_size,
+            augment=augment,
+            freeze=freeze_backbone,
+            channels_last=channels_last,
+        )
         self.classifier = nn.Linear(self.encoder.width, n_classes)
         self.precision = precision
 
@@ -58,14 +65,20 @@ class ClassifierNet(nn.Module):
 
 @dataclass(frozen=True)
 class BaselineSettings:
-    """What every baseline shares: budget, batch size, epochs, device."""
+    """What a baseline is built with: the budget every baseline shares, and its own fixed hyperparameters.
 
-    buffer: int
+    ``hyperparameters`` are keyword arguments of the Avalanche strategy
+    itself (``{"alpha": 0.1, "beta": 0.5}`` for DER); ``cvm run`` passes each
+    strategy the ones its registry entry records.
+    """
+
+    buffer_size: int
     batch_size: int
     epochs: int
     eval_batch_size: int = 256
     device: str = "cpu"
     recalibrate_bn: bool = True
+    hyperparameters: Mapping[str, float] = field(default_factory=dict)
 
 
 BaselineFactory = Callable[[nn.Module, torch.optim.Optimizer, BaselineSettings, list], SupervisedTemplate]
@@ -130,15 +143,22 @@ class ClassBalancedMemory(ClassBalancedBuffer):
 
 def _replay(model, optimizer, settings, plugins):
     # Class-balanced like CVM's memory, so only the method differs.
-    memory = ReplayPlugin(settings.buffer, storage_policy=ClassBalancedMemory(settings.buffer, adaptive_size=True))
+    memory = ReplayPlugin(
+        settings.buffer_size, storage_policy=ClassBalancedMemory(settings.buffer_size, adaptive_size=True)
+    )
     return Naive(model=model, optimizer=optimizer, **_common(settings, [memory, *plugins]))
 
 
 def _er_ace(model, optimizer, settings, plugins):
     # Replayed batches as large as the new ones, like CVM's and Replay's.
-    strategy = ER_ACE(model=model, optimizer=optimizer, mem_size=settings.buffer, batch_size_mem=settings.batch_size,
-                      **_common(settings, plugins, recalibrate_memory=True))
-    strategy.storage_policy = ClassBalancedMemory(settings.buffer, adaptive_size=True)  # what ER_ACE makes, quiet
+    strategy = ER_ACE(
+        model=model,
+        optimizer=optimizer,
+        mem_size=settings.buffer_size,
+        batch_size_mem=settings.batch_size,
+        **_common(settings, plugins, recalibrate_memory=True),
+    )
+    strategy.storage_policy = ClassBalancedMemory(settings.buffer_size, adaptive_size=True)  # what ER_ACE makes, quiet
     return strategy
 
 
@@ -175,10 +195,16 @@ class SmallGroupsERAML(ER_AML):
 
 def _er_aml(model, optimizer, settings, plugins):
     # Same memory and replayed-batch size as ER-ACE; the AML criterion reads the encoder's features.
-    strategy = SmallGroupsERAML(model=model, feature_extractor=EncoderFeatures(model), optimizer=optimizer,
-                                mem_size=settings.buffer, batch_size_mem=settings.batch_size, **_hyper("er_aml"),
-                                **_common(settings, plugins, recalibrate_memory=True))
-    strategy.storage_policy = ClassBalancedMemory(settings.buffer, adaptive_size=True)  # what ER_AML makes, quiet
+    strategy = SmallGroupsERAML(
+        model=model,
+        feature_extractor=EncoderFeatures(model),
+        optimizer=optimizer,
+        mem_size=settings.buffer_size,
+        batch_size_mem=settings.batch_size,
+        **settings.hyperparameters,
+        **_common(settings, plugins, recalibrate_memory=True),
+    )
+    strategy.storage_policy = ClassBalancedMemory(settings.buffer_size, adaptive_size=True)  # what ER_AML makes, quiet
     return strategy
 
 
@@ -259,7 +285,7 @@ def _icarl(model, optimizer, settings, plugins):
     common = _common(settings, [ClassOrderOfTheStream(), *plugins])
     del common["criterion"]
     strategy = ICaRL(feature_extractor=EncoderFeatures(model), classifier=model.classifier, optimizer=optimizer,
-                     memory_size=settings.buffer, buffer_transform=None, fixed_memory=True, **common)
+                     memory_size=settings.buffer_size, buffer_transform=None, fixed_memory=True, **common)
     return _every_class_scored(strategy, strategy.model.eval_classifier, model)
 
 
@@ -288,10 +314,18 @@ def _scr(model, optimizer, settings, plugins):
     optimizer.add_param_group({"params": list(projection.parameters())})
     common = _common(settings, plugins)
     del common["criterion"]
-    strategy = SCR(model=SCRModel(EncoderFeatures(model), projection), optimizer=optimizer,
-                   augmentations=SameSizeResizedCrop(), mem_size=settings.buffer, batch_size_mem=settings.batch_size,
-                   **_hyper("scr"), **common)
-    strategy.replay_plugin.storage_policy = ClassBalancedMemory(settings.buffer, adaptive_size=True)  # quiet, as above
+    strategy = SCR(
+        model=SCRModel(EncoderFeatures(model), projection),
+        optimizer=optimizer,
+        augmentations=SameSizeResizedCrop(),
+        mem_size=settings.buffer_size,
+        batch_size_mem=settings.batch_size,
+        **settings.hyperparameters,
+        **common,
+    )
+    strategy.replay_plugin.storage_policy = ClassBalancedMemory(
+        settings.buffer_size, adaptive_size=True
+    )  # quiet, as above
     return _every_class_scored(strategy, strategy.model.ncm, model)
 
 
@@ -309,18 +343,13 @@ class JointUpperBound(JointTraining):
         super()._after_training_exp(**kwargs)
 
 
-def _hyper(name: str) -> dict:
-    """The fixed hyperparameters of ``name``, as the strategy registry records them."""
-    return dict(STRATEGIES[name].hyperparameters)
-
-
 BASELINES: dict[str, BaselineFactory] = {
     "naive": lambda m, o, s, p: Naive(model=m, optimizer=o, **_common(s, p)),
     "replay": _replay,
-    "lwf": lambda m, o, s, p: LwF(model=m, optimizer=o, **_hyper("lwf"), **_common(s, p)),
-    "ewc": lambda m, o, s, p: EWC(model=m, optimizer=o, **_hyper("ewc"), **_common(s, p)),
-    "der": lambda m, o, s, p: DER(model=m, optimizer=o, mem_size=s.buffer, **_hyper("der"), **_common(s, p)),
-    "gdumb": lambda m, o, s, p: GDumb(model=m, optimizer=o, mem_size=s.buffer, **_common(s, p)),
+    "lwf": lambda m, o, s, p: LwF(model=m, optimizer=o, **s.hyperparameters, **_common(s, p)),
+    "ewc": lambda m, o, s, p: EWC(model=m, optimizer=o, **s.hyperparameters, **_common(s, p)),
+    "der": lambda m, o, s, p: DER(model=m, optimizer=o, mem_size=s.buffer_size, **s.hyperparameters, **_common(s, p)),
+    "gdumb": lambda m, o, s, p: GDumb(model=m, optimizer=o, mem_size=s.buffer_size, **_common(s, p)),
     "er_ace": _er_ace,
     "er_aml": _er_aml,
     "icarl": _icarl,
@@ -336,9 +365,9 @@ def build_baseline(
 ) -> SupervisedTemplate:
     """An Avalanche strategy by name (see ``BASELINES``)."""
     if name not in BASELINES:
-        raise ConfigError(f"Unknown strategy {name!r}.{did_you_mean(name, BASELINES)} Available: {', '.join(BASELINES)}.")
-    if STRATEGIES[name].needs_memory and settings.buffer < 1:
-        raise ConfigError(f"Strategy {name!r} needs a memory: pass --buffer N with N >= 1.")
+        raise ConfigError(f"Unknown strategy {name!r}.{did_you_mean(name, BASELINES)} Available: "
+                          f"{', '.join(BASELINES)}.")
+    check_memory([name], settings.buffer_size)
     with warnings.catch_warnings():
         # evaluator=None gives Avalanche's default EvaluationPlugin, which warns that it has no logger: the
         # plugins passed here (an AccuracyMatrixPlugin in `cvm run`) record the metrics instead.

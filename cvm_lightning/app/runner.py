@@ -13,21 +13,22 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from cvm_lightning.app.resources import PeakRSS
+from cvm_lightning.app.run_config import RunConfig
+from cvm_lightning.app.strategies import STRATEGIES
 from cvm_lightning.atomic import atomic_write_text
 from cvm_lightning.concepts import ConceptBank, TextModelSpec
 from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.errors import ConfigError, did_you_mean
-from cvm_lightning.hardware import check_precision, check_threads, set_threads
+from cvm_lightning.hardware import check_precision, check_threads
 from cvm_lightning.metrics import ContinualMetricsCallback
 from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
 from cvm_lightning.metrics.functional import summarize
 from cvm_lightning.metrics.zero_shot import ZeroShotCallback, ZeroShotPlugin, ZeroShotRecorder
 from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import check_backbone, create_backbone
+from cvm_lightning.model.cpu import set_threads
 from cvm_lightning.model.feature_cache import save_shared_caches
-from cvm_lightning.resources import PeakRSS
-from cvm_lightning.run_config import RunConfig
-from cvm_lightning.strategies import STRATEGIES
 from cvm_lightning.streams import Benchmark
 from cvm_lightning.training import (
     AtomicCheckpointIO,
@@ -40,6 +41,7 @@ from cvm_lightning.training import (
     fit_resumable,
     random_state_kept,
 )
+
 
 @dataclass
 class StrategyResult:
@@ -66,7 +68,9 @@ def _result(R: torch.Tensor, zero_shot: ZeroShotRecorder, train_seconds: float, 
         final_avg_accuracy=summary["avg_acc"],
         forgetting=summary["forgetting"],
         bwt=summary["bwt"],
-        accuracy_matrix=[[None if v != v else round(float(v), 6) for v in row] for row in R.tolist()],  # NaN: not evaluated
+        accuracy_matrix=[
+            [None if v != v else round(float(v), 6) for v in row] for row in R.tolist()
+        ],  # NaN: not evaluated
         train_seconds=round(train_seconds, 2),
         params=sum(p.numel() for p in model.parameters()),
         peak_rss_mb=round(peak_mb, 1),
@@ -149,8 +153,8 @@ def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
         optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
         recorder = AccuracyMatrixPlugin(benchmark.n_experiences)
         settings = BaselineSettings(
-            buffer=config.buffer_size, batch_size=config.batch_size, epochs=config.epochs_per_experience,
-            recalibrate_bn=config.recalibrate_bn,
+            buffer_size=config.buffer_size, batch_size=config.batch_size, epochs=config.epochs_per_experience,
+            recalibrate_bn=config.recalibrate_bn, hyperparameters=STRATEGIES[name].hyperparameters,
         )
         zero_shot = ZeroShotPlugin(benchmark.test_stream)
         strategy = build_baseline(name, model, optimizer, settings, [recorder, zero_shot])

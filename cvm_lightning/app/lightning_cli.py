@@ -32,7 +32,9 @@ class CVMLightningCLI(LightningCLI):
 
 
 def run_lightning_cli(args: list[str], from_sys_argv: bool = False) -> None:
-    """Run ``cvm fit|validate|test ARGS`` (``args`` starts with the sub-command; ``from_sys_argv``: they are ``sys.argv[1:]``).
+    """Run ``cvm fit|validate|test ARGS``.
+
+    ``args`` starts with the sub-command; with ``from_sys_argv`` they are ``sys.argv[1:]``.
 
     A bad key or value is a :class:`~cvm_lightning.errors.ConfigError` that names where to look.
     """

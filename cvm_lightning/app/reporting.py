@@ -7,6 +7,10 @@ from pathlib import Path
 
 from cvm_lightning.atomic import atomic_write_text
 
+# The metrics of a multi-seed table, by key in a strategy's results, with their column titles.
+METRICS = {"final_avg_accuracy": "final avg acc", "forgetting": "forgetting", "bwt": "BWT",
+           "zero_shot_accuracy": "zero-shot", "fwt": "FWT"}
+
 COLUMNS = ("strategy", "final avg acc", "forgetting", "BWT", "zero-shot (chance)", "FWT", "train s", "params",
            "peak RSS MB")
 
@@ -49,13 +53,13 @@ def text_table(results: dict) -> str:
     """The results as an aligned plain-text table for the terminal."""
     rows = [list(COLUMNS), *table_rows(results)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    return "\n".join("  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)
+    return "\n".join(
+        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows
+    )
 
 
 def seed_table(results: dict, markdown: bool = False) -> str:
     """Mean ± std over the seeds of ``cvm run --seeds``, one row per strategy (text, or Markdown)."""
-    from cvm_lightning.sweep import METRICS
-
     head = ["strategy", *METRICS.values()]
     rows = [[name, *(mean_std_text(*r[m]) for m in METRICS)] for name, r in results["strategies"].items()]
     if markdown:
@@ -157,7 +161,7 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
 def plot_accuracy_forgetting(rows: list[dict], path: Path, title: str) -> Path:
     """One point per strategy: final average accuracy against forgetting, mean ± std over seeds (error bars).
 
-    ``rows`` are :func:`cvm_lightning.sweep.summary_rows` (a ``label`` key
+    ``rows`` are :func:`cvm_lightning.app.sweep.summary_rows` (a ``label`` key
     overrides the strategy name). The best place is the bottom right. The
     right panel zooms into the strategies within 0.12 of the most accurate,
     where they crowd; strategies at the same spot share one label.

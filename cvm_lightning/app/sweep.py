@@ -1,6 +1,6 @@
 """Strategies x seeds, and CVM ablations: mean ± std tables of a benchmark.
 
-Each (variant, seed, strategy) cell is one :func:`cvm_lightning.runner.run`
+Each (variant, seed, strategy) cell is one :func:`cvm_lightning.app.runner.run`
 whose numbers are saved as soon as it ends, under a name derived from the
 settings that strategy reads. A killed sweep run again with the same ``out``
 folder only runs the missing cells, and a change to a CVM-only option (say a
@@ -17,18 +17,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
+from cvm_lightning.app.reporting import METRICS, mean_std_text
+from cvm_lightning.app.run_config import RunConfig
+from cvm_lightning.app.runner import claim_out_dir, prepare, run
 from cvm_lightning.atomic import atomic_write_text
-from cvm_lightning.reporting import mean_std_text
-from cvm_lightning.runner import RunConfig, claim_out_dir, prepare, run
-
-METRICS = {"final_avg_accuracy": "final avg acc", "forgetting": "forgetting", "bwt": "BWT",
-           "zero_shot_accuracy": "zero-shot", "fwt": "FWT"}
 
 # Each CVM option off (or swapped for its alternative), one at a time.
 ABLATIONS: dict[str, dict] = {
     "random concepts (--text-model random)": {"text_model": "random"},
     "simplex ETF targets (--text-model etf)": {"text_model": "etf"},
-    "orthogonal targets, uncentred (--text-model orthogonal --no-center-concepts)": {"text_model": "orthogonal", "center_concepts": False},
+    "orthogonal targets, uncentred (--text-model orthogonal --no-center-concepts)": {
+        "text_model": "orthogonal",
+        "center_concepts": False,
+    },
     "no replay (--buffer 0)": {"buffer_size": 0},
     "no BatchNorm recalibration": {"recalibrate_bn": False},
     "no concept centring (--no-center-concepts)": {"center_concepts": False},
@@ -41,7 +42,10 @@ ABLATIONS: dict[str, dict] = {
     "semantic-distance term added (--semantic 1)": {"semantic": 1.0},
     "triplet + semantic distance (--loss triplet --semantic 1)": {"loss": "triplet", "semantic": 1.0},
     "class means beside the concepts (--prototypes)": {"prototypes": True},
-    "class means beside random vectors (--text-model random --prototypes)": {"text_model": "random", "prototypes": True},
+    "class means beside random vectors (--text-model random --prototypes)": {
+        "text_model": "random",
+        "prototypes": True,
+    },
 }
 
 

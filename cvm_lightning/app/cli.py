@@ -1,4 +1,4 @@
-"""The ``cvm`` command line: ``run``, ``benchmarks``, ``export``, ``predict``, ``learn``, and Lightning's ``fit``, ``validate``, ``test``.
+"""The ``cvm`` command line: run, benchmarks, export, predict, learn, and Lightning's fit, validate and test.
 
 Parsing and validation import nothing heavy, so ``--help`` and bad input
 answer at once. Every command's values go through one validation layer
@@ -21,6 +21,9 @@ from cvm_lightning.errors import CVMError
 from cvm_lightning.paths import check_input_file, check_input_folder, check_output_file, check_output_folder
 from cvm_lightning.settings import (
     CHOICES,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LEARN_EPOCHS,
+    DEFAULT_Z_THRESHOLD,
     MODEL_SUFFIXES,
     PREDICTION_SUFFIXES,
     check_class_names,
@@ -41,19 +44,20 @@ def _names(value: str) -> list[str]:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags of one stream run, one per :data:`~cvm_lightning.run_config.SETTINGS` entry.
+    """The flags of one stream run, one per :data:`~cvm_lightning.app.run_config.SETTINGS` entry.
 
     Shared by ``cvm run`` and ``benchmarks/quality.py``. Each flag is the
     setting's name (``--batch-size``), or its short spelling where one exists
     (``--buffer`` for ``buffer_size``, also accepted in full).
     """
-    from cvm_lightning.run_config import SETTINGS, applies_to
+    from cvm_lightning.app.run_config import SETTINGS, applies_to
 
     for setting in SETTINGS.values():
         names = [flag(setting.name)]
         if names[0] != "--" + setting.name.replace("_", "-"):
             names.append("--" + setting.name.replace("_", "-"))
-        options: dict = {"dest": setting.name, "default": setting.default, "help": f"[{applies_to(setting.name)}] {setting.help}"}
+        options: dict = {"dest": setting.name, "default": setting.default, "help": f"[{applies_to(setting.name)}] "
+                                                                                   f"{setting.help}"}
         if setting.kind == "bool":
             options["action"] = argparse.BooleanOptionalAction
         else:
@@ -74,7 +78,7 @@ _PARSERS = {"int": int, "float": float, "path": Path, "str": str}
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`RunConfig` of parsed :func:`add_run_arguments` flags (their destinations are its field names)."""
-    from cvm_lightning.run_config import SETTINGS, RunConfig
+    from cvm_lightning.app.run_config import SETTINGS, RunConfig
 
     return RunConfig(**{name: getattr(args, name) for name in SETTINGS})
 
@@ -119,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("benchmarks", help="list the available benchmarks")
     for command, what in LIGHTNING_COMMANDS.items():
         # Parsed by Lightning's own CLI (see main): listed here for `cvm --help`.
-        sub.add_parser(command, add_help=False, help=f"{what} with Lightning's CLI and YAML configs (`cvm {command} --help`)")
+        sub.add_parser(command, add_help=False, help=f"{what} with Lightning's CLI and YAML configs (`cvm {command} "
+                                                     "--help`)")
 
     export = sub.add_parser(
         "export",
@@ -161,19 +166,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--names", type=_names, default=None, metavar="A,B,...",
         help="classes known by name only, without images: added at once from the text model (instead of --data)",
     )
-    learn.add_argument("--names-file", type=Path, default=None, help="folder<TAB>name[<TAB>description] lines naming --data's folders (default: folder names)")
-    learn.add_argument("--eval-data", type=Path, default=None, help="test images of the old classes, <class name>/<image>, to report their accuracy")
+    learn.add_argument("--names-file", type=Path, default=None, help="folder<TAB>name[<TAB>description] lines naming "
+                                                                     "--data's folders (default: folder names)")
+    learn.add_argument("--eval-data", type=Path, default=None, help="test images of the old classes, <class "
+                                                                    "name>/<image>, to report their accuracy")
     learn.add_argument(
         "--method", choices=CHOICES["learn_method"], default="finetune",
         help="finetune: train on the new images with the memory replayed; prototypes: train nothing, score each "
         "class by its concept plus the mean features of its images (the memory's for old classes); best with few "
         "images on a pretrained backbone",
     )
-    learn.add_argument("--epochs", type=int, default=5, help="epochs of --method finetune")
-    learn.add_argument("--batch-size", type=int, default=64, help="batch size of --method finetune")
+    learn.add_argument("--epochs", type=int, default=DEFAULT_LEARN_EPOCHS, help="epochs of --method finetune")
+    learn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="batch size of --method finetune")
     learn.add_argument("--shots", type=int, default=None, metavar="K",
                        help="learn each new class from its first K training images only (few-shot)")
-    learn.add_argument("--out", type=Path, default=None, help="the new checkpoint (default: NAME-learnedN.ckpt beside --checkpoint)")
+    learn.add_argument("--out", type=Path, default=None, help="the new checkpoint (default: NAME-learnedN.ckpt beside "
+                                                              "--checkpoint)")
     _add_overwrite(learn)
 
     predict = sub.add_parser(
@@ -183,12 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--model", type=Path, required=True, help=".ckpt, TorchScript .pt or .onnx file")
     predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
-    predict.add_argument("--batch-size", type=int, default=64, help="images per batch (also the drift monitor's unit)")
-    predict.add_argument("--classes", type=_names, default=None, metavar="A,B,...", help="only these learned classes compete")
+    predict.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per batch (also the drift "
+                                                                                    "monitor's unit)")
+    predict.add_argument("--classes", type=_names, default=None, metavar="A,B,...", help="only these learned classes "
+                                                                                         "compete")
     predict.add_argument("--output", type=Path, default=None, help="write the predictions to a .csv or .json file")
     predict.add_argument("--monitor", action="store_true", help="report concept drift against --reference images")
-    predict.add_argument("--reference", type=Path, default=None, help="held-out images of the learned classes (turns on --monitor)")
-    predict.add_argument("--z-threshold", type=float, default=3.0, help="drift when a batch's mean is this many standard errors away from the reference")
+    predict.add_argument("--reference", type=Path, default=None, help="held-out images of the learned classes (turns "
+                                                                      "on --monitor)")
+    predict.add_argument("--z-threshold", type=float, default=DEFAULT_Z_THRESHOLD, help="drift when a batch's mean is "
+                                                                                        "this many standard errors "
+                                                                                        "away from the reference")
     _add_overwrite(predict)
     return parser
 
@@ -216,7 +229,7 @@ def _run(args: argparse.Namespace) -> int:
     import os
     from dataclasses import replace
 
-    from cvm_lightning.run_config import RunConfig
+    from cvm_lightning.app.run_config import RunConfig
 
     if args.resume is not None:
         out = args.resume
@@ -235,8 +248,8 @@ def _run(args: argparse.Namespace) -> int:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     if config.seeds is not None:
-        from cvm_lightning.reporting import seed_table, write_seed_results
-        from cvm_lightning.sweep import run_seeds
+        from cvm_lightning.app.reporting import seed_table, write_seed_results
+        from cvm_lightning.app.sweep import run_seeds
 
         results = run_seeds(config, out)
         paths = write_seed_results(results, out)
@@ -244,8 +257,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\nWrote {', '.join(str(p) for p in paths)}; each seed's run is in {out / 'runs'}")
         return 0
 
-    from cvm_lightning.reporting import text_table, write_results
-    from cvm_lightning.runner import run
+    from cvm_lightning.app.reporting import text_table, write_results
+    from cvm_lightning.app.runner import run
 
     results = run(config, out)
     if rank_zero_only.rank != 0:
@@ -256,7 +269,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"\nWrote {', '.join(str(p) for p in paths)}")
     if "cvm" in results["strategies"]:
         final = out / "final.ckpt"
-        print(f"CVM's trained model: {final} (use it with `cvm export --checkpoint {final}` or `cvm predict --model {final}`)")
+        print(f"CVM's trained model: {final} (use it with `cvm export --checkpoint {final}` or `cvm predict --model "
+              f"{final}`)")
     return 0
 
 
@@ -292,11 +306,14 @@ def _learn(args: argparse.Namespace) -> int:
         print(f"Added {', '.join(args.names)} by name; wrote {out} ({args.checkpoint} is unchanged). "
               "They are predicted from now on; teach them with images later through --data.")
         return 0
-    check_input_folder(args.data, "folder of new classes", fix="It needs train/<class>/<image> and test/<class>/<image>.")
+    check_input_folder(args.data, "folder of new classes", fix="It needs train/<class>/<image> and "
+                                                               "test/<class>/<image>.")
     if args.names_file is not None:
         check_input_file(args.names_file, "class-names file", fix="It holds folder<TAB>name[<TAB>description] lines.")
     if args.eval_data is not None:
-        check_input_folder(args.eval_data, "--eval-data folder", fix="It holds <class name>/<image> of the old classes.")
+        check_input_folder(
+            args.eval_data, "--eval-data folder", fix="It holds <class name>/<image> of the old classes."
+        )
     from cvm_lightning.deploy.learn import learn_new_classes
 
     report = learn_new_classes(
@@ -368,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     try:
         if lightning:
-            from cvm_lightning.lightning_cli import run_lightning_cli
+            from cvm_lightning.app.lightning_cli import run_lightning_cli
 
             try:
                 run_lightning_cli(argv, from_sys_argv)

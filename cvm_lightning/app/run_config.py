@@ -2,7 +2,7 @@
 
 The stream's settings are ``ClassIncrementalDataModule``'s keyword
 parameters and CVM's are ``CVMModule``'s, with their defaults and docstring
-help (read by :mod:`cvm_lightning.signatures`); only the settings of the
+help (read by :mod:`cvm_lightning.app.signatures`); only the settings of the
 comparison itself (:data:`RUN_SETTINGS`) are declared here. ``cvm run``'s
 flags, ``run_config.json``, the sweep's cache keys and the docs' option
 table all come from :data:`SETTINGS`. The module imports nothing heavy, so
@@ -17,10 +17,10 @@ from dataclasses import asdict, field, make_dataclass
 from pathlib import Path
 from typing import Any
 
+from cvm_lightning.app.signatures import Setting, read_settings
+from cvm_lightning.app.strategies import SHARED_SETTINGS, STRATEGIES
 from cvm_lightning.errors import ConfigError, did_you_mean
-from cvm_lightning.settings import check_settings
-from cvm_lightning.signatures import Setting, read_settings
-from cvm_lightning.strategies import SHARED_SETTINGS, STRATEGIES
+from cvm_lightning.settings import check_memory, check_settings
 from cvm_lightning.streams.registry import DEFAULT_AUGMENT
 
 DEFAULT_STRATEGIES = ("cvm", "replay", "naive", "lwf", "ewc", "der")
@@ -75,7 +75,8 @@ class _RunConfigMethods:
             raise ConfigError(f"--strategies is empty; choose from {', '.join(STRATEGIES)}.")
         for name in self.strategies:
             if name not in STRATEGIES:
-                raise ConfigError(f"Unknown strategies [{name!r}].{did_you_mean(name, STRATEGIES)} Choose from {', '.join(STRATEGIES)}.")
+                raise ConfigError(f"Unknown strategies [{name!r}].{did_you_mean(name, STRATEGIES)} Choose from "
+                                  f"{', '.join(STRATEGIES)}.")
         repeated = sorted({s for s in self.strategies if self.strategies.count(s) > 1})
         if repeated:
             raise ConfigError(f"--strategies names {', '.join(repeated)} more than once; list each strategy once.")
@@ -93,9 +94,7 @@ class _RunConfigMethods:
         if self.augment is None:  # a frozen backbone sees each image once: no augmentation
             self.augment = "none" if self.freeze_backbone else DEFAULT_AUGMENT[self.benchmark]
         check_settings(asdict(self))
-        needy = [s for s in self.strategies if STRATEGIES[s].needs_memory]
-        if needy and self.buffer_size < 1:
-            raise ConfigError(f"Strategies {', '.join(needy)} need a memory: pass --buffer N with N >= 1, or leave them out.")
+        check_memory(self.strategies, self.buffer_size)
         if not self.backbone.strip() or not self.text_model.strip():
             raise ConfigError("--backbone and --text-model need a name.")
 

@@ -3,7 +3,8 @@
 An entry says how the strategy runs (``"lightning"``: CVM through Lightning,
 reading every ``CVMModule`` setting;
 ``"avalanche"``: an Avalanche strategy in Avalanche's loop), whether it needs
-a memory, which ``RunConfig`` settings decide its results beyond the ones
+a memory (the settings layer's :data:`~cvm_lightning.settings.MEMORY_STRATEGIES`),
+which ``RunConfig`` settings decide its results beyond the ones
 every strategy shares, and its fixed hyperparameters. The command line,
 ``RunConfig``'s checks and the sweep's cache keys all read it. It imports
 nothing heavy, so flags are checked before torch loads.
@@ -15,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from cvm_lightning.settings import MEMORY_STRATEGIES
+
 
 @dataclass(frozen=True)
 class StrategyEntry:
@@ -23,13 +26,17 @@ class StrategyEntry:
     name: str
     help: str
     runs_on: str = "avalanche"
-    needs_memory: bool = False
     whole_stream: bool = False  # trained once on every experience at once (i.i.d.), then evaluated once
     reads: tuple[str, ...] = ()
     hyperparameters: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hyperparameters", MappingProxyType(dict(self.hyperparameters)))
+
+    @property
+    def needs_memory(self) -> bool:
+        """Whether it keeps a replay memory, so needs ``--buffer`` >= 1 (the settings layer's rule)."""
+        return self.name in MEMORY_STRATEGIES
 
 
 STRATEGIES: dict[str, StrategyEntry] = {}
@@ -51,39 +58,47 @@ SHARED_SETTINGS: tuple[str, ...] = (
 
 for _entry in (
     StrategyEntry(
-        "cvm", "Continual Visual Mapping: images mapped onto fixed language concepts, with replay", runs_on="lightning",
+        "cvm",
+        "Continual Visual Mapping: images mapped onto fixed language concepts, with replay",
+        runs_on="lightning",
         # and every CVMModule setting (RunConfig.settings_of)
         reads=("eval_batch_size", "num_workers", "devices", "strategy"),
     ),
     StrategyEntry("naive", "fine-tuning with nothing against forgetting, the lower bound"),
-    StrategyEntry("replay", "experience replay from a class-balanced memory", needs_memory=True),
-    StrategyEntry("lwf", "Learning without Forgetting, logit distillation", hyperparameters={"alpha": 1.0, "temperature": 2.0}),
-    StrategyEntry("ewc", "Elastic Weight Consolidation", hyperparameters={"ewc_lambda": 100.0}),
-    StrategyEntry("der", "DER++: replay of labels and logits", needs_memory=True, hyperparameters={"alpha": 0.1, "beta": 0.5}),
-    StrategyEntry("gdumb", "GDumb: retrain from a greedy class-balanced memory", needs_memory=True),
+    StrategyEntry("replay", "experience replay from a class-balanced memory"),
     StrategyEntry(
-        "er_ace", "ER-ACE: replay with the asymmetric cross-entropy, CVM's loss on a learned linear head", needs_memory=True,
+        "lwf", "Learning without Forgetting, logit distillation", hyperparameters={"alpha": 1.0, "temperature": 2.0}
     ),
+    StrategyEntry("ewc", "Elastic Weight Consolidation", hyperparameters={"ewc_lambda": 100.0}),
+    StrategyEntry("der", "DER++: replay of labels and logits", hyperparameters={"alpha": 0.1, "beta": 0.5}),
+    StrategyEntry("gdumb", "GDumb: retrain from a greedy class-balanced memory"),
+    StrategyEntry("er_ace", "ER-ACE: replay with the asymmetric cross-entropy, CVM's loss on a learned linear head"),
     StrategyEntry(
-        "er_aml", "ER-AML: replay with a contrastive (metric) loss on new samples against memory positives and "
-        "negatives, cross-entropy on replayed ones", needs_memory=True,
+        "er_aml",
+        "ER-AML: replay with a contrastive (metric) loss on new samples against memory positives and "
+        "negatives, cross-entropy on replayed ones",
         hyperparameters={"temp": 0.1, "base_temp": 0.07},
     ),
     StrategyEntry(
-        "icarl", "iCaRL: herding exemplars, sigmoid loss with distillation, nearest-exemplar-mean prediction",
-        needs_memory=True,
+        "icarl", "iCaRL: herding exemplars, sigmoid loss with distillation, nearest-exemplar-mean prediction"
     ),
     StrategyEntry(
-        "scr", "SCR: supervised contrastive replay (two views a sample), nearest-class-mean prediction",
-        needs_memory=True, hyperparameters={"temperature": 0.1},
-    ),
-    StrategyEntry("cumulative", "retrain on every experience so far, all its data kept: an upper bound, no memory limit"),
-    StrategyEntry(
-        "joint", "joint training: the whole stream at once, shuffled (i.i.d.), for the same epochs: the offline "
-        "upper bound, one row in the accuracy matrix", whole_stream=True,
+        "scr",
+        "SCR: supervised contrastive replay (two views a sample), nearest-class-mean prediction",
+        hyperparameters={"temperature": 0.1},
     ),
     StrategyEntry(
-        "ncm", "nearest class mean of the backbone's features, nothing trained: the reference for a frozen "
+        "cumulative", "retrain on every experience so far, all its data kept: an upper bound, no memory limit"
+    ),
+    StrategyEntry(
+        "joint",
+        "joint training: the whole stream at once, shuffled (i.i.d.), for the same epochs: the offline "
+        "upper bound, one row in the accuracy matrix",
+        whole_stream=True,
+    ),
+    StrategyEntry(
+        "ncm",
+        "nearest class mean of the backbone's features, nothing trained: the reference for a frozen "
         "pretrained backbone (--pretrained --freeze-backbone)",
     ),
 ):
