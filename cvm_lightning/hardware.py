@@ -20,6 +20,12 @@ from cvm_lightning.errors import ConfigError
 
 # CPU flags (Linux /proc/cpuinfo) that mean native bfloat16 arithmetic.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+# Flags of int8 dot-product instructions: with them onnxruntime's u8 x s8 products add up in 32 bits; without
+# them (AVX2 alone) pairs add up in 16 bits first and can saturate, unless the weights keep to 7 bits.
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp")
+# The vector features `cvm info` reports, by their /proc/cpuinfo names.
+VECTOR_FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "avx512_vnni": "AVX512-VNNI",
+                   "avx_vnni": "AVX-VNNI", "amx_tile": "AMX", "amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8"}
 
 
 @lru_cache(maxsize=1)
@@ -40,6 +46,23 @@ def cpu_flags() -> frozenset[str]:
 def native_bf16() -> bool:
     """Whether this CPU computes in bfloat16 natively (so ``bf16-mixed`` is faster than ``32-true``)."""
     return any(flag in cpu_flags() for flag in BF16_FLAGS)
+
+
+def int8_dot_products() -> bool:
+    """Whether this CPU has int8 dot-product instructions (VNNI, AMX-INT8 or Arm dot product)."""
+    return any(flag in cpu_flags() for flag in INT8_DOT_FLAGS)
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the OS reports it (``"unknown CPU"`` where it does not)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return "unknown CPU"
 
 
 def check_precision(precision: str) -> None:

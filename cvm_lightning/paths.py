@@ -7,8 +7,10 @@ is atomic (:mod:`cvm_lightning.atomic`).
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cvm_lightning.errors import ConfigError, DataError
@@ -93,3 +95,65 @@ def check_output_folder(path: Path, flag: str = "--out") -> Path:
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"Cannot write to output folder {path}: {existing} is not writable. Pass a writable {flag}.")
     return path
+
+
+LOCK_FILE = ".cvm-run.lock"
+
+
+@contextmanager
+def folder_lock(folder: Path, flag: str = "--out") -> Iterator[None]:
+    """Hold ``folder`` for this process alone while the block runs; another process is refused at once.
+
+    The lock is the operating system's (``flock`` on ``folder/.cvm-run.lock``),
+    so it ends with the process that holds it: a crashed run leaves nothing
+    that stops ``cvm run --resume`` from taking the folder over. A folder
+    the lock created is removed again if the block wrote nothing in it.
+    """
+    import fcntl
+
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            raise ConfigError(f"{folder} is in use by another cvm run ({holder}): wait for it to end, or pass "
+                              f"another {flag}.") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+            if created and not any(folder.iterdir()):  # a run refused before its first file leaves no folder
+                folder.rmdir()
+    finally:
+        os.close(fd)
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """``folder``'s file system must have room for ``needed`` bytes more."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise DataError(f"{folder} has {free / 2**20:.1f} MB free and the file needs {needed / 2**20:.1f} MB: free "
+                        "some space there, or write to another folder.")
+
+
+def space_error(err: OSError, output: Path | None = None) -> str | None:
+    """The one-line message of a write that the file system refused (full, read-only, not allowed), else ``None``.
+
+    ``output`` is the command's output, named where the error names no file.
+    """
+    where = Path(err.filename) if err.filename else None
+    folder = where.parent if where is not None else (output or "the output folder")
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"No space left on the device of {folder} while writing {where.name if where else 'a file'}; "
+                "nothing partial was kept. Free some space there, or write to another folder.")
+    if err.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"Cannot write to {folder} ({err.strerror}): choose a folder you may write to."
+    return None

@@ -290,3 +290,59 @@ def test_flag_errors_are_one_line_with_exit_code_2(argv, fix, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("cvm: error: ") and fix in err[0], err
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A folder on a 256 KiB file system that is already full (a tmpfs; needs the right to mount one)."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "full"
+    folder.mkdir()
+    if shutil.which("mount") is None or subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True
+    ).returncode:
+        pytest.skip("a small file system cannot be mounted here (needs root): the full-disk cases are not tried")
+    try:
+        (folder / "filler").write_bytes(b"\0" * (shutil.disk_usage(folder).free - 4096))
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(workspace, full_disk, capsys):
+    before = sorted(p.name for p in full_disk.iterdir())
+    line = expect_error(["export", "--checkpoint", str(workspace["ckpt"]), "--format", "torchscript",
+                         "--out", str(full_disk / "model.pt")], "free some space there", capsys, workspace["root"])
+    assert str(full_disk) in line and "MB free" in line
+    line = expect_error(["run", *TINY_RUN, "--data-root", str(workspace["data"]), "--out", str(full_disk / "run")],
+                        "No space left", capsys, workspace["root"])
+    assert str(full_disk) in line
+    leftovers = sorted(p.name for p in full_disk.rglob("*") if p.is_file() and p.name != "filler")
+    assert all(name in ("run_config.json",) for name in leftovers), f"partial files left behind: {leftovers}"
+    assert sorted(p.name for p in full_disk.iterdir() if p.name != "run") == before
+
+
+def test_an_output_folder_in_use_by_another_run_is_refused(workspace, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from cvm_lightning.paths import LOCK_FILE, folder_lock
+
+    out = tmp_path / "busy"
+    hold = ("import sys, time; from pathlib import Path; from cvm_lightning.paths import folder_lock\n"
+            "with folder_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = expect_error(["run", *TINY_RUN, "--data-root", str(workspace["data"]), "--out", str(out)],
+                            "in use by another cvm run", capsys, tmp_path)
+        assert f"pid {holder.pid}" in line
+    finally:
+        holder.kill()
+        holder.wait()
+    # The lock died with its process: the folder is free again, and a lock the block did not use leaves nothing.
+    with folder_lock(out):
+        assert (out / LOCK_FILE).read_text() == f"pid {__import__('os').getpid()}"
+    assert not (out / LOCK_FILE).exists()

@@ -96,3 +96,27 @@ def test_output_folder_that_cannot_be_written_is_a_clear_error(tmp_path, capsys)
     assert main(["run", "--out", str(blocker / "out"), *FAST]) == 2
     assert "Cannot write to output folder" in capsys.readouterr().err
     assert blocker.read_text() == "not a folder"
+
+
+def test_info_describes_the_installed_versions_and_this_cpu(capsys, monkeypatch):
+    from importlib import metadata
+
+    from cvm_lightning import hardware
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in ("torch", "pytorch-lightning", "timm", "avalanche-lib", "onnxruntime"):
+        line = next(line for line in out.splitlines() if line.split()[:1] == [name])
+        try:
+            assert metadata.version(name) in line
+        except metadata.PackageNotFoundError:
+            assert "not installed" in line
+    assert f"cores (this process may use)  {hardware.available_cores()}" in out
+    bf16 = "pays here" if hardware.native_bf16() else "no bfloat16 units"
+    assert bf16 in next(line for line in out.splitlines() if "--precision" in line)
+    # The advice follows the CPU's flags: an AVX2-only CPU gets the other lines.
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "vector features               AVX2\n" in out
+    assert "no bfloat16 units" in out and "no VNNI here" in out

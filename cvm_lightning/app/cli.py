@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import NoReturn
 
 from cvm_lightning.errors import CVMError
-from cvm_lightning.paths import check_input_file, check_input_folder, check_output_file, check_output_folder
+from cvm_lightning.paths import (
+    check_input_file,
+    check_input_folder,
+    check_output_file,
+    check_output_folder,
+    folder_lock,
+    space_error,
+)
 from cvm_lightning.settings import (
     CHOICES,
     DEFAULT_BATCH_SIZE,
@@ -121,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("benchmarks", help="list the available benchmarks")
+    sub.add_parser("info", help="versions, this CPU's vector features and the flags that pay off on it")
     for command, what in LIGHTNING_COMMANDS.items():
         # Parsed by Lightning's own CLI (see main): listed here for `cvm --help`.
         sub.add_parser(command, add_help=False, help=f"{what} with Lightning's CLI and YAML configs (`cvm {command} "
@@ -247,6 +255,15 @@ def _run(args: argparse.Namespace) -> int:
 
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+    if rank_zero_only.rank > 0:  # DDP's extra processes join the run that rank 0 holds the folder for
+        return _run_in(config, out)
+    with folder_lock(out, flag="--resume" if args.resume is not None else "--out"):
+        return _run_in(config, out)
+
+
+def _run_in(config, out: Path) -> int:
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
     if config.seeds is not None:
         from cvm_lightning.app.reporting import seed_table, write_seed_results
         from cvm_lightning.app.sweep import run_seeds
@@ -369,7 +386,21 @@ def _benchmarks(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "export": _export, "predict": _predict, "learn": _learn, "benchmarks": _benchmarks}
+def _info(args: argparse.Namespace) -> int:
+    from cvm_lightning.app.info import report
+
+    print(report())
+    return 0
+
+
+COMMANDS = {
+    "info": _info,
+    "run": _run,
+    "export": _export,
+    "predict": _predict,
+    "learn": _learn,
+    "benchmarks": _benchmarks,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -396,6 +427,13 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except CVMError as err:
         print(f"cvm: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the file system refused a write: full, read-only or not allowed
+        output = next((getattr(args, name) for name in ("out", "output", "resume") if getattr(args, name, None)), None)
+        message = space_error(err, output)
+        if message is None:
+            raise
+        print(f"cvm: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,7 @@ argmax, its similarity the max. The pixel normalisation is inside the graph.
 
 from __future__ import annotations
 
+import io
 import json
 import warnings
 from pathlib import Path
@@ -25,7 +26,7 @@ from cvm_lightning.deploy.quantize import calibration_images, quantize_int8
 from cvm_lightning.errors import ConfigError
 from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import upsample_small
-from cvm_lightning.paths import check_output_file
+from cvm_lightning.paths import check_free_space, check_output_file
 from cvm_lightning.settings import CHOICES, META_FILE, MODEL_SUFFIXES, check_settings
 
 FORMATS = CHOICES["format"]
@@ -110,8 +111,12 @@ def export_model(
         # torch marks TorchScript deprecated; it is still the one format that runs on torch alone.
         warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*")
         if fmt == "torchscript":
-            traced = torch.jit.trace(deployed, example)
-            torch.jit.save(traced, str(tmp), _extra_files={META_FILE: json.dumps(meta)})
+            # Serialised in memory, then written by Python: torch's own file writer aborts the process on a full
+            # disk, where Python's raises an error the command line reports.
+            buffer = io.BytesIO()
+            torch.jit.save(torch.jit.trace(deployed, example), buffer, _extra_files={META_FILE: json.dumps(meta)})
+            check_free_space(out.parent, buffer.getbuffer().nbytes)
+            tmp.write_bytes(buffer.getvalue())
         elif calibration is None:
             _export_onnx(deployed, example, tmp, meta)
         else:

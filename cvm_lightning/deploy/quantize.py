@@ -44,8 +44,14 @@ def calibration_images(module, image_size: int, limit: int = CALIBRATION_IMAGES)
     return images.clamp(0, 1)
 
 
-def quantize_int8(fp32_onnx: Path, out: Path, images: torch.Tensor, meta: dict) -> None:
-    """Write the int8 version of ``fp32_onnx`` at ``out``, calibrated on ``images``, with ``meta`` in its metadata."""
+def quantize_int8(fp32_onnx: Path, out: Path, images: torch.Tensor, meta: dict, reduce_range: bool = True) -> None:
+    """Write the int8 version of ``fp32_onnx`` at ``out``, calibrated on ``images``, with ``meta`` in its metadata.
+
+    ``reduce_range`` keeps the weights to 7 bits. On x86 CPUs without VNNI,
+    onnxruntime's u8 x s8 kernels add pairs of products in 16 bits, which
+    8-bit weights can saturate; 7-bit ones cannot, so the file computes the
+    same on every CPU it is taken to (onnxruntime's own advice for such CPUs).
+    """
     try:
         import onnx
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -65,8 +71,15 @@ def quantize_int8(fp32_onnx: Path, out: Path, images: torch.Tensor, meta: dict) 
         prepared = Path(work) / "prepared.onnx"
         quant_pre_process(str(fp32_onnx), str(prepared), skip_symbolic_shape=True)
         quantize_static(
-            str(prepared), str(out), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=list(QUANTIZED_OPS),
+            str(prepared),
+            str(out),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            op_types_to_quantize=list(QUANTIZED_OPS),
         )
     model = onnx.load(str(out))
     del model.metadata_props[:]
