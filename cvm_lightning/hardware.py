@@ -29,18 +29,23 @@ VECTOR_FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-
 
 
 @lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The feature flags of this CPU (empty where ``/proc/cpuinfo`` does not exist)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each field of ``/proc/cpuinfo`` (empty where it does not exist)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()
-    flags: set[str] = set()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):  # x86, Arm
-            flags.update(value.split())
-    return frozenset(flags)
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """The feature flags of this CPU (empty where ``/proc/cpuinfo`` does not exist)."""
+    fields = _cpuinfo()
+    return frozenset(fields.get("flags", fields.get("Features", "")).split())  # x86, Arm
 
 
 def native_bf16() -> bool:
@@ -55,14 +60,7 @@ def int8_dot_products() -> bool:
 
 def cpu_name() -> str:
     """The CPU's model name as the OS reports it (``"unknown CPU"`` where it does not)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
-    except OSError:
-        pass
-    return "unknown CPU"
+    return _cpuinfo().get("model name", "unknown CPU")
 
 
 def check_precision(precision: str) -> None:

@@ -80,10 +80,11 @@ def report() -> str:
     """The whole ``cvm info`` text."""
     from cvm_lightning import __version__
 
-    width = max(len(name) for name, _, _ in dependencies())
+    installed = dependencies()
+    width = max(len(name) for name, _, _ in installed)
     lines = [f"cvm_lightning {__version__}, Python {platform.python_version()} on {platform.platform()}", "",
              "Installed:"]
-    for name, extra, version in dependencies():
+    for name, extra, version in installed:
         lines.append(f"  {name.ljust(width)}  {version}" + (f"  [{extra}]" if extra else ""))
     lines += ["", "Machine:"]
     facts = machine()

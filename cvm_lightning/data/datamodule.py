@@ -119,24 +119,25 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         from cvm_lightning.streams.benchmarks import from_datasets
 
         module = cls("datasets", n_experiences=n_experiences, seed=seed, **kwargs)
-        h = module.hparams
-        config = StreamConfig(seed=h.seed, train_per_class=h.train_per_class, test_per_class=h.test_per_class,
-                              n_experiences=h.n_experiences)
-        benchmark = from_datasets(train, test, class_names, config)
+        benchmark = from_datasets(train, test, class_names, module.stream_config())
         module._check(benchmark)
         module._benchmark = benchmark
         return module
+
+    def stream_config(self) -> StreamConfig:
+        """What a benchmark builder takes from this data module's settings."""
+        h = self.hparams
+        return StreamConfig(
+            seed=h.seed, data_root=Path(h.data_root) if h.data_root is not None else None,
+            train_per_class=h.train_per_class, test_per_class=h.test_per_class,
+            n_experiences=h.n_experiences, download=h.download,
+        )
 
     @property
     def benchmark(self) -> Benchmark:
         """The stream, built on first use."""
         if self._benchmark is None:
-            h = self.hparams
-            benchmark = build_benchmark(h.benchmark, StreamConfig(
-                seed=h.seed, data_root=Path(h.data_root) if h.data_root is not None else None,
-                train_per_class=h.train_per_class, test_per_class=h.test_per_class,
-                n_experiences=h.n_experiences, download=h.download,
-            ))
+            benchmark = build_benchmark(self.hparams.benchmark, self.stream_config())
             self._check(benchmark)
             self._benchmark = benchmark
         return self._benchmark

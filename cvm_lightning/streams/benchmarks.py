@@ -66,31 +66,27 @@ def from_datasets(train, test, class_names, config: StreamConfig, name: str = "d
     class_names = check_class_names(class_names)
     if config.n_experiences is None:
         raise ConfigError("from_datasets needs n_experiences: how many experiences the classes split into.")
+    splits = {"training": labelled(train, "training"), "test": labelled(test, "test")}
     shapes = {}
-    for what, data in (("training", train), ("test", test)):
-        data = labelled(data, what)
+    for what, data in splits.items():
         outside = sorted({t for t in data.targets if not 0 <= t < len(class_names)})
         if outside:
             raise DataError(f"The {what} set has labels {outside[:10]} outside the {len(class_names)} class_names "
                             f"(ids 0..{len(class_names) - 1}): give a name for every class.")
-        first = {}
+        first = {}  # class id -> the index of its first image
         for index, target in enumerate(data.targets):
             first.setdefault(target, index)
-        if what == "training":
-            missing = [class_names[c] for c in range(len(class_names)) if c not in first]
-            if missing:
-                raise DataError(f"Classes {missing[:10]} have no training images: every class needs some.")
-            train = data
-        else:
-            test = data
         shapes.update({(what, class_names[c]): image_shape(data, i, what) for c, i in sorted(first.items())})
+    missing = [name for name in class_names if ("training", name) not in shapes]
+    if missing:
+        raise DataError(f"Classes {missing[:10]} have no training images: every class needs some.")
     channels = {shape[0] for shape in shapes.values()}
     if len(channels) > 1:
         seen = ", ".join(f"{what} {name}: {shape[0]}" for (what, name), shape in shapes.items())
         raise DataError(f"The images have different channel counts ({seen}); convert them to one mode "
                         "(for example all RGB) first.")
     image_size = max(shape[-1] for shape in shapes.values())
-    return class_incremental(name, config, train, test, class_names, config.n_experiences,
+    return class_incremental(name, config, splits["training"], splits["test"], class_names, config.n_experiences,
                              in_chans=channels.pop(), image_size=image_size)
 
 
