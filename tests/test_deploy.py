@@ -188,7 +188,10 @@ def test_drift_monitor_flags_noise_and_stays_quiet_on_clean_data(trained, tmp_pa
     assert main([*base, str(clean)]) == 0
     assert "drift monitor: no drift" in capsys.readouterr().out
     assert main([*base, str(noise)]) == 0
-    assert "drift monitor: DRIFT" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "drift monitor: DRIFT" in out
+    assert f"the drifted images are in {noise}." in out, "the report names the folder of the drifted images"
+    assert f"cvm learn --checkpoint {checkpoint} --data NEW --eval-data {reference} --eval-new NEW/test" in out
 
 
 @pytest.mark.shared_data
@@ -270,8 +273,9 @@ def test_learn_adds_two_classes_to_a_model_of_eight(cifar10_root, tmp_path, caps
     out = capsys.readouterr().out
     assert "Learned cargo ship, lorry" in out
     print(out)  # the figures, with -s
-    new_accuracy = float(out.split("accuracy on the new classes: ")[1].split()[0])
-    old_accuracy = float(out.split("accuracy on the old classes: ")[1].split()[0])
+    after = {line.rsplit(None, 2)[0].strip(): float(line.split()[-1]) for line in out.splitlines()
+             if line.startswith(("this update's test images", "--eval-data"))}
+    new_accuracy, old_accuracy = after["this update's test images"], after["--eval-data"]
     assert new_accuracy > 0.5, new_accuracy  # chance: 0.1 over 10 classes
     # Old-class accuracy is reported, not asserted: with 60 images a class and a
     # 160-sample memory it is near chance (see the closing note of issue 8).

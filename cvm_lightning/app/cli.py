@@ -160,9 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     learn = sub.add_parser(
         "learn",
-        help="teach a trained model new classes from a folder of images",
-        description="Continue a checkpoint on one new experience: DATA/train/<class>/* (and DATA/test/<class>/* to "
-        "score it). Only the new concepts are computed; the replay memory keeps the old classes in play. With "
+        help="update a trained model on a folder of images: new classes, or fresh images of known ones",
+        description="Continue a checkpoint on one more experience: DATA/train/<class>/* (and DATA/test/<class>/* to "
+        "score it), where each class is new or one the model knows (new images of it, under new conditions, say). "
+        "Only the new concepts are computed; the checkpoint's replay memory keeps every class in play and takes the "
+        "new images in. --eval-data (old conditions) and --eval-new (new conditions) are scored before and after. With "
         "--names instead of --data, the classes are added by name alone: their concepts come from the text model "
         "and they are predicted at once, with no image and no training. The new checkpoint is written beside the "
         "old one (NAME-learnedN.ckpt, or --out); the old one is never overwritten.",
@@ -176,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     learn.add_argument("--names-file", type=Path, default=None, help="folder<TAB>name[<TAB>description] lines naming "
                                                                      "--data's folders (default: folder names)")
+    learn.add_argument(
+        "--eval-new", type=Path, default=None,
+        help="held-out images under the new conditions, <class name>/<image>, scored before and after",
+    )
+    learn.add_argument(
+        "--without-memory", action="store_true",
+        help="update a checkpoint that keeps no replay memory anyway (it forgets what it learned before)",
+    )
     learn.add_argument("--eval-data", type=Path, default=None, help="test images of the old classes, <class "
                                                                     "name>/<image>, to report their accuracy")
     learn.add_argument(
@@ -312,10 +322,11 @@ def _export(args: argparse.Namespace) -> int:
 def _learn(args: argparse.Namespace) -> int:
     check_input_file(args.checkpoint, "checkpoint", {".ckpt"}, fix=CHECKPOINT_HELP)
     if (args.data is None) == (args.names is None):
-        raise CVMError("Pass --data DIR (new classes with images) or --names A,B (new classes by name only), not both.")
+        raise CVMError("Pass --data DIR (classes with images) or --names A,B (new classes by name only), not both.")
     if args.names is not None:
-        if args.names_file is not None or args.eval_data is not None:
-            raise CVMError("--names adds classes without images: --names-file and --eval-data go with --data.")
+        if args.names_file is not None or args.eval_data is not None or args.eval_new is not None:
+            raise CVMError("--names adds classes without images: --names-file, --eval-data and --eval-new go with "
+                           "--data.")
         check_class_names(args.names, what="--names")
         from cvm_lightning.deploy.learn import learn_names
 
@@ -323,7 +334,7 @@ def _learn(args: argparse.Namespace) -> int:
         print(f"Added {', '.join(args.names)} by name; wrote {out} ({args.checkpoint} is unchanged). "
               "They are predicted from now on; teach them with images later through --data.")
         return 0
-    check_input_folder(args.data, "folder of new classes", fix="It needs train/<class>/<image> and "
+    check_input_folder(args.data, "folder of images to learn", fix="It needs train/<class>/<image> and "
                                                                "test/<class>/<image>.")
     if args.names_file is not None:
         check_input_file(args.names_file, "class-names file", fix="It holds folder<TAB>name[<TAB>description] lines.")
@@ -331,16 +342,25 @@ def _learn(args: argparse.Namespace) -> int:
         check_input_folder(
             args.eval_data, "--eval-data folder", fix="It holds <class name>/<image> of the old classes."
         )
-    from cvm_lightning.deploy.learn import learn_new_classes
+    if args.eval_new is not None:
+        check_input_folder(args.eval_new, "--eval-new folder", fix="It holds <class name>/<image> under the new "
+                                                                  "conditions.")
+    from cvm_lightning.deploy.learn import learn_images
 
-    report = learn_new_classes(
-        args.checkpoint, args.data, names_file=args.names_file, eval_data=args.eval_data, epochs=args.epochs,
-        batch_size=args.batch_size, shots=args.shots, method=args.method, out=args.out,
+    report = learn_images(
+        args.checkpoint, args.data, names_file=args.names_file, eval_data=args.eval_data, eval_new=args.eval_new,
+        epochs=args.epochs, batch_size=args.batch_size, shots=args.shots, method=args.method,
+        without_memory=args.without_memory, out=args.out,
     )
-    print(f"Learned {', '.join(report.new_classes)}; wrote {report.checkpoint} ({args.checkpoint} is unchanged)")
-    print(f"accuracy on the new classes: {report.new_accuracy:.3f}")
-    if report.old_accuracy is not None:
-        print(f"accuracy on the old classes: {report.old_accuracy:.3f}")
+    learned = [f"{', '.join(report.new_classes)} (new)"] if report.new_classes else []
+    learned += [f"{', '.join(report.known_classes)} (new images of known classes)"] if report.known_classes else []
+    print(f"Learned {' and '.join(learned)}; wrote {report.checkpoint} ({args.checkpoint} is unchanged)")
+    width = max(map(len, report.scores))
+    print(f"{'accuracy'.ljust(width)}  before   after")
+    for label, (before, after) in report.scores.items():
+        print(f"{label.ljust(width)}  {before:6.3f}  {after:6.3f}")
+    if report.new_classes:
+        print("(before the update the model had no output for the classes it adds: their images counted as wrong)")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +22,17 @@ from cvm_lightning.streams.images import list_class_folders, load_image_folder, 
 
 @dataclass
 class LearnReport:
-    """What ``cvm learn`` did: where the new model is and how accurate it is."""
+    """What ``cvm learn`` did: where the new model is, which classes it learned, and accuracy before and after.
+
+    ``scores`` maps each scored image set (the update's own test images,
+    ``--eval-data``, ``--eval-new``) to its accuracy ``(before, after)``;
+    before the update, images of a class it adds count as wrong.
+    """
 
     checkpoint: Path
     new_classes: list[str]
-    new_accuracy: float
-    old_accuracy: float | None
+    known_classes: list[str]
+    scores: dict[str, tuple[float, float]]
 
 
 def next_free_path(checkpoint: Path) -> Path:
@@ -47,6 +53,7 @@ def _output_path(checkpoint: Path, out: Path | None, overwrite: bool) -> Path:
 
 @torch.no_grad()
 def accuracy(module: CVMModule, dataset, batch_size: int = 256) -> float:
+    """The share of ``dataset``'s images that ``module`` names right."""
     module.eval()
     correct = total = 0
     for x, y in DataLoader(dataset, batch_size=batch_size):
@@ -77,20 +84,19 @@ def _stacked(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(x), torch.tensor(y, dtype=torch.long)
 
 
-def _old_class_data(module: CVMModule, root: Path, image_size: int):
-    """Test images of already learned classes: ``root/<class>/*`` with known class names."""
+def _eval_data(root: Path, names: list[str], image_size: int, flag: str):
+    """Test images ``root/<class>/*`` of classes among ``names`` (the model's, with this update's), labelled by id."""
     from cvm_lightning.streams.images import ImageFileDataset, scan_split
 
     folders = list_class_folders(root)
-    names, _ = read_class_names(root, folders)
-    known = module.class_names
-    unknown = [n for n in names if n not in known]
+    folder_names, _ = read_class_names(root, folders)
+    unknown = [n for n in folder_names if n not in names]
     if unknown:
-        raise ConceptError(
-            f"--eval-data folders {unknown} are not classes of this model; it knows: {', '.join(known)}."
-        )
+        raise ConceptError(f"{flag} folders {unknown} are not classes of this model; it knows: {', '.join(names)}.")
     paths, targets = scan_split(root, folders)
-    return ImageFileDataset(paths, [known.index(names[t]) for t in targets], image_size)
+    if not paths:
+        raise DataError(f"{flag} {root} holds no images: put them in {root}/<class name>/.")
+    return ImageFileDataset(paths, [names.index(folder_names[t]) for t in targets], image_size)
 
 
 def _image_size(module: CVMModule) -> int:
@@ -100,55 +106,82 @@ def _image_size(module: CVMModule) -> int:
     return trained_image_size(module)
 
 
-def learn_new_classes(
+def learn_images(
     checkpoint: Path,
     data: Path,
     *,
     names_file: Path | None = None,
     eval_data: Path | None = None,
+    eval_new: Path | None = None,
     epochs: int = DEFAULT_LEARN_EPOCHS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     shots: int | None = None,
     method: str = "finetune",
+    without_memory: bool = False,
     out: Path | None = None,
     overwrite: bool = False,
 ) -> LearnReport:
-    """Continue ``checkpoint`` on the new classes in ``data`` (``train/<class>/``, ``test/<class>/``).
+    """Continue ``checkpoint`` on one more experience: the images in ``data`` (``train/<class>/``, ``test/<class>/``).
 
-    Only the new concepts are computed (with the text model and templates
-    the checkpoint records); the replay memory in the checkpoint mixes old
-    samples into every batch. The result is written to ``out`` (default: a
-    new ``NAME-learnedN.ckpt`` beside the checkpoint); the old checkpoint is
-    never touched. Every input is checked before training starts. With
-    ``shots``, only the first ``shots`` training images of each new class
-    (in file-name order) are used: few-shot learning of named classes.
+    Each class folder is a new class or one the model knows already (fresh
+    images of it, under new conditions, say). Only the new classes' concepts
+    are computed, with the text model and templates the checkpoint records.
+    The replay memory in the checkpoint mixes old samples into every batch
+    and takes the new ones in, class-balanced within its budget. The result
+    is written to ``out`` (default: a new ``NAME-learnedN.ckpt`` beside the
+    checkpoint); the old checkpoint is never touched. Every input is checked
+    before training starts. With ``shots``, only the first ``shots`` training
+    images of each class (in file-name order) are used.
 
     ``method`` is how the images are learned: ``finetune`` trains the model
     ``epochs`` epochs with the memory replayed; ``prototypes`` trains nothing
     and gives every class a prototype from its images (the memory's for the
-    old classes), scored beside its concept
+    other classes), scored beside its concept
     (:meth:`~cvm_lightning.model.CVMModule.fit_prototypes`); the new images
     join the memory.
+
+    The update's test images, ``eval_data`` (old conditions) and ``eval_new``
+    (new conditions), both ``<class name>/<image>``, are scored before and
+    after. A checkpoint without a memory is refused unless ``without_memory``:
+    an update without replay forgets what the model knew.
     """
     check_settings({"epochs": epochs, "batch_size": batch_size, "shots": shots, "learn_method": method})
     out = _output_path(Path(checkpoint), out, overwrite)
     module = load_checkpoint(checkpoint)
+    if not len(module.replay) and not without_memory:
+        raise ConceptError(
+            f"{checkpoint} keeps no replay memory (it was trained with --buffer 0), so an update would forget what "
+            "it learned before. Train with --buffer N next time, or pass --without-memory to update it anyway."
+        )
     image_size = _image_size(module)
     folders = list_class_folders(Path(data) / "train")
     names, descriptions = read_class_names(Path(data), folders, names_file)
-    check_class_names(names, known=module.class_names, what="new class names")
+    check_class_names(names, what="class names of --data")
+    new = [name for name in names if name not in module.class_names]
+    known = [name for name in names if name in module.class_names]
     train, test, _, _ = load_image_folder(Path(data), image_size=image_size, class_names=folders)
     if shots is not None:
         train = first_shots(train, shots)
-    old = _old_class_data(module, Path(eval_data), image_size) if eval_data else None
-    for dataset in (train, test, old):
-        if dataset is not None:
-            dataset.decode_all()  # a broken file stops here, before training
+    after_names = [*module.class_names, *new]
+    evaluated = {"this update's test images": test}
+    for label, root in (("--eval-data", eval_data), ("--eval-new", eval_new)):
+        if root is not None:
+            evaluated[label] = _eval_data(Path(root), after_names, image_size, label)
+    for dataset in (train, *evaluated.values()):
+        dataset.decode_all()  # a broken file stops here, before training
+    if without_memory and not len(module.replay):
+        warnings.warn("Updating without a replay memory: the model will forget much of what it knew.", stacklevel=2)
+    ids = [after_names.index(name) for name in names]
+    _relabel(train, ids)
+    _relabel(test, ids)
+    # Before the update the model has no output for the classes it adds, so their images count as wrong.
+    before = {label: accuracy(module, dataset) for label, dataset in evaluated.items()}
     if method == "prototypes":
-        # The old classes' first prototypes come from the memory; a model trained with them has them already.
+        # The other classes' prototypes come from the memory; a model trained with them has them already.
         memory = None if module.prototypes.active else module.memory_samples()  # an empty memory stops here
-        ids = module.add_classes(names, descriptions)
-        new_x, new_y = _stacked(_relabel(train, ids))
+        if new:
+            module.add_classes(new, descriptions)
+        new_x, new_y = _stacked(train)
         if memory is None:
             module.fit_prototypes(new_x, new_y)
         else:
@@ -156,23 +189,22 @@ def learn_new_classes(
         # Kept for the next learning on site, with the embeddings that the drift penalty reads.
         module.replay.add(new_x, new_y, module.encode(new_x)[1])
         save_module_checkpoint(module, Path(checkpoint), out)
-        old_accuracy = accuracy(module, old) if old is not None else None
-        return LearnReport(out, names, accuracy(module, _relabel(test, ids)), old_accuracy)
-    # A few epochs on a few images: with the asymmetric loss the new concepts never catch up with the old ones.
-    module.hparams["negatives"] = "seen"
-    ids = module.add_classes(names, descriptions)
-    experience = (module.current_experience if module.current_experience is not None else 0) + 1
-    module.start_experience(ids, experience=experience)
-    trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                         enable_progress_bar=False, accelerator="cpu")
-    new_test = _relabel(test, ids)
-    # The new classes' test images are the validation set: Lightning reports them after each epoch.
-    trainer.fit(module, DataLoader(_relabel(train, ids), batch_size=batch_size, shuffle=True),
-                DataLoader(new_test, batch_size=256))
-    with atomic_path(out, suffix=".ckpt") as tmp:
-        trainer.save_checkpoint(tmp, weights_only=False)  # optimiser state kept: learning can go on from it
-    old_accuracy = accuracy(module, old) if old is not None else None
-    return LearnReport(out, names, accuracy(module, new_test), old_accuracy)
+    else:
+        if new:
+            # A few epochs on a few images: with the asymmetric loss the new concepts never catch up.
+            module.hparams["negatives"] = "seen"
+            module.add_classes(new, descriptions)
+        experience = (module.current_experience if module.current_experience is not None else 0) + 1
+        module.start_experience(sorted(ids), experience=experience)
+        module.train()  # scoring put it in eval mode, which Lightning keeps: it would train on frozen statistics
+        trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                             enable_progress_bar=False, accelerator="cpu")
+        # The update's test images are the validation set: Lightning reports them after each epoch.
+        trainer.fit(module, DataLoader(train, batch_size=batch_size, shuffle=True), DataLoader(test, batch_size=256))
+        with atomic_path(out, suffix=".ckpt") as tmp:
+            trainer.save_checkpoint(tmp, weights_only=False)  # optimiser state kept: learning can go on from it
+    scores = {label: (before[label], accuracy(module, dataset)) for label, dataset in evaluated.items()}
+    return LearnReport(out, new, known, scores)
 
 
 def save_module_checkpoint(module: CVMModule, source: Path, out: Path) -> Path:

@@ -175,6 +175,8 @@ class PredictionReport:
     drift: dict | None = None
     reference: dict | None = None
     flagged: list[int] = field(default_factory=list)
+    reference_folder: Path | None = None
+    model: Path | None = None
 
     def write(self, path: Path) -> None:
         """The rows as ``.json`` or ``.csv``, written atomically."""
@@ -186,6 +188,26 @@ class PredictionReport:
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_text(Path(path), buffer.getvalue())
+
+    def drifted_folders(self) -> list[str]:
+        """The folders of the drifted images: those of the batches that drifted on their own, else of every image."""
+        rows = [self.rows[i] for b in self.flagged
+                for i in range(b * self.batch_size, min((b + 1) * self.batch_size, len(self.rows)))]
+        return sorted({str(Path(row["path"]).parent) for row in rows or self.rows})
+
+    def update_lines(self) -> list[str]:
+        """How to update the model on the drifted images with ``cvm learn``."""
+        folders = self.drifted_folders()
+        shown = ", ".join(folders[:5]) + (f" and {len(folders) - 5} more" if len(folders) > 5 else "")
+        reference = f" --eval-data {self.reference_folder}" if self.reference_folder is not None else ""
+        # An exported file cannot be updated: the checkpoint it came from can.
+        checkpoint = self.model if self.model is not None and self.model.suffix == ".ckpt" else "CHECKPOINT.ckpt"
+        return [
+            f"drift monitor: the drifted images are in {shown}.",
+            "drift monitor: to update the model, sort some of them by class into NEW/train/<class>/ and a few more "
+            "into NEW/test/<class>/, then run: "
+            f"cvm learn --checkpoint {checkpoint} --data NEW{reference} --eval-new NEW/test",
+        ]
 
     def drift_lines(self) -> list[str]:
         """The drift monitor's report in words (empty without ``--monitor``)."""
@@ -205,8 +227,9 @@ class PredictionReport:
         if d["drifted"]:
             lines.append(
                 "drift monitor: DRIFT: these images differ from the reference ones, so predictions on them are "
-                "less trustworthy. Check the camera and lighting, or teach new kinds of image with `cvm learn`."
+                "less trustworthy. Check the camera and lighting, or update the model on them."
             )
+            lines += self.update_lines()
         else:
             lines.append("drift monitor: no drift: these images look like the reference ones.")
         if self.flagged:
@@ -248,7 +271,8 @@ def predict_files(
         for batch in batched(image_files([reference]), batch_size):
             monitor.update(torch.from_numpy(predictor.similarities(predictor.load_images(batch))))
         reference_stats = monitor.set_reference()
-    report = PredictionReport([], batch_size, z_threshold, reference=reference_stats)
+    report = PredictionReport([], batch_size, z_threshold, reference=reference_stats,
+                              reference_folder=Path(reference) if reference is not None else None, model=Path(model))
     batches = list(batched(files, batch_size))
     for number, batch in enumerate(tqdm(batches, desc="predict", unit="batch", disable=len(batches) < 2)):
         sims_all = predictor.similarities(predictor.load_images(batch))

@@ -1,0 +1,103 @@
+"""``cvm learn`` on fresh images of known classes: one more experience, the memory kept, scored before and after."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cli_helpers import TINY_RUN, checksums, expect_error, make_image_folder
+from PIL import Image, ImageEnhance
+
+from cvm_lightning.app.cli import main
+
+
+def drifted_copy(source, target, factor: float = 0.45):
+    """``source``'s images, darker: the same classes under another light."""
+    for path in sorted(source.rglob("*.png")):
+        out = target / path.relative_to(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        ImageEnhance.Brightness(Image.open(path).convert("RGB")).enhance(factor).save(out)
+    return target
+
+
+def scores(out: str) -> dict[str, tuple[float, float]]:
+    rows = {}
+    for line in out.splitlines():
+        parts = line.rsplit(None, 2)
+        if len(parts) == 3 and parts[0].strip() in ("this update's test images", "--eval-data", "--eval-new"):
+            rows[parts[0].strip()] = (float(parts[1]), float(parts[2]))
+    return rows
+
+
+def test_an_update_on_known_classes_trains_one_more_experience_with_the_memory(workspace, tmp_path, capsys):
+    from cvm_lightning.deploy.predict import load_checkpoint
+
+    drifted = drifted_copy(workspace["data"], tmp_path / "drifted")
+    before = checksums(workspace["root"])
+    old = load_checkpoint(workspace["ckpt"])
+    out = tmp_path / "updated.ckpt"
+    capsys.readouterr()
+    assert main(["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(drifted), "--epochs", "3",
+                 "--eval-data", str(workspace["data"] / "test"), "--eval-new", str(drifted / "test"),
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "(new images of known classes)" in printed and "(new)" not in printed
+    assert checksums(workspace["root"]) == before, "the input checkpoint and data are never written"
+    table = scores(printed)
+    assert set(table) == {"this update's test images", "--eval-data", "--eval-new"}
+    assert table["--eval-new"] == table["this update's test images"], "the same drifted test images, scored alike"
+    updated = load_checkpoint(out)
+    assert updated.class_names == old.class_names, "known classes add no concept"
+    assert updated.current_experience == old.current_experience + 1
+    counts = [len(updated.replay.samples_of(c)) for c in updated.replay.classes]
+    assert sorted(updated.replay.classes) == sorted(old.replay.classes)
+    assert sum(counts) <= updated.replay.capacity and max(counts) - min(counts) <= 1, counts
+    assert any(not torch.equal(updated.replay.samples_of(c), old.replay.samples_of(c)) for c in old.replay.classes), \
+        "the memory takes some of the new images in"
+    new_before, new_after = table["--eval-new"]
+    assert new_after > new_before, "the update learns the new conditions"
+    assert 0 <= table["--eval-data"][1] <= 1
+
+
+def test_an_update_may_mix_known_and_new_classes(workspace, tmp_path, capsys):
+    data = make_image_folder(tmp_path / "mixed", classes=("cat", "horse"), train=8, test=4)
+    out = tmp_path / "mixed.ckpt"
+    capsys.readouterr()
+    assert main(["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(data), "--epochs", "1",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "horse (new) and cat (new images of known classes)" in printed
+    from cvm_lightning.deploy.predict import load_checkpoint
+
+    assert load_checkpoint(out).class_names[-1] == "horse"
+
+
+def test_update_bad_input_is_one_line_and_writes_nothing(workspace, tmp_path, capsys):
+    ckpt, root = str(workspace["ckpt"]), workspace["root"]
+    empty = tmp_path / "empty"
+    for split in ("train", "test"):
+        (empty / split / "cat").mkdir(parents=True)
+    expect_error(["learn", "--checkpoint", ckpt, "--data", str(empty)], "hold no images", capsys, root)
+    (tmp_path / "no-images" / "cat").mkdir(parents=True)
+    expect_error(["learn", "--checkpoint", ckpt, "--data", str(workspace["data"]), "--eval-new",
+                  str(tmp_path / "no-images")], "holds no images", capsys, root)
+    expect_error(["learn", "--checkpoint", ckpt, "--data", str(workspace["data"]), "--eval-new",
+                  str(tmp_path / "nowhere")], "No --eval-new folder", capsys, root)
+    assert not any(p.name.endswith("-learned1.ckpt") for p in root.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def memoryless(tmp_path_factory):
+    root = tmp_path_factory.mktemp("memoryless")
+    data = make_image_folder(root / "data")
+    assert main(["run", *TINY_RUN, "--buffer", "0", "--data-root", str(data), "--out", str(root / "run")]) == 0
+    return root
+
+
+def test_a_checkpoint_without_memory_says_how_to_proceed(memoryless, tmp_path, capsys):
+    ckpt = str(memoryless / "run" / "final.ckpt")
+    args = ["learn", "--checkpoint", ckpt, "--data", str(memoryless / "data"), "--epochs", "1"]
+    line = expect_error(args, "keeps no replay memory", capsys, memoryless)
+    assert "--buffer N" in line and "--without-memory" in line
+    with pytest.warns(UserWarning, match="forget"):
+        assert main([*args, "--without-memory", "--out", str(tmp_path / "anyway.ckpt")]) == 0
+    assert (tmp_path / "anyway.ckpt").is_file()
