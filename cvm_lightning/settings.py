@@ -87,6 +87,7 @@ RANGES: dict[str, Range] = {
     "buffer_size": Range(int, 0),
     "replay_batch_size": Range(int, 1, optional=True),
     "lr": Range(float, 0, strict=True, example="for example 1e-3"),
+    "learn_lr": Range(float, 0, strict=True, optional=True, example="for example 3e-4"),
     "weight_decay": Range(float, 0),
     "temperature": Range(float, 0, strict=True, example="for example 0.05"),
     "margin": Range(float, 0),
@@ -110,7 +111,8 @@ RANGES: dict[str, Range] = {
 MEMORY_STRATEGIES: frozenset[str] = frozenset({"replay", "der", "gdumb", "er_ace", "er_aml", "icarl", "scr"})
 
 # Where a Python argument and its command-line flag are named differently.
-FLAGS = {"buffer_size": "--buffer", "epochs_per_experience": "--epochs", "learn_method": "--method"}
+FLAGS = {"buffer_size": "--buffer", "epochs_per_experience": "--epochs", "learn_method": "--method",
+         "learn_lr": "--lr"}
 
 
 def flag(name: str) -> str:

@@ -63,12 +63,14 @@ def test_an_update_may_mix_known_and_new_classes(workspace, tmp_path, capsys):
     out = tmp_path / "mixed.ckpt"
     capsys.readouterr()
     assert main(["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(data), "--epochs", "1",
-                 "--out", str(out)]) == 0
+                 "--lr", "3e-4", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "horse (new) and cat (new images of known classes)" in printed
     from cvm_lightning.deploy.predict import load_checkpoint
 
     assert load_checkpoint(out).class_names[-1] == "horse"
+    saved = torch.load(out, map_location="cpu", weights_only=False)
+    assert [group["lr"] for group in saved["optimizer_states"][0]["param_groups"]] == [3e-4], "--lr trained the update"
 
 
 def test_update_bad_input_is_one_line_and_writes_nothing(workspace, tmp_path, capsys):
@@ -82,6 +84,8 @@ def test_update_bad_input_is_one_line_and_writes_nothing(workspace, tmp_path, ca
                   str(tmp_path / "no-images")], "holds no images", capsys, root)
     expect_error(["learn", "--checkpoint", ckpt, "--data", str(workspace["data"]), "--eval-new",
                   str(tmp_path / "nowhere")], "No --eval-new folder", capsys, root)
+    expect_error(["learn", "--checkpoint", ckpt, "--data", str(workspace["data"]), "--lr", "-1"],
+                 "--lr must be a number > 0", capsys, root)
     assert not any(p.name.endswith("-learned1.ckpt") for p in root.rglob("*"))
 
 

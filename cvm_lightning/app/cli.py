@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
         "images on a pretrained backbone",
     )
     learn.add_argument("--epochs", type=int, default=DEFAULT_LEARN_EPOCHS, help="epochs of --method finetune")
+    learn.add_argument(
+        "--lr", dest="learn_lr", type=float, default=None,
+        help="learning rate of --method finetune (default: the checkpoint's); a lower one, such as 3e-4, keeps "
+        "more of the old conditions in an update of known classes",
+    )
     learn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="batch size of --method finetune")
     learn.add_argument("--shots", type=int, default=None, metavar="K",
                        help="learn each new class from its first K training images only (few-shot)")
@@ -349,7 +354,7 @@ def _learn(args: argparse.Namespace) -> int:
 
     report = learn_images(
         args.checkpoint, args.data, names_file=args.names_file, eval_data=args.eval_data, eval_new=args.eval_new,
-        epochs=args.epochs, batch_size=args.batch_size, shots=args.shots, method=args.method,
+        epochs=args.epochs, batch_size=args.batch_size, shots=args.shots, method=args.method, lr=args.learn_lr,
         without_memory=args.without_memory, out=args.out,
     )
     learned = [f"{', '.join(report.new_classes)} (new)"] if report.new_classes else []

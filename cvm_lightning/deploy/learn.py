@@ -117,6 +117,7 @@ def learn_images(
     batch_size: int = DEFAULT_BATCH_SIZE,
     shots: int | None = None,
     method: str = "finetune",
+    lr: float | None = None,
     without_memory: bool = False,
     out: Path | None = None,
     overwrite: bool = False,
@@ -134,7 +135,8 @@ def learn_images(
     images of each class (in file-name order) are used.
 
     ``method`` is how the images are learned: ``finetune`` trains the model
-    ``epochs`` epochs with the memory replayed; ``prototypes`` trains nothing
+    ``epochs`` epochs with the memory replayed, at learning rate ``lr``
+    (default: the checkpoint's own); ``prototypes`` trains nothing
     and gives every class a prototype from its images (the memory's for the
     other classes), scored beside its concept
     (:meth:`~cvm_lightning.model.CVMModule.fit_prototypes`); the new images
@@ -145,7 +147,8 @@ def learn_images(
     after. A checkpoint without a memory is refused unless ``without_memory``:
     an update without replay forgets what the model knew.
     """
-    check_settings({"epochs": epochs, "batch_size": batch_size, "shots": shots, "learn_method": method})
+    check_settings({"epochs": epochs, "batch_size": batch_size, "shots": shots, "learn_method": method,
+                    "learn_lr": lr})
     out = _output_path(Path(checkpoint), out, overwrite)
     module = load_checkpoint(checkpoint)
     if not len(module.replay) and not without_memory:
@@ -193,6 +196,8 @@ def learn_images(
         if new:
             # A few epochs on a few images: with the asymmetric loss the new concepts never catch up.
             module.hparams["negatives"] = "seen"
+        if lr is not None:  # recorded with the checkpoint: what its last experience trained at
+            module.hparams["lr"] = lr
             module.add_classes(new, descriptions)
         experience = (module.current_experience if module.current_experience is not None else 0) + 1
         module.start_experience(sorted(ids), experience=experience)
