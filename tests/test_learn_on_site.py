@@ -58,6 +58,22 @@ def test_an_update_on_known_classes_trains_one_more_experience_with_the_memory(w
     assert 0 <= table["--eval-data"][1] <= 1
 
 
+@pytest.mark.parametrize("lr", [None, "3e-4"])
+def test_an_update_may_bring_new_classes_alone_with_or_without_a_learning_rate(workspace, tmp_path, capsys, lr):
+    from cvm_lightning.deploy.predict import load_checkpoint
+
+    data = make_image_folder(tmp_path / "new", classes=("horse",), train=8, test=4)
+    lr_flag = ["--lr", lr] if lr else []
+    out = tmp_path / "horse.ckpt"
+    assert main(["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(data), "--epochs", "1", *lr_flag,
+                 "--out", str(out)]) == 0
+    assert "horse (new)" in capsys.readouterr().out
+    assert load_checkpoint(out).class_names[-1] == "horse"
+    assert main(["learn", "--checkpoint", str(out), "--data", str(data), "--epochs", "1", *lr_flag,
+                 "--out", str(tmp_path / "again.ckpt")]) == 0, "and then an update of that known class"
+    assert "horse (new images of known classes)" in capsys.readouterr().out
+
+
 def test_an_update_may_mix_known_and_new_classes(workspace, tmp_path, capsys):
     data = make_image_folder(tmp_path / "mixed", classes=("cat", "horse"), train=8, test=4)
     out = tmp_path / "mixed.ckpt"

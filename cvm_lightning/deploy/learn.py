@@ -196,9 +196,9 @@ def learn_images(
         if new:
             # A few epochs on a few images: with the asymmetric loss the new concepts never catch up.
             module.hparams["negatives"] = "seen"
+            module.add_classes(new, descriptions)
         if lr is not None:  # recorded with the checkpoint: what its last experience trained at
             module.hparams["lr"] = lr
-            module.add_classes(new, descriptions)
         experience = (module.current_experience if module.current_experience is not None else 0) + 1
         module.start_experience(sorted(ids), experience=experience)
         module.train()  # scoring put it in eval mode, which Lightning keeps: it would train on frozen statistics
