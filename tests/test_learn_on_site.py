@@ -121,3 +121,23 @@ def test_a_checkpoint_without_memory_says_how_to_proceed(memoryless, tmp_path, c
     with pytest.warns(UserWarning, match="forget"):
         assert main([*args, "--without-memory", "--out", str(tmp_path / "anyway.ckpt")]) == 0
     assert (tmp_path / "anyway.ckpt").is_file()
+
+
+def test_the_long_updates_benchmark_runs_on_a_small_folder(workspace, tmp_path):
+    """``benchmarks/long_updates.py`` at tiny scale: a new condition, then a new class, scored after each."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = make_image_folder(tmp_path / "data", classes=("cat", "dog", "frog", "ship", "horse"), train=12, test=4)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "long_updates.py"
+    done = subprocess.run([sys.executable, str(script), "--checkpoint", str(workspace["ckpt"]), "--data-root",
+                           str(data), "--updates", "2", "--per-class", "4", "--test-per-class", "3", "--epochs", "1",
+                           "--json", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300,
+                          cwd=script.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert [h["what"] for h in result["history"]] == ["trained", "dark: 4 known classes", "new class horse"]
+    assert set(result["history"][-1]) >= {"first classes", "original", "dark"}
+    assert all(row["memory"] <= 16 for row in result["rows"]), "the memory stays within its budget (--buffer 16)"
