@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("ce", "cosine", "triplet", "triplet-hard"),
     "negatives": ("seen", "all", "asymmetric"),
     "optimizer": ("adamw", "adam", "sgd"),
+    "normalize": ("centered", "cifar10"),  # the keys of PIXEL_STATISTICS
     "scheduler": ("none", "cosine"),
     "format": ("torchscript", "onnx"),
     "precision": ("32-true", "bf16-mixed"),  # Lightning's names; hardware.py says where bf16 pays
@@ -42,6 +43,14 @@ DEFAULT_HEAD = "linear"  # the alignment head: CVMModule's, and ConceptAlignment
 DEFAULT_Z_THRESHOLD = 3.0  # concept drift: a batch this many standard errors from the reference
 DEFAULT_BATCH_SIZE = 64  # images a batch of `cvm predict` and `cvm learn`
 DEFAULT_LEARN_EPOCHS = 5  # `cvm learn --method finetune`: a small budget, since it runs on site
+
+# The pixel statistics a model trained here normalises its [0, 1] inputs with, ``(mean, std)`` per channel (one
+# number serves every channel). A pretrained backbone keeps its own. "cifar10" is the statistics Avalanche's
+# CIFAR-10 transforms and their published baselines use.
+PIXEL_STATISTICS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "centered": ((0.5,), (0.5,)),  # [0, 1] to [-1, 1]
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+}
 
 # The file suffixes of each export format (``cvm export --out``, ``cvm predict --model``).
 MODEL_SUFFIXES: dict[str, tuple[str, ...]] = {"torchscript": (".pt", ".ts", ".torchscript", ".jit"), "onnx": (".onnx",)}
@@ -60,10 +69,12 @@ class Range:
     strict: bool = False  # low itself is not allowed
     optional: bool = False
     example: str = ""
+    below: float = math.inf  # an upper bound the value must stay under
 
     def describe(self) -> str:
         word = "an integer" if self.kind is int else "a number"
-        return f"{word} {'>' if self.strict else '>='} {self.low:g}"
+        upper = f" and < {self.below:g}" if math.isfinite(self.below) else ""
+        return f"{word} {'>' if self.strict else '>='} {self.low:g}{upper}"
 
     def accepts(self, value: Any) -> bool:
         if value is None:
@@ -74,7 +85,7 @@ class Range:
             return False
         if not math.isfinite(value):
             return False
-        return value > self.low if self.strict else value >= self.low
+        return (value > self.low if self.strict else value >= self.low) and value < self.below
 
 
 RANGES: dict[str, Range] = {
@@ -89,6 +100,7 @@ RANGES: dict[str, Range] = {
     "lr": Range(float, 0, strict=True, example="for example 1e-3"),
     "learn_lr": Range(float, 0, strict=True, optional=True, example="for example 3e-4"),
     "weight_decay": Range(float, 0),
+    "momentum": Range(float, 0, below=1, example="for example 0.9"),
     "temperature": Range(float, 0, strict=True, example="for example 0.05"),
     "margin": Range(float, 0),
     "distill": Range(float, 0),

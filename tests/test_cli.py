@@ -23,14 +23,17 @@ def test_help_documents_every_flag():
         assert flag in out
 
 
-def test_every_run_setting_has_a_flag():
+def test_every_run_setting_has_a_flag_and_flags_not_given_keep_the_defaults():
+    import argparse
     from dataclasses import fields
 
-    from cvm_lightning.app.cli import build_parser
+    from cvm_lightning.app.cli import build_parser, config_from_args
     from cvm_lightning.app.runner import RunConfig
 
-    parsed = vars(build_parser().parse_args(["run"]))
-    assert {f.name for f in fields(RunConfig)} - {"progress"} <= set(parsed)
+    parser = build_parser()
+    run = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["run"]
+    assert {f.name for f in fields(RunConfig)} <= {action.dest for action in run._actions}
+    assert config_from_args(parser.parse_args(["run"])) == RunConfig()
 
 
 @pytest.mark.slow

@@ -88,6 +88,25 @@ def test_bad_data_module_settings_are_config_errors(bad):
         ClassIncrementalDataModule("split-digits", **bad)
 
 
+def test_without_shuffled_classes_the_stream_keeps_label_order():
+    fixed = ClassIncrementalDataModule("split-digits", seed=3, shuffle_classes=False)
+    assert [fixed.classes_of(k) for k in range(5)] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    shuffled = ClassIncrementalDataModule("split-digits", seed=3)
+    assert [shuffled.classes_of(k) for k in range(5)] != [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+
+
+def test_drop_last_leaves_out_each_experiences_short_batch_and_refuses_an_experience_without_one():
+    from cvm_lightning.errors import DataError
+
+    keep = ClassIncrementalDataModule("split-digits", batch_size=64, train_per_class=40)
+    drop = ClassIncrementalDataModule("split-digits", batch_size=64, train_per_class=40, drop_last=True)
+    assert [len(batch[0]) for batch in keep.train_dataloader_of(0)] == [64, 16]
+    assert [len(batch[0]) for batch in drop.train_dataloader_of(0)] == [64]
+    assert len(list(drop.val_dataloader()[0])) == len(list(keep.val_dataloader()[0])), "test batches are all kept"
+    with pytest.raises(DataError, match="fewer than a batch of 100, so --drop-last would leave it no batch"):
+        ClassIncrementalDataModule("split-digits", batch_size=100, train_per_class=40, drop_last=True).benchmark
+
+
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "examples" / "configs").glob("*.yaml"))
 
 

@@ -287,3 +287,60 @@ def test_import_cvm_lightning_registers_its_backbones_with_timm(order):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ReducedResNet18"
+
+
+def test_reduced_resnet18_is_avalanches_slim_resnet18_parameter_for_parameter():
+    """The backbone of Avalanche's reference baselines (SlimResNet18, nf = 20): same tensors, same features."""
+    from avalanche.models import SlimResNet18
+
+    ours = create_backbone("reduced_resnet18").eval()
+    slim = SlimResNet18(10).eval()
+    slim.linear = torch.nn.Identity()  # the pooled 160-d features its classifier reads
+    ours_state, slim_state = ours.state_dict(), slim.state_dict()
+    assert [t.shape for t in ours_state.values()] == [t.shape for t in slim_state.values()]
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in slim.parameters()) == 1_093_140
+    slim.load_state_dict(dict(zip(slim_state, (t.clone() for t in ours_state.values()))))
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), slim(x), rtol=1e-4, atol=1e-5)
+
+
+def test_a_growing_head_scores_only_the_classes_it_has_trained():
+    from avalanche.models.dynamic_modules import avalanche_model_adaptation
+
+    from cvm_lightning.training import ClassifierNet
+
+    net = ClassifierNet("reduced_resnet18", 10, input_size=32, growing_head=True)
+    x = torch.rand(3, 3, 32, 32)
+    assert net(x).shape == (3, 10), "one column per class id, however many units the head has grown"
+    experience = type("Experience", (), {"classes_in_this_experience": [2, 3]})()
+    net.train()
+    avalanche_model_adaptation(net, experience)
+    out = net(x)
+    assert net.classifier.classifier.out_features == 4
+    assert (out[:, [0, 1, *range(4, 10)]] == -1000).all() and (out[:, [2, 3]] != -1000).all()
+
+
+@pytest.mark.parametrize("name,optimizer_class,momentum", [("sgd", torch.optim.SGD, 0.0), ("adamw", torch.optim.AdamW,
+                                                                                           None)])
+def test_every_strategys_optimizer_comes_from_one_registry(digit_bank, name, optimizer_class, momentum):
+    from cvm_lightning.model.optimizers import create_optimizer
+
+    module = small_module(digit_bank, optimizer=name, momentum=0.0, lr=0.1, weight_decay=0.0)
+    built = module.build_optimizer()
+    assert type(built) is optimizer_class and built.defaults["lr"] == 0.1
+    assert built.defaults.get("momentum") == momentum
+    same = create_optimizer(name, module.parameters(), lr=0.1, weight_decay=0.0, momentum=0.0)
+    assert type(same) is optimizer_class
+
+
+def test_normalize_picks_the_pixel_statistics_a_backbone_trained_here_uses():
+    from cvm_lightning.model import VisualEncoder
+    from cvm_lightning.settings import PIXEL_STATISTICS
+
+    encoder = VisualEncoder("reduced_resnet18", input_size=32, normalize="cifar10")
+    mean, std = PIXEL_STATISTICS["cifar10"]
+    assert encoder.normalize.mean.flatten().tolist() == pytest.approx(mean)
+    assert encoder.normalize.std.flatten().tolist() == pytest.approx(std)
+    with pytest.raises(ConfigError, match="Unknown --normalize 'imagenet'"):
+        VisualEncoder("reduced_resnet18", normalize="imagenet")

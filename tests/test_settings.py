@@ -15,7 +15,7 @@ def test_every_vocabulary_is_the_key_set_of_its_registry():
     from cvm_lightning.model.augment import AUGMENTATIONS
     from cvm_lightning.model.heads import HEADS
     from cvm_lightning.model.losses import LOSSES
-    from cvm_lightning.model.module import OPTIMIZERS
+    from cvm_lightning.model.optimizers import OPTIMIZERS
     from cvm_lightning.training.baselines import BASELINES
 
     assert tuple(AUGMENTATIONS) == CHOICES["augment"]

@@ -55,7 +55,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
     Shared by ``cvm run`` and ``benchmarks/quality.py``. Each flag is the
     setting's name (``--batch-size``), or its short spelling where one exists
-    (``--buffer`` for ``buffer_size``, also accepted in full).
+    (``--buffer`` for ``buffer_size``, also accepted in full). A flag not
+    given leaves no value behind, so :func:`config_from_args` knows which
+    settings the user chose over the defaults or a ``--protocol``'s values.
     """
     from cvm_lightning.app.run_config import SETTINGS, applies_to
 
@@ -63,8 +65,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         names = [flag(setting.name)]
         if names[0] != "--" + setting.name.replace("_", "-"):
             names.append("--" + setting.name.replace("_", "-"))
-        options: dict = {"dest": setting.name, "default": setting.default, "help": f"[{applies_to(setting.name)}] "
-                                                                                   f"{setting.help}"}
+        default = ",".join(setting.default) if isinstance(setting.default, tuple) else setting.default
+        options: dict = {"dest": setting.name, "default": argparse.SUPPRESS,
+                         "help": f"[{applies_to(setting.name)}] {setting.help} (default: {default})"}
         if setting.kind == "bool":
             options["action"] = argparse.BooleanOptionalAction
         else:
@@ -74,7 +77,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         if setting.name in CHOICES:
             options["choices"] = CHOICES[setting.name]
         if setting.name == "strategies":
-            options.update(type=_strategies, default=",".join(setting.default), metavar="A,B,...")
+            options.update(type=_strategies, metavar="A,B,...")
         elif setting.annotation.startswith("tuple[int"):
             options.update(nargs="+", metavar="N")
         parser.add_argument(*names, **options)
@@ -84,10 +87,13 @@ _PARSERS = {"int": int, "float": float, "path": Path, "str": str}
 
 
 def config_from_args(args: argparse.Namespace):
-    """The :class:`RunConfig` of parsed :func:`add_run_arguments` flags (their destinations are its field names)."""
+    """The :class:`RunConfig` of parsed :func:`add_run_arguments` flags: a protocol's values, then the flags given."""
     from cvm_lightning.app.run_config import SETTINGS, RunConfig
 
-    return RunConfig(**{name: getattr(args, name) for name in SETTINGS})
+    given = {name: getattr(args, name) for name in SETTINGS if hasattr(args, name)}
+    if given.get("protocol") is not None:
+        return RunConfig.from_protocol(given.pop("protocol"), **given)
+    return RunConfig(**given)
 
 
 def _add_overwrite(parser: argparse.ArgumentParser) -> None:
@@ -128,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("benchmarks", help="list the available benchmarks")
+    protocols = sub.add_parser(
+        "protocols", help="list the protocol presets of `cvm run --protocol`, with their settings and references"
+    )
+    protocols.add_argument("name", nargs="?", default=None, help="show this preset only")
+    protocols.add_argument(
+        "--yaml", action="store_true",
+        help="print the preset's CVM settings as a `cvm fit --config` file (needs NAME; set data.data_root in it)",
+    )
     sub.add_parser("info", help="versions, this CPU's vector features and the flags that pay off on it")
     for command, what in LIGHTNING_COMMANDS.items():
         # Parsed by Lightning's own CLI (see main): listed here for `cvm --help`.
@@ -280,16 +294,17 @@ def _run_in(config, out: Path) -> int:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     if config.seeds is not None:
-        from cvm_lightning.app.reporting import seed_table, write_seed_results
+        from cvm_lightning.app.reporting import protocol_line, seed_table, write_seed_results
         from cvm_lightning.app.sweep import run_seeds
 
         results = run_seeds(config, out)
         paths = write_seed_results(results, out)
-        print(f"\nMean ± std over seeds {', '.join(map(str, config.seeds))}:\n{seed_table(results)}")
+        print(f"\n{protocol_line(results)}\nMean ± std over seeds {', '.join(map(str, config.seeds))}:\n"
+              f"{seed_table(results)}")
         print(f"\nWrote {', '.join(str(p) for p in paths)}; each seed's run is in {out / 'runs'}")
         return 0
 
-    from cvm_lightning.app.reporting import text_table, write_results
+    from cvm_lightning.app.reporting import protocol_line, text_table, write_results
     from cvm_lightning.app.runner import run
 
     results = run(config, out)
@@ -297,6 +312,7 @@ def _run_in(config, out: Path) -> int:
         return 0
     paths = write_results(results, out)
     print()
+    print(protocol_line(results))
     print(text_table(results))
     print(f"\nWrote {', '.join(str(p) for p in paths)}")
     if "cvm" in results["strategies"]:
@@ -411,6 +427,22 @@ def _benchmarks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _protocols(args: argparse.Namespace) -> int:
+    from cvm_lightning.app.protocols import get_protocol, protocols_text
+
+    if args.name is not None:
+        get_protocol(args.name)
+    if args.yaml:
+        if args.name is None:
+            raise CVMError("--yaml prints one preset: name it, as in `cvm protocols clb-split-cifar10 --yaml`.")
+        from cvm_lightning.app.run_config import fit_config_yaml
+
+        print(fit_config_yaml(args.name), end="")
+        return 0
+    print(protocols_text(args.name))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     from cvm_lightning.app.info import report
 
@@ -425,6 +457,7 @@ COMMANDS = {
     "predict": _predict,
     "learn": _learn,
     "benchmarks": _benchmarks,
+    "protocols": _protocols,
 }
 
 

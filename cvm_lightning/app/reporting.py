@@ -37,31 +37,49 @@ def table_rows(results: dict) -> list[list[str]]:
             f"{r['train_seconds']:.1f}",
             f"{r['params']:,}",
             f"{r['peak_rss_mb']:.0f}",
+            *_reference_cells(results, name, [r["final_avg_accuracy"]]),
         ]
         for name, r in results["strategies"].items()
     ]
 
 
-def markdown_table(results: dict) -> str:
-    """The results as a Markdown table, one row per strategy."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
-    return "\n".join(lines)
+def _reference_cells(results: dict, strategy: str, accuracies: list[float]) -> list[str]:
+    """The published reference of ``strategy`` and whether every accuracy is within its tolerance (or blanks).
+
+    No cells at all when the run's protocol publishes no references.
+    """
+    protocol = results.get("protocol") or {}
+    if not protocol.get("references"):
+        return []
+    reference = protocol["references"].get(strategy)
+    if reference is None:
+        return ["", ""]
+    within = all(acc >= reference - protocol["tolerance"] for acc in accuracies)
+    return [f"{reference:.2f}", "yes" if within else "no"]
 
 
-def text_table(results: dict) -> str:
-    """The results as an aligned plain-text table for the terminal."""
-    rows = [list(COLUMNS), *table_rows(results)]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    return "\n".join(
-        "  ".join(cell.rjust(w) if i else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows
-    )
+def _reference_columns(results: dict) -> list[str]:
+    protocol = results.get("protocol") or {}
+    return ["reference", f"within {protocol['tolerance']:g}"] if protocol.get("references") else []
 
 
-def seed_table(results: dict, markdown: bool = False) -> str:
-    """Mean ± std over the seeds of ``cvm run --seeds``, one row per strategy (text, or Markdown)."""
-    head = ["strategy", *METRICS.values()]
-    rows = [[name, *(mean_std_text(*r[m]) for m in METRICS)] for name, r in results["strategies"].items()]
+def protocol_line(results: dict) -> str:
+    """Which protocol made the table: a preset as published, a modified one with its overrides, or none named."""
+    protocol = results.get("protocol")
+    if not protocol:
+        return "Protocol: this package's settings (no preset; run_config.json lists them)."
+    title = f"{protocol['name']} v{protocol['version']}"
+    if not protocol["modified"]:
+        return f"Protocol: {title}, as published ({protocol['source']})."
+    from cvm_lightning.settings import flag
+
+    changed = ", ".join(f"{flag(k)} {v}" for k, v in protocol["overrides"].items())
+    return (f"Modified protocol: {title} with {changed}; not the published protocol, so not comparable to its "
+            "references.")
+
+
+def _render(head: list[str], rows: list[list[str]], markdown: bool) -> str:
+    """Rows under a header: a Markdown table, or plain text aligned for the terminal."""
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -70,12 +88,31 @@ def seed_table(results: dict, markdown: bool = False) -> str:
                      for row in [head, *rows])
 
 
+def markdown_table(results: dict) -> str:
+    """The results as a Markdown table, one row per strategy."""
+    return _render([*COLUMNS, *_reference_columns(results)], table_rows(results), markdown=True)
+
+
+def text_table(results: dict) -> str:
+    """The results as an aligned plain-text table for the terminal."""
+    return _render([*COLUMNS, *_reference_columns(results)], table_rows(results), markdown=False)
+
+
+def seed_table(results: dict, markdown: bool = False) -> str:
+    """Mean ± std over the seeds of ``cvm run --seeds``, one row per strategy (text, or Markdown)."""
+    head = ["strategy", *METRICS.values(), *_reference_columns(results)]
+    rows = [[name, *(mean_std_text(*r[m]) for m in METRICS),
+             *_reference_cells(results, name, [cell["final_avg_accuracy"] for cell in r["per_seed"]])]
+            for name, r in results["strategies"].items()]
+    return _render(head, rows, markdown)
+
+
 def write_seed_results(results: dict, out_dir: Path) -> list[Path]:
     """``results.json``, ``results.md`` and the accuracy-against-forgetting plot of ``cvm run --seeds``."""
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
     atomic_write_text(json_path, json.dumps(results, indent=2))
     seeds = ", ".join(map(str, results["seeds"]))
-    header = (f"# {results['benchmark']}: mean ± std over seeds {seeds}\n\n"
+    header = (f"# {results['benchmark']}: mean ± std over seeds {seeds}\n\n{protocol_line(results)}\n\n"
               "Accuracies in [0, 1]; forgetting in max mode (Chaudhry et al. 2018); std over seeds (population).\n\n")
     atomic_write_text(md_path, header + seed_table(results, markdown=True) + "\n")
     return [json_path, md_path, plot_accuracy_against_forgetting(results, out_dir)]
@@ -109,6 +146,7 @@ def write_results(results: dict, out_dir: Path) -> list[Path]:
     atomic_write_text(json_path, json.dumps(results, indent=2))
     header = (
         f"# {results['benchmark']}: {results['n_experiences']} experiences, seed {results['seed']}\n\n"
+        f"{protocol_line(results)}\n\n"
         "Accuracies in [0, 1]; forgetting in max mode (Chaudhry et al. 2018).\n\n"
     )
     atomic_write_text(md_path, header + markdown_table(results) + "\n")

@@ -13,10 +13,11 @@ anything is written.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, field, make_dataclass
+from dataclasses import asdict, field, make_dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cvm_lightning.app.protocols import get_protocol, overrides, strategy_values
 from cvm_lightning.app.signatures import Setting, read_settings
 from cvm_lightning.app.strategies import SHARED_SETTINGS, STRATEGIES
 from cvm_lightning.errors import ConfigError, did_you_mean
@@ -32,12 +33,19 @@ DATA_SETTINGS: dict[str, Setting] = read_settings("data/datamodule.py", "ClassIn
 MODEL_SETTINGS: dict[str, Setting] = read_settings("model/module.py", "CVMModule", exclude=FROM_THE_DATA)
 
 RUN_SETTINGS: dict[str, Setting] = {s.name: s for s in (
+    Setting("protocol", "str | None", None,
+            "a named preset of every setting a published table depends on (`cvm protocols` lists them); flags given "
+            "beside it override its values, and the run is then reported as a modified protocol"),
     Setting("strategies", "tuple[str, ...]", DEFAULT_STRATEGIES,
             "comma-separated strategies. " + "; ".join(f"{e.name}: {e.help}" for e in STRATEGIES.values())),
     # Overrides CVMModule's "none": each benchmark names the augmentation that suits its images.
     Setting("augment", "str | None", None,
             "training augmentation of every strategy, replayed samples included (crop: pad-and-crop shifts); "
             "default: the benchmark's own, listed by `cvm benchmarks`"),
+    Setting("growing_head", "bool", False,
+            "baselines with a linear head start with one unit and gain one per class as it arrives, the classes not "
+            "trained yet masked (Avalanche's IncrementalClassifier); default: one unit per class from the start. "
+            "CVM, iCaRL, SCR and NCM have no linear head to grow"),
     Setting("seeds", "tuple[int, ...] | None", None,
             "run every strategy on each of these seeds instead of --seed, and report mean ± std over them; "
             "each seed's numbers are kept in results.json"),
@@ -57,8 +65,9 @@ RUN_SETTINGS: dict[str, Setting] = {s.name: s for s in (
 SETTINGS: dict[str, Setting] = {**MODEL_SETTINGS, **DATA_SETTINGS, **RUN_SETTINGS}
 SETTINGS = {name: SETTINGS[name] for name in (*RUN_SETTINGS, *DATA_SETTINGS, *MODEL_SETTINGS) if name in SETTINGS}
 
-# Settings that change how a run looks or shares the machine, never its numbers.
-NOT_IN_RESULTS = ("progress", "threads")
+# Settings that change how a run looks or shares the machine, never its numbers (a protocol's name is a label:
+# the values it sets are settings of their own).
+NOT_IN_RESULTS = ("progress", "threads", "protocol")
 
 # run_config.json files written before the settings took their signature names.
 _RENAMED = {"buffer": "buffer_size", "epochs": "epochs_per_experience"}
@@ -91,6 +100,8 @@ class _RunConfigMethods:
                 check_settings({"seed": seed})
             if len(set(self.seeds)) != len(self.seeds):
                 raise ConfigError(f"--seeds {' '.join(map(str, self.seeds))} repeats a seed; list each seed once.")
+        if self.protocol is not None:
+            get_protocol(self.protocol)
         if self.augment is None:  # a frozen backbone sees each image once: no augmentation
             self.augment = "none" if self.freeze_backbone else DEFAULT_AUGMENT[self.benchmark]
         check_settings(asdict(self))
@@ -127,13 +138,41 @@ class _RunConfigMethods:
         except (ValueError, TypeError, OSError) as err:
             raise ConfigError(f"{path} cannot be read ({err}); start a new run with another --out.") from err
 
+    @classmethod
+    def from_protocol(cls, name: str, **values: Any) -> "RunConfig":
+        """The configuration of preset ``name`` (``cvm protocols``), with ``values`` overriding its settings.
+
+        The preset's strategies run unless ``values`` names others.
+        """
+        protocol = get_protocol(name)
+        return cls(**{"strategies": protocol.strategies, **protocol.settings, **values, "protocol": name})
+
+    def protocol_report(self) -> dict | None:
+        """The run's protocol: name, version, source, references, and the settings that modify it (none: as published).
+
+        ``None`` when the run names no protocol.
+        """
+        if self.protocol is None:
+            return None
+        protocol = get_protocol(self.protocol)
+        changed = overrides(self.to_json(), DEFAULT_VALUES, self.protocol)
+        return {"name": protocol.name, "version": protocol.version, "modified": bool(changed), "overrides": changed,
+                "source": protocol.source, "references": dict(protocol.references), "tolerance": protocol.tolerance}
+
+    def for_strategy(self, strategy: str) -> "RunConfig":
+        """The settings ``strategy`` runs with: the protocol's values for it alone applied (see :class:`Protocol`)."""
+        if self.protocol is None:
+            return self
+        own = strategy_values(self.to_json(), self.protocol, strategy)
+        return replace(self, **own) if own else self
+
     def settings_of(self, strategy: str) -> dict:
         """What decides ``strategy``'s results (a cache key): the settings it reads and its fixed hyperparameters.
 
         A strategy that runs on Lightning is CVM, which reads every ``CVMModule`` setting.
         """
         entry = STRATEGIES[strategy]
-        values = self.to_json()
+        values = self.for_strategy(strategy).to_json()
         names = [*SHARED_SETTINGS, *entry.reads, *(MODEL_SETTINGS if entry.runs_on == "lightning" else ())]
         key = {name: values[name] for name in dict.fromkeys(names)}
         return {"name": strategy, **key, "hyperparameters": dict(entry.hyperparameters)}
@@ -155,11 +194,18 @@ RunConfig = make_dataclass(
 )
 
 
+# Every setting's default, as JSON values (what a protocol leaves unlisted stays at these).
+DEFAULT_VALUES: dict[str, Any] = {name: list(s.default) if isinstance(s.default, tuple) else s.default
+                                  for name, s in SETTINGS.items()}
+
+
 def applies_to(name: str) -> str:
     """Which strategies setting ``name`` applies to, from the strategy registry."""
     if name in SHARED_SETTINGS:
         return "every strategy"
-    return "the comparison" if name in ("strategies", "seeds", "progress", "threads") else "CVM"
+    readers = [entry.name for entry in STRATEGIES.values()
+               if name in entry.reads or (entry.runs_on == "lightning" and name in MODEL_SETTINGS)]
+    return ", ".join(readers) if readers else "the comparison"
 
 
 def options_markdown() -> str:
@@ -172,3 +218,20 @@ def options_markdown() -> str:
         meaning = setting.help.split(". cvm:")[0].replace("|", "/")
         lines.append(f"| `{flag(setting.name)}` | {applies_to(setting.name)} | `{default}` | {meaning} |")
     return "\n".join(lines)
+
+
+def fit_config_yaml(name: str) -> str:
+    """Preset ``name``'s CVM settings as a LightningCLI config for ``cvm fit --config`` (``data_root`` left to fill)."""
+    import yaml
+
+    config = RunConfig.from_protocol(name, strategies=("cvm",)).for_strategy("cvm")
+    protocol = get_protocol(name)
+    document = {
+        "model": config.model_settings(),
+        "data": {key: (str(value) if isinstance(value, Path) else value)
+                 for key, value in config.data_settings().items()},
+        "trainer": {"precision": config.precision, "devices": config.devices, "accelerator": "cpu"},
+    }
+    head = (f"# {protocol.title}: {protocol.summary}.\n# Source: {protocol.source}.\n"
+            "# Set data.data_root to the folder that holds the benchmark's data.\n")
+    return head + yaml.safe_dump(document, sort_keys=False)

@@ -29,6 +29,7 @@ from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import check_backbone, create_backbone
 from cvm_lightning.model.cpu import set_threads
 from cvm_lightning.model.feature_cache import save_shared_caches
+from cvm_lightning.model.optimizers import create_optimizer
 from cvm_lightning.streams import Benchmark
 from cvm_lightning.training import (
     AtomicCheckpointIO,
@@ -135,6 +136,7 @@ def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
                  report: Callable[[str], None]) -> StrategyResult:
     """An Avalanche strategy in Avalanche's own loop, on the same stream, backbone, budget and evaluations."""
     benchmark = data.benchmark
+    growing = config.growing_head and "growing_head" in STRATEGIES[name].reads
     pl.seed_everything(config.seed, verbose=False)
     with PeakRSS() as peak:
         model = ClassifierNet(
@@ -142,29 +144,35 @@ def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
             len(benchmark.class_names),
             in_chans=benchmark.in_chans,
             input_size=config.input_size,
+            normalize=config.normalize,
             augment=config.augment,
             pretrained=config.pretrained,
             pretrained_file=config.pretrained_file,
             freeze_backbone=config.freeze_backbone,
             channels_last=config.channels_last,
             precision=config.precision,
+            growing_head=growing,
         )
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = create_optimizer(config.optimizer, trainable, lr=config.lr, weight_decay=config.weight_decay,
+                                     momentum=config.momentum)
         recorder = AccuracyMatrixPlugin(benchmark.n_experiences)
         settings = BaselineSettings(
             buffer_size=config.buffer_size, batch_size=config.batch_size, epochs=config.epochs_per_experience,
-            recalibrate_bn=config.recalibrate_bn, hyperparameters=STRATEGIES[name].hyperparameters,
+            eval_batch_size=config.eval_batch_size, replay_batch_size=config.replay_batch_size,
+            drop_last=config.drop_last, recalibrate_bn=config.recalibrate_bn,
+            hyperparameters=STRATEGIES[name].hyperparameters,
         )
         zero_shot = ZeroShotPlugin(benchmark.test_stream)
-        strategy = build_baseline(name, model, optimizer, settings, [recorder, zero_shot])
+        # A growing head has no output for a class before its experience: nothing to score zero-shot (n/a).
+        strategy = build_baseline(name, model, optimizer, settings, [recorder] if growing else [recorder, zero_shot])
         train_seconds = 0.0
         steps = list(enumerate(benchmark.train_stream))
         if STRATEGIES[name].whole_stream:  # one training on every experience at once, evaluated as the last
             steps = [(benchmark.n_experiences - 1, [experience for _, experience in steps])]
         for index, experience in steps:
             start = time.perf_counter()
-            strategy.train(experience, num_workers=0)
+            strategy.train(experience, num_workers=0, drop_last=settings.drop_last)
             train_seconds += time.perf_counter() - start
             if data.evaluates_after(index):
                 # Avalanche's evaluation loaders draw their seeds from the global generator: kept apart, the
@@ -239,6 +247,7 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
         "seed": config.seed,
         "n_experiences": benchmark.n_experiences,
         "classes_per_experience": benchmark.classes_per_experience,
+        "protocol": config.protocol_report(),
         "config": config.to_json(),
         "strategies": {},
     }
@@ -253,9 +262,9 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
             continue
         report(f"== {name} on {benchmark.name} ({benchmark.n_experiences} experiences)")
         if lightning:
-            result = run_cvm(config, data, out_dir, bank)
+            result = run_cvm(config.for_strategy(name), data, out_dir, bank)
         else:
-            result = run_baseline(name, config, data, report)
+            result = run_baseline(name, config.for_strategy(name), data, report)
         save_shared_caches()  # a frozen backbone's features serve the next strategies and runs
         results["strategies"][name] = asdict(result)
         if rank_zero_only.rank == 0:

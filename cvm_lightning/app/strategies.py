@@ -50,11 +50,13 @@ def register_strategy(entry: StrategyEntry) -> StrategyEntry:
 
 # Settings every strategy reads: the stream, the backbone and the training budget.
 SHARED_SETTINGS: tuple[str, ...] = (
-    "benchmark", "backbone", "epochs_per_experience", "batch_size", "buffer_size", "lr", "weight_decay", "seed",
-    "input_size", "augment", "recalibrate_bn", "pretrained", "pretrained_file", "freeze_backbone", "data_root",
-    "train_per_class", "test_per_class", "n_experiences", "download", "precision", "channels_last",
-    "eval_every",
+    "benchmark", "backbone", "epochs_per_experience", "batch_size", "drop_last", "eval_batch_size", "buffer_size",
+    "optimizer", "lr", "momentum", "weight_decay", "seed", "shuffle_classes", "input_size", "normalize", "augment",
+    "recalibrate_bn", "pretrained", "pretrained_file", "freeze_backbone", "data_root", "train_per_class",
+    "test_per_class", "n_experiences", "download", "precision", "channels_last", "eval_every",
 )
+# What the baselines with a learned linear head read beyond the shared settings.
+LINEAR_HEAD = ("growing_head",)
 
 for _entry in (
     StrategyEntry(
@@ -62,21 +64,25 @@ for _entry in (
         "Continual Visual Mapping: images mapped onto fixed language concepts, with replay",
         runs_on="lightning",
         # and every CVMModule setting (RunConfig.settings_of)
-        reads=("eval_batch_size", "num_workers", "devices", "strategy"),
+        reads=("num_workers", "devices", "strategy"),
     ),
-    StrategyEntry("naive", "fine-tuning with nothing against forgetting, the lower bound"),
-    StrategyEntry("replay", "experience replay from a class-balanced memory"),
+    StrategyEntry("naive", "fine-tuning with nothing against forgetting, the lower bound", reads=LINEAR_HEAD),
+    StrategyEntry("replay", "experience replay from a class-balanced memory", reads=LINEAR_HEAD),
     StrategyEntry(
-        "lwf", "Learning without Forgetting, logit distillation", hyperparameters={"alpha": 1.0, "temperature": 2.0}
+        "lwf", "Learning without Forgetting, logit distillation", reads=LINEAR_HEAD,
+        hyperparameters={"alpha": 1.0, "temperature": 2.0},
     ),
-    StrategyEntry("ewc", "Elastic Weight Consolidation", hyperparameters={"ewc_lambda": 100.0}),
-    StrategyEntry("der", "DER++: replay of labels and logits", hyperparameters={"alpha": 0.1, "beta": 0.5}),
-    StrategyEntry("gdumb", "GDumb: retrain from a greedy class-balanced memory"),
-    StrategyEntry("er_ace", "ER-ACE: replay with the asymmetric cross-entropy, CVM's loss on a learned linear head"),
+    StrategyEntry("ewc", "Elastic Weight Consolidation", reads=LINEAR_HEAD, hyperparameters={"ewc_lambda": 100.0}),
+    StrategyEntry("der", "DER++: replay of labels and logits", reads=LINEAR_HEAD,
+                  hyperparameters={"alpha": 0.1, "beta": 0.5}),
+    StrategyEntry("gdumb", "GDumb: retrain from a greedy class-balanced memory", reads=LINEAR_HEAD),
+    StrategyEntry("er_ace", "ER-ACE: replay with the asymmetric cross-entropy, CVM's loss on a learned linear head",
+                  reads=(*LINEAR_HEAD, "replay_batch_size")),
     StrategyEntry(
         "er_aml",
         "ER-AML: replay with a contrastive (metric) loss on new samples against memory positives and "
         "negatives, cross-entropy on replayed ones",
+        reads=(*LINEAR_HEAD, "replay_batch_size"),
         hyperparameters={"temp": 0.1, "base_temp": 0.07},
     ),
     StrategyEntry(
@@ -85,16 +91,19 @@ for _entry in (
     StrategyEntry(
         "scr",
         "SCR: supervised contrastive replay (two views a sample), nearest-class-mean prediction",
+        reads=("replay_batch_size",),
         hyperparameters={"temperature": 0.1},
     ),
     StrategyEntry(
-        "cumulative", "retrain on every experience so far, all its data kept: an upper bound, no memory limit"
+        "cumulative", "retrain on every experience so far, all its data kept: an upper bound, no memory limit",
+        reads=LINEAR_HEAD,
     ),
     StrategyEntry(
         "joint",
         "joint training: the whole stream at once, shuffled (i.i.d.), for the same epochs: the offline "
         "upper bound, one row in the accuracy matrix",
         whole_stream=True,
+        reads=LINEAR_HEAD,
     ),
     StrategyEntry(
         "ncm",

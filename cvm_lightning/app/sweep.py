@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from cvm_lightning.app.reporting import METRICS, mean_std_text
-from cvm_lightning.app.run_config import RunConfig
+from cvm_lightning.app.run_config import DEFAULT_VALUES, RunConfig
 from cvm_lightning.app.runner import claim_out_dir, prepare, run
 from cvm_lightning.atomic import atomic_write_text
 
@@ -88,9 +88,9 @@ def run_cell(config: RunConfig, strategy: str, out_dir: Path, report: Callable[[
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     name = f"{strategy}-seed{config.seed}-{digest}"
     path = out_dir / "cells" / f"{name}.json"
-    if path.exists():
-        cell = json.loads(path.read_text())
-        if cell["settings"] == settings:
+    for kept in sorted((out_dir / "cells").glob(f"{strategy}-seed{config.seed}-*.json")):
+        cell = json.loads(kept.read_text())
+        if _same_settings(cell["settings"], settings):
             return cell["result"]
     report(f"== {label}: {strategy}")
     results = run(replace(config, strategies=(strategy,)), out_dir / "runs" / name, report=report)
@@ -98,6 +98,12 @@ def run_cell(config: RunConfig, strategy: str, out_dir: Path, report: Callable[[
     cell = {"strategy": strategy, "settings": settings, "result": results["strategies"][strategy]}
     atomic_write_text(path, json.dumps(cell, indent=2))
     return cell["result"]
+
+
+def _same_settings(kept: dict, now: dict) -> bool:
+    """Whether a kept cell ran with the settings ``now``; one kept before a setting existed ran it at its default."""
+    return set(kept) <= set(now) and all(kept.get(name, DEFAULT_VALUES.get(name)) == value
+                                         for name, value in now.items())
 
 
 def run_seeds(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print) -> dict:
@@ -116,6 +122,7 @@ def run_seeds(config: RunConfig, out_dir: Path, report: Callable[[str], None] = 
     return {
         "benchmark": config.benchmark,
         "seeds": list(config.seeds),
+        "protocol": config.protocol_report(),
         "config": config.to_json(),
         "strategies": {name: {**{m: list(rows[name][m]) for m in METRICS}, "per_seed": cells}
                        for name, cells in table.items()},

@@ -15,9 +15,12 @@ from cvm_lightning.streams import Benchmark, StreamConfig, build_benchmark
 
 
 def experience_loader(
-    dataset, *, batch_size: int, train: bool, seed: int = 0, experience: int = 0, num_workers: int = 0
+    dataset, *, batch_size: int, train: bool, seed: int = 0, experience: int = 0, num_workers: int = 0,
+    drop_last: bool = False,
 ) -> DataLoader:
     """A loader of one experience: training loaders shuffle with a generator seeded by ``seed`` and ``experience``.
+
+    ``drop_last`` leaves out a training experience's last, smaller batch.
 
     Shuffling draws from a generator of its own, never from the global one, so
     the order does not depend on how many iterators Lightning made before
@@ -32,6 +35,7 @@ def experience_loader(
         generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        drop_last=drop_last and train,
     )
 
 
@@ -49,12 +53,16 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         benchmark: a registered benchmark name (``cvm benchmarks``).
         epochs_per_experience: training epochs of each experience.
         batch_size: training batch size.
+        drop_last: leave out each experience's last training batch when it is smaller than batch_size
+            (every strategy; published protocols such as Avalanche's baselines do).
         eval_batch_size: batch size of the test experiences.
         eval_every: evaluate on the test stream after every N-th experience and after the last one;
             the rows in between stay empty in the accuracy matrix, and forgetting and BWT use the
             evaluated rows only.
         num_workers: ``DataLoader`` workers.
         seed: the class order, subsampling and shuffling.
+        shuffle_classes: shuffle the class order with seed; off, the classes come in label order
+            (0, 1, 2, ...), as published protocols fix it.
         data_root: folder holding the benchmark's data (``--data-root``).
         train_per_class: keep at most this many training images a class.
         test_per_class: keep at most this many test images a class.
@@ -68,10 +76,12 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         *,
         epochs_per_experience: int = 5,
         batch_size: int = 64,
+        drop_last: bool = False,
         eval_batch_size: int = 256,
         eval_every: int = 1,
         num_workers: int = 0,
         seed: int = 0,
+        shuffle_classes: bool = True,
         data_root: str | Path | None = None,
         train_per_class: int | None = None,
         test_per_class: int | None = None,
@@ -128,9 +138,9 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         """What a benchmark builder takes from this data module's settings."""
         h = self.hparams
         return StreamConfig(
-            seed=h.seed, data_root=Path(h.data_root) if h.data_root is not None else None,
-            train_per_class=h.train_per_class, test_per_class=h.test_per_class,
-            n_experiences=h.n_experiences, download=h.download,
+            seed=h.seed, shuffle_classes=h.shuffle_classes,
+            data_root=Path(h.data_root) if h.data_root is not None else None, train_per_class=h.train_per_class,
+            test_per_class=h.test_per_class, n_experiences=h.n_experiences, download=h.download,
         )
 
     @property
@@ -142,13 +152,18 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
             self._benchmark = benchmark
         return self._benchmark
 
-    @staticmethod
-    def _check(benchmark: Benchmark) -> None:
+    def _check(self, benchmark: Benchmark) -> None:
         if benchmark.n_experiences < 1:
             raise DataError(f"Benchmark {benchmark.name} has no experiences: a stream needs at least one.")
         if len(benchmark.test_stream) != benchmark.n_experiences:
             raise ConfigError(f"Benchmark {benchmark.name} has {benchmark.n_experiences} training but "
                               f"{len(benchmark.test_stream)} test experiences; they must pair up.")
+        if self.hparams.drop_last:
+            smallest = min(len(exp.dataset) for exp in benchmark.train_stream)
+            if smallest < self.hparams.batch_size:
+                raise DataError(f"An experience of {benchmark.name} has {smallest} training samples, fewer than a "
+                                f"batch of {self.hparams.batch_size}, so --drop-last would leave it no batch: "
+                                "lower --batch-size or keep more images a class.")
 
     @property
     def class_names(self) -> list[str]:
@@ -204,7 +219,7 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
             raise DataError(f"Training experience {experience} is empty: every experience needs at least one sample.")
         h = self.hparams
         return experience_loader(dataset, batch_size=h.batch_size, train=True, seed=h.seed, experience=experience,
-                                 num_workers=h.num_workers)
+                                 num_workers=h.num_workers, drop_last=h.drop_last)
 
     def val_dataloader(self) -> list[DataLoader]:
         h = self.hparams

@@ -10,7 +10,7 @@ from cvm_lightning.model.augment import BatchAugment
 from cvm_lightning.model.backbones import create_backbone, feature_dim, pretrained_normalization, upsample_small
 from cvm_lightning.model.feature_cache import FeatureCache, weights_digest
 from cvm_lightning.model.pixels import PixelNormalize, check_pixels
-from cvm_lightning.settings import check_settings
+from cvm_lightning.settings import PIXEL_STATISTICS, check_settings
 
 
 class VisualEncoder(nn.Module):
@@ -23,7 +23,8 @@ class VisualEncoder(nn.Module):
     input contract and the same augmentation. ``width`` is the feature width.
 
     A pretrained backbone normalises with its own statistics (timm's
-    ``pretrained_cfg``); one trained here maps [0, 1] to [-1, 1]. With
+    ``pretrained_cfg``); one trained here with ``normalize``'s
+    (:data:`~cvm_lightning.settings.PIXEL_STATISTICS`: [0, 1] to [-1, 1] by default). With
     ``freeze``, the backbone stays in eval mode, is never trained, and its
     features are computed once per distinct image (:class:`FeatureCache`).
     ``channels_last`` keeps the backbone's weights and inputs in
@@ -32,20 +33,20 @@ class VisualEncoder(nn.Module):
 
     def __init__(
         self, backbone: str, *, pretrained: bool = False, pretrained_file: str | None = None, in_chans: int = 3,
-        input_size: int | None = None, augment: str = "none", freeze: bool = False, channels_last: bool = False,
+        input_size: int | None = None, normalize: str = "centered", augment: str = "none", freeze: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         check_settings({"pretrained": pretrained, "pretrained_file": pretrained_file, "freeze_backbone": freeze,
-                        "augment": augment, "in_chans": in_chans, "input_size": input_size})
+                        "normalize": normalize, "augment": augment, "in_chans": in_chans, "input_size": input_size})
         self.in_chans = in_chans
         self.input_size = input_size
         self.augment = BatchAugment(augment)
         self.backbone = create_backbone(
             backbone, pretrained=pretrained, pretrained_file=pretrained_file, in_chans=in_chans, img_size=input_size
         )
-        self.normalize = (
-            PixelNormalize(*pretrained_normalization(self.backbone, in_chans)) if pretrained else PixelNormalize()
-        )
+        statistics = pretrained_normalization(self.backbone, in_chans) if pretrained else PIXEL_STATISTICS[normalize]
+        self.normalize = PixelNormalize(*statistics)
         self.width = feature_dim(self.backbone, in_chans, input_size or 64)
         self.channels_last = channels_last
         if channels_last:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict
-from functools import partial
 from typing import Any, Sequence
 
 import pytorch_lightning as pl
@@ -21,15 +20,10 @@ from cvm_lightning.model.concept_space import ConceptSpace
 from cvm_lightning.model.encoder import VisualEncoder
 from cvm_lightning.model.heads import ConceptAlignmentHead
 from cvm_lightning.model.losses import LOSSES, semantic_distance
+from cvm_lightning.model.optimizers import create_optimizer
 from cvm_lightning.model.prototypes import ClassPrototypes
 from cvm_lightning.model.replay import ReplayBuffer
 from cvm_lightning.settings import DEFAULT_HEAD, check_class_names, check_settings
-
-OPTIMIZERS = {
-    "adamw": torch.optim.AdamW,
-    "adam": torch.optim.Adam,
-    "sgd": partial(torch.optim.SGD, momentum=0.9),
-}
 
 
 def split_batch(batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,6 +86,9 @@ class CVMModule(pl.LightningModule):
         image_size: the side of the images the model was trained on. It is
             recorded from the first training batch when not given; export,
             ``cvm predict`` and ``cvm learn`` resize new images to it.
+        normalize: the pixel statistics of a backbone trained here: ``"centered"``
+            maps [0, 1] to [-1, 1]; ``"cifar10"`` uses CIFAR-10's channel mean and
+            std, as Avalanche's transforms do. A pretrained backbone keeps its own.
         augment: training-batch augmentation, replayed samples included:
             ``"none"``, ``"crop"`` or ``"crop-flip"`` (see
             :mod:`cvm_lightning.model.augment`).
@@ -110,6 +107,7 @@ class CVMModule(pl.LightningModule):
             ``fit``, so each experience starts with fresh moments.
         lr: learning rate.
         weight_decay: weight decay.
+        momentum: SGD's momentum (``optimizer="sgd"`` only; 0 for plain SGD).
         scheduler: ``"none"`` or ``"cosine"`` (annealed over each ``fit``).
         buffer_size: replay memory size in samples (0 turns replay off).
         replay_batch_size: replayed samples per batch (default: the batch size).
@@ -154,6 +152,7 @@ class CVMModule(pl.LightningModule):
         input_size: int | None = 32,
         channels_last: bool = False,
         image_size: int | None = None,
+        normalize: str = "centered",
         augment: str = "none",
         head: str = DEFAULT_HEAD,
         head_hidden_dim: int = 512,
@@ -165,6 +164,7 @@ class CVMModule(pl.LightningModule):
         optimizer: str = "adamw",
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
+        momentum: float = 0.9,
         scheduler: str = "none",
         buffer_size: int = 100,
         replay_batch_size: int | None = None,
@@ -203,6 +203,7 @@ class CVMModule(pl.LightningModule):
             pretrained_file=pretrained_file,
             in_chans=in_chans,
             input_size=input_size,
+            normalize=normalize,
             augment=augment,
             freeze=freeze_backbone,
             channels_last=channels_last,
@@ -542,9 +543,10 @@ class CVMModule(pl.LightningModule):
     def build_optimizer(self) -> torch.optim.Optimizer:
         """A fresh optimiser over all trainable parameters."""
         trainable = [p for p in self.parameters() if p.requires_grad]
-        return OPTIMIZERS[self.hparams["optimizer"]](
-            trainable, lr=self.hparams["lr"], weight_decay=self.hparams["weight_decay"]
-        )
+        h = self.hparams
+        # Checkpoints written before momentum was a setting trained SGD with 0.9, the default.
+        return create_optimizer(h["optimizer"], trainable, lr=h["lr"], weight_decay=h["weight_decay"],
+                                momentum=h.get("momentum", 0.9))
 
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()

@@ -14,9 +14,9 @@ from torch import nn
 
 from cvm_lightning.errors import DataError
 from cvm_lightning.image_files import check_pixel_range
+from cvm_lightning.settings import PIXEL_STATISTICS
 
-PIXEL_MEAN = 0.5
-PIXEL_STD = 0.5
+CENTERED_MEAN, CENTERED_STD = PIXEL_STATISTICS["centered"]
 
 
 class PixelNormalize(nn.Module):
@@ -26,7 +26,9 @@ class PixelNormalize(nn.Module):
     backbone's own statistics).
     """
 
-    def __init__(self, mean: float | Sequence[float] = PIXEL_MEAN, std: float | Sequence[float] = PIXEL_STD) -> None:
+    def __init__(
+        self, mean: float | Sequence[float] = CENTERED_MEAN, std: float | Sequence[float] = CENTERED_STD
+    ) -> None:
         super().__init__()
         shape = (1, -1, 1, 1)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(shape), persistent=False)

@@ -47,7 +47,8 @@ def class_incremental(
     for dataset in (train, test):
         if hasattr(dataset, "decode_all"):  # image files: a broken one is named now, not mid-training
             dataset.decode_all()
-    scenario = split_by_class(train, test, len(class_names), config.n_experiences or default_experiences, config.seed)
+    scenario = split_by_class(train, test, len(class_names), config.n_experiences or default_experiences, config.seed,
+                              config.shuffle_classes)
     return Benchmark(name, scenario, class_names, in_chans, image_size, templates, descriptions or {})
 
 

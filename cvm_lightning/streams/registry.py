@@ -14,12 +14,14 @@ from cvm_lightning.errors import ConfigError, DataError, did_you_mean
 class StreamConfig:
     """What every benchmark builder takes.
 
-    ``seed`` shuffles the class order; ``train_per_class`` and
-    ``test_per_class`` keep at most that many training and test images per
-    class (for CPU-scaled runs).
+    ``seed`` shuffles the class order (unless ``shuffle_classes`` is off:
+    then the classes come in label order, 0, 1, 2, ...); ``train_per_class``
+    and ``test_per_class`` keep at most that many training and test images
+    per class (for CPU-scaled runs).
     """
 
     seed: int = 0
+    shuffle_classes: bool = True
     data_root: Path | None = None
     train_per_class: int | None = None
     test_per_class: int | None = None
@@ -116,8 +118,11 @@ def subsample_per_class(
     return sorted(chosen)
 
 
-def split_by_class(train, test, n_classes: int, n_experiences: int, seed: int):
-    """A class-incremental Avalanche scenario: ``n_experiences`` equal class splits."""
+def split_by_class(train, test, n_classes: int, n_experiences: int, seed: int, shuffle_classes: bool = True):
+    """A class-incremental Avalanche scenario: ``n_experiences`` equal class splits.
+
+    The classes come in a ``seed``-shuffled order, or in label order without ``shuffle_classes``.
+    """
     from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
 
     if n_experiences < 1:
@@ -136,7 +141,7 @@ def split_by_class(train, test, n_classes: int, n_experiences: int, seed: int):
     return class_incremental_benchmark(
         # Plain datasets become task-aware ones: batches are (x, y, task).
         {"train": train, "test": test},
-        class_order=class_order(n_classes, seed),
+        class_order=class_order(n_classes, seed) if shuffle_classes else list(range(n_classes)),
         num_experiences=n_experiences,
     )
 

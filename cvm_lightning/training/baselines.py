@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from avalanche.core import SupervisedPlugin
-from avalanche.models import SCRModel
+from avalanche.models import IncrementalClassifier, SCRModel
 from avalanche.training import DER, ER_ACE, ER_AML, EWC, SCR, Cumulative, GDumb, ICaRL, JointTraining, LwF, Naive
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ClassBalancedBuffer
@@ -32,6 +32,13 @@ from cvm_lightning.settings import check_memory, check_settings
 class ClassifierNet(nn.Module):
     """The baselines' model: CVM's ``VisualEncoder`` (pixels, augmentation, backbone), a linear head over all classes.
 
+    With ``growing_head`` the head is Avalanche's ``IncrementalClassifier``:
+    it starts with one unit and gains a unit for each class as its first
+    experience arrives, with the classes not trained yet masked (scored
+    ``-1000``), as Avalanche's published baselines build it. Its output is
+    padded to ``n_classes`` columns with that score, so every metric reads
+    one column per class id either way.
+
     Avalanche's loop has no precision option, so the model applies
     ``precision`` itself: with ``"bf16-mixed"`` its forward runs under
     bfloat16 autocast, as Lightning runs CVM's, and returns float32 logits
@@ -40,8 +47,9 @@ class ClassifierNet(nn.Module):
 
     def __init__(
         self, backbone: str, n_classes: int, *, in_chans: int = 3, input_size: int | None = None, augment: str = "none",
-        pretrained: bool = False, pretrained_file: str | None = None, freeze_backbone: bool = False,
-        channels_last: bool = False, precision: str = "32-true",
+        normalize: str = "centered", pretrained: bool = False, pretrained_file: str | None = None,
+        freeze_backbone: bool = False, channels_last: bool = False, precision: str = "32-true",
+        growing_head: bool = False,
     ) -> None:
         super().__init__()
         check_settings({"precision": precision})
@@ -51,16 +59,21 @@ class ClassifierNet(nn.Module):
             pretrained_file=pretrained_file,
             in_chans=in_chans,
             input_size=input_size,
+            normalize=normalize,
             augment=augment,
             freeze=freeze_backbone,
             channels_last=channels_last,
         )
-        self.classifier = nn.Linear(self.encoder.width, n_classes)
+        self.n_classes = n_classes
+        self.classifier = (IncrementalClassifier(self.encoder.width, initial_out_features=1) if growing_head
+                           else nn.Linear(self.encoder.width, n_classes))
         self.precision = precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with autocast(self.precision):
-            return self.classifier(self.encoder(x)).float()
+            logits = self.classifier(self.encoder(x)).float()
+        missing = self.n_classes - logits.shape[1]
+        return F.pad(logits, (0, missing), value=self.classifier.mask_value) if missing > 0 else logits
 
 
 @dataclass(frozen=True)
@@ -69,16 +82,26 @@ class BaselineSettings:
 
     ``hyperparameters`` are keyword arguments of the Avalanche strategy
     itself (``{"alpha": 0.1, "beta": 0.5}`` for DER); ``cvm run`` passes each
-    strategy the ones its registry entry records.
+    strategy the ones its registry entry records. ``replay_batch_size`` is
+    the replayed samples a batch of ER-ACE, ER-AML and SCR (default: the
+    batch size); ``drop_last`` leaves out each experience's last, smaller
+    batch (pass it to ``strategy.train`` too: Avalanche takes it there).
     """
 
     buffer_size: int
     batch_size: int
     epochs: int
     eval_batch_size: int = 256
+    replay_batch_size: int | None = None
+    drop_last: bool = False
     device: str = "cpu"
     recalibrate_bn: bool = True
     hyperparameters: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def memory_batch_size(self) -> int:
+        """Replayed samples a batch."""
+        return self.replay_batch_size or self.batch_size
 
 
 BaselineFactory = Callable[[nn.Module, torch.optim.Optimizer, BaselineSettings, list], SupervisedTemplate]
@@ -150,12 +173,12 @@ def _replay(model, optimizer, settings, plugins):
 
 
 def _er_ace(model, optimizer, settings, plugins):
-    # Replayed batches as large as the new ones, like CVM's and Replay's.
+    # Replayed batches as large as the new ones by default, like CVM's and Replay's.
     strategy = ER_ACE(
         model=model,
         optimizer=optimizer,
         mem_size=settings.buffer_size,
-        batch_size_mem=settings.batch_size,
+        batch_size_mem=settings.memory_batch_size,
         **_common(settings, plugins, recalibrate_memory=True),
     )
     strategy.storage_policy = ClassBalancedMemory(settings.buffer_size, adaptive_size=True)  # what ER_ACE makes, quiet
@@ -200,7 +223,7 @@ def _er_aml(model, optimizer, settings, plugins):
         feature_extractor=EncoderFeatures(model),
         optimizer=optimizer,
         mem_size=settings.buffer_size,
-        batch_size_mem=settings.batch_size,
+        batch_size_mem=settings.memory_batch_size,
         **settings.hyperparameters,
         **_common(settings, plugins, recalibrate_memory=True),
     )
@@ -319,7 +342,7 @@ def _scr(model, optimizer, settings, plugins):
         optimizer=optimizer,
         augmentations=SameSizeResizedCrop(),
         mem_size=settings.buffer_size,
-        batch_size_mem=settings.batch_size,
+        batch_size_mem=settings.memory_batch_size,
         **settings.hyperparameters,
         **common,
     )

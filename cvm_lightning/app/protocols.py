@@ -1,0 +1,178 @@
+"""Named protocol presets: every setting a published results table depends on, declared once, with its references.
+
+``cvm run --protocol NAME`` starts from a preset; any flag given beside it
+overrides the preset's value, and the run is then reported as a *modified*
+protocol with its overrides named. A preset fixes the settings it lists;
+every other setting stays at its default. The module imports nothing
+heavy, so presets are expanded and checked before torch loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from cvm_lightning.app.strategies import STRATEGIES
+from cvm_lightning.errors import ConfigError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One preset: its settings, the strategies it compares, and the published accuracies it reproduces.
+
+    ``settings`` are :class:`~cvm_lightning.app.run_config.RunConfig` values
+    for every strategy; ``per_strategy`` adds values for one strategy alone
+    (the network of one published script, say), applied where the run
+    keeps the preset's value. ``references`` are final average accuracies
+    from ``source``; a reproduction passes within ``tolerance`` below them.
+    """
+
+    name: str
+    version: int
+    summary: str
+    source: str
+    settings: Mapping[str, Any]
+    strategies: tuple[str, ...]
+    references: Mapping[str, float] = field(default_factory=dict)
+    tolerance: float = 0.03
+    per_strategy: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "settings", MappingProxyType(dict(self.settings)))
+        object.__setattr__(self, "references", MappingProxyType(dict(self.references)))
+        object.__setattr__(self, "per_strategy", MappingProxyType({k: MappingProxyType(dict(v))
+                                                                   for k, v in self.per_strategy.items()}))
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} v{self.version}"
+
+
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def register_protocol(protocol: Protocol) -> Protocol:
+    """Make ``protocol`` available to ``cvm run --protocol``."""
+    unknown = [name for name in (*protocol.strategies, *protocol.references, *protocol.per_strategy)
+               if name not in STRATEGIES]
+    if unknown:
+        raise ValueError(f"Protocol {protocol.name} names unknown strategies {unknown}.")
+    PROTOCOLS[protocol.name] = protocol
+    return protocol
+
+
+def get_protocol(name: str) -> Protocol:
+    """The preset ``name`` (see ``cvm protocols``)."""
+    if name not in PROTOCOLS:
+        raise ConfigError(f"Unknown --protocol {name!r}.{did_you_mean(name, PROTOCOLS)} Choose one of: "
+                          f"{', '.join(PROTOCOLS)} (`cvm protocols` lists their settings).")
+    return PROTOCOLS[name]
+
+
+# Where a run's data lives, how it shares the machine and which strategies and seeds it runs: none of
+# them changes what a strategy under the protocol computes, so none of them modifies it.
+NOT_PROTOCOL_SETTINGS = ("protocol", "strategies", "seeds", "data_root", "download", "progress", "threads")
+
+
+register_protocol(Protocol(
+    name="clb-split-cifar10",
+    version=1,
+    summary="Avalanche's reference split-CIFAR-10: class-incremental, 5 experiences of 2 classes in label order, "
+            "the full data, one epoch at batch 10, plain SGD at 0.1, a growing head, no augmentation",
+    source="Avalanche continual-learning-baselines: experiments/split_cifar10/er_ace.py and er_aml.py, "
+           "reference accuracies in tests/target_results.csv (a run passes at reference - 0.03)",
+    settings={
+        "benchmark": "split-cifar10",
+        "n_experiences": 5,
+        "shuffle_classes": False,
+        "train_per_class": None,
+        "test_per_class": None,
+        "backbone": "reduced_resnet18",
+        "input_size": 32,
+        "normalize": "cifar10",
+        "augment": "none",
+        "epochs_per_experience": 1,
+        "batch_size": 10,
+        "drop_last": True,
+        "eval_batch_size": 64,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+        "buffer_size": 1000,
+        "replay_batch_size": 10,
+        "growing_head": True,
+        "recalibrate_bn": False,
+        "precision": "32-true",
+    },
+    strategies=("er_ace", "er_aml", "cvm"),
+    references={"er_ace": 0.45, "er_aml": 0.47},
+    # The ER-AML script trains a fixed 10-unit head (SingleHeadReducedResNet18); ER-ACE grows one.
+    per_strategy={"er_aml": {"growing_head": False}},
+    notes=(
+        "The published scripts load CIFAR-10's PNG release; ../shared/data and most ImageFolder copies are "
+        "JPEG re-encodings, which can move accuracies slightly.",
+        "The ER-AML script's network has biases in its convolutions; reduced_resnet18, like Avalanche's "
+        "SlimResNet18 that ER-ACE uses, has none.",
+    ),
+))
+
+
+def protocol_values(name: str) -> dict[str, Any]:
+    """The settings preset ``name`` lists (for every strategy), as ``RunConfig`` keyword arguments."""
+    return dict(get_protocol(name).settings)
+
+
+def overrides(config_values: Mapping[str, Any], defaults: Mapping[str, Any], name: str) -> dict[str, Any]:
+    """The settings of a run (``config_values``, JSON values) that differ from preset ``name``'s expansion.
+
+    The expansion is the preset's listed values with every other setting at
+    ``defaults``. An empty result means the run is the published protocol.
+    """
+    expected = {**defaults, **get_protocol(name).settings}
+    return {key: value for key, value in config_values.items()
+            if key not in NOT_PROTOCOL_SETTINGS and key in expected and _json(expected[key]) != value}
+
+
+def strategy_values(config_values: Mapping[str, Any], name: str, strategy: str) -> dict[str, Any]:
+    """Preset ``name``'s values for ``strategy`` alone, where the run kept the preset's value of that setting."""
+    protocol = get_protocol(name)
+    own = protocol.per_strategy.get(strategy, {})
+    return {key: value for key, value in own.items()
+            if key not in protocol.settings or config_values.get(key) == _json(protocol.settings[key])}
+
+
+def _json(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def protocols_text(name: str | None = None) -> str:
+    """``cvm protocols``: each preset (or ``name`` alone), what it reproduces, and every setting it fixes as a flag."""
+    blocks = []
+    for p in [get_protocol(name)] if name else PROTOCOLS.values():
+        lines = [f"{p.title}: {p.summary}.", f"  source: {p.source}"]
+        refs = ", ".join(f"{s} {v:.2f}" for s, v in p.references.items())
+        lines.append(f"  strategies: {', '.join(p.strategies)}" + (f"; references: {refs}" if refs else ""))
+        lines.append("  settings: " + _as_flags(p.settings))
+        for strategy, values in p.per_strategy.items():
+            lines.append(f"  {strategy} alone: " + _as_flags(values))
+        lines += [f"  note: {note}" for note in p.notes]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _as_flags(values: Mapping[str, Any]) -> str:
+    """Settings as ``cvm run`` flags, then the ones the preset leaves unset (all the images, say)."""
+    from cvm_lightning.settings import flag
+
+    def one(name: str, value: Any) -> str:
+        if isinstance(value, bool):
+            return flag(name) if value else flag(name).replace("--", "--no-", 1)
+        return f"{flag(name)} {value}"
+
+    unset = [flag(name) for name, value in values.items() if value is None]
+    text = " ".join(one(name, value) for name, value in values.items() if value is not None)
+    return text + (f" (unset: {', '.join(unset)})" if unset else "")
