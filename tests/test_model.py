@@ -338,8 +338,9 @@ def test_normalize_picks_the_pixel_statistics_a_backbone_trained_here_uses():
     from cvm_lightning.model import VisualEncoder
     from cvm_lightning.settings import PIXEL_STATISTICS
 
-    encoder = VisualEncoder("reduced_resnet18", input_size=32, normalize="cifar10")
-    mean, std = PIXEL_STATISTICS["cifar10"]
+    encoder = VisualEncoder("reduced_resnet18", input_size=32, normalize="cifar10-avalanche")
+    mean, std = PIXEL_STATISTICS["cifar10-avalanche"]
+    assert std == (0.2023, 0.1994, 0.2010), "the statistics of Avalanche's CIFAR transforms"
     assert encoder.normalize.mean.flatten().tolist() == pytest.approx(mean)
     assert encoder.normalize.std.flatten().tolist() == pytest.approx(std)
     with pytest.raises(ConfigError, match="Unknown --normalize 'imagenet'"):

@@ -39,7 +39,7 @@ def test_the_clb_preset_holds_the_published_settings():
     assert (config.optimizer, config.lr, config.momentum, config.weight_decay) == ("sgd", 0.1, 0.0, 0.0)
     assert (config.batch_size, config.replay_batch_size, config.buffer_size) == (10, 10, 1000)
     assert (config.epochs_per_experience, config.drop_last, config.eval_batch_size) == (1, True, 64)
-    assert (config.normalize, config.augment, config.recalibrate_bn) == ("cifar10", "none", False)
+    assert (config.normalize, config.augment, config.recalibrate_bn) == ("cifar10-avalanche", "none", False)
     assert config.shuffle_classes is False and config.train_per_class is None and config.growing_head is True
 
 
@@ -91,7 +91,7 @@ def test_a_presets_yaml_is_a_config_lightning_cli_accepts(tmp_path, capsys):
     path.write_text(capsys.readouterr().out)
     assert main(["fit", "--config", str(path), "--data.data_root", str(tmp_path), "--print_config"]) == 0
     printed = capsys.readouterr().out
-    for line in ("optimizer: sgd", "lr: 0.1", "momentum: 0.0", "normalize: cifar10", "drop_last: true",
+    for line in ("optimizer: sgd", "lr: 0.1", "momentum: 0.0", "normalize: cifar10-avalanche", "drop_last: true",
                  "shuffle_classes: false", "batch_size: 10", f"data_root: {tmp_path}"):
         assert line in printed, line
 

@@ -92,7 +92,7 @@ register_protocol(Protocol(
         "test_per_class": None,
         "backbone": "reduced_resnet18",
         "input_size": 32,
-        "normalize": "cifar10",
+        "normalize": "cifar10-avalanche",
         "augment": "none",
         "epochs_per_experience": 1,
         "batch_size": 10,
