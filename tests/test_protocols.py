@@ -140,3 +140,24 @@ def test_the_published_protocol_is_reported_as_published():
     modified = replace(config, lr=0.01)
     assert "Modified protocol" in protocol_line({"protocol": modified.protocol_report()})
     assert protocol_line({"protocol": None}).startswith("Protocol: this package's settings")
+
+
+def test_the_der_preset_sets_ders_own_hyperparameters_and_ers_learning_rate():
+    config = RunConfig.from_protocol("der-seq-cifar10")
+    assert config.settings_of("der")["hyperparameters"] == {"alpha": 0.2, "beta": 0.5}
+    assert RunConfig().settings_of("der")["hyperparameters"] == {"alpha": 0.1, "beta": 0.5}
+    assert config.for_strategy("replay").lr == 0.1 and config.for_strategy("der").lr == 0.03
+    assert (config.backbone, config.epochs_per_experience, config.batch_size) == ("cifar_resnet18", 50, 32)
+
+
+@pytest.mark.slow
+def test_the_der_preset_runs_a_smoke_step(tmp_path, capsys):
+    """The full preset is an accelerator's work; one epoch on a few images checks that it runs as declared."""
+    root = make_image_folder(tmp_path / "cifar", classes=CIFAR10_FOLDERS, train=4, test=2)
+    out = tmp_path / "run"
+    assert main(["run", "--protocol", "der-seq-cifar10", "--data-root", str(root), "--epochs", "1",
+                 "--strategies", "der", "--no-progress", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"]["overrides"] == {"epochs_per_experience": 1}
+    assert results["strategies"]["der"]["params"] > 11_000_000, "the full-width CIFAR ResNet-18"
+    assert len(results["strategies"]["der"]["accuracy_matrix"]) == 5

@@ -55,7 +55,7 @@ def _reference_cells(results: dict, strategy: str, accuracies: list[float]) -> l
     if reference is None:
         return ["", ""]
     within = all(acc >= reference - protocol["tolerance"] for acc in accuracies)
-    return [f"{reference:.2f}", "yes" if within else "no"]
+    return [f"{reference:g}", "yes" if within else "no"]
 
 
 def _reference_columns(results: dict) -> list[str]:

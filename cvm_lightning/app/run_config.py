@@ -175,7 +175,12 @@ class _RunConfigMethods:
         values = self.for_strategy(strategy).to_json()
         names = [*SHARED_SETTINGS, *entry.reads, *(MODEL_SETTINGS if entry.runs_on == "lightning" else ())]
         key = {name: values[name] for name in dict.fromkeys(names)}
-        return {"name": strategy, **key, "hyperparameters": dict(entry.hyperparameters)}
+        return {"name": strategy, **key, "hyperparameters": self.hyperparameters_of(strategy)}
+
+    def hyperparameters_of(self, strategy: str) -> dict[str, float]:
+        """``strategy``'s fixed hyperparameters: its registry entry's, with the protocol's for it on top."""
+        own = get_protocol(self.protocol).hyperparameters.get(strategy, {}) if self.protocol else {}
+        return {**STRATEGIES[strategy].hyperparameters, **own}
 
     def same_run(self, other: "RunConfig") -> bool:
         """Whether two configurations give the same results (progress display aside)."""

@@ -161,7 +161,7 @@ def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
             buffer_size=config.buffer_size, batch_size=config.batch_size, epochs=config.epochs_per_experience,
             eval_batch_size=config.eval_batch_size, replay_batch_size=config.replay_batch_size,
             drop_last=config.drop_last, recalibrate_bn=config.recalibrate_bn,
-            hyperparameters=STRATEGIES[name].hyperparameters,
+            hyperparameters=config.hyperparameters_of(name),
         )
         zero_shot = ZeroShotPlugin(benchmark.test_stream)
         # A growing head has no output for a class before its experience: nothing to score zero-shot (n/a).

@@ -7,7 +7,9 @@ stock stems (stride 4 or more) leave 1x1; prefer it for 32x32 and 64x64
 inputs trained from scratch.
 
 It is registered with timm: ``timm.create_model("reduced_resnet18")`` builds
-it, ``num_classes=0`` (as this package asks) gives pooled features.
+it, ``num_classes=0`` (as this package asks) gives pooled features. Its
+full-width sibling ``cifar_resnet18`` (``nf=64``: widths 64 to 512, about
+11.2M parameters) is the CIFAR ResNet-18 of DER and Mammoth.
 """
 
 from __future__ import annotations
@@ -55,9 +57,19 @@ class ReducedResNet18(nn.Module):
         return self.fc(self.forward_features(x).mean(dim=(2, 3)))
 
 
+def _from_scratch(name: str, nf: int, pretrained: bool, in_chans: int, num_classes: int) -> ReducedResNet18:
+    if pretrained:
+        raise ValueError(f"{name} has no pretrained weights; it is trained from scratch.")
+    return ReducedResNet18(in_chans=in_chans, nf=nf, num_classes=num_classes)
+
+
 @register_model
 def reduced_resnet18(pretrained: bool = False, in_chans: int = 3, num_classes: int = 1000, **kwargs) -> ReducedResNet18:
-    """timm entry point; there are no pretrained weights."""
-    if pretrained:
-        raise ValueError("reduced_resnet18 has no pretrained weights; it is trained from scratch.")
-    return ReducedResNet18(in_chans=in_chans, num_classes=num_classes)
+    """timm entry point: 20 base filters (GEM, A-GEM, ER, Avalanche's SlimResNet18); no pretrained weights."""
+    return _from_scratch("reduced_resnet18", 20, pretrained, in_chans, num_classes)
+
+
+@register_model
+def cifar_resnet18(pretrained: bool = False, in_chans: int = 3, num_classes: int = 1000, **kwargs) -> ReducedResNet18:
+    """timm entry point: 64 base filters (DER, Mammoth's seq-CIFAR-10); no pretrained weights."""
+    return _from_scratch("cifar_resnet18", 64, pretrained, in_chans, num_classes)
