@@ -5,6 +5,7 @@ from __future__ import annotations
 MARKERS = {
     "<!-- run-options -->": "cvm_lightning.app.run_config:options_markdown",
     "<!-- strategies -->": "cvm_lightning.app.strategies:strategies_markdown",
+    "<!-- protocols -->": "cvm_lightning.app.protocols:protocols_markdown",
 }
 
 

@@ -224,3 +224,18 @@ def _as_flags(values: Mapping[str, Any]) -> str:
     unset = [flag(name) for name, value in values.items() if value is None]
     text = " ".join(one(name, value) for name, value in values.items() if value is not None)
     return text + (f" (unset: {', '.join(unset)})" if unset else "")
+
+
+def protocols_markdown() -> str:
+    """The docs' table of the presets: name and version, what it is, strategies and references, and its settings."""
+    lines = ["| preset | what | strategies (references) | settings | run at full scale here |", "|---|---|---|---|---|"]
+    for p in PROTOCOLS.values():
+        strategies = ", ".join(f"`{s}`" + (f" ({p.references[s]:g})" if s in p.references else "")
+                               for s in p.strategies)
+        settings = f"`{_as_flags(p.settings)}`"
+        settings += "".join(f"; {s} alone: `{_as_flags(v)}`" for s, v in p.per_strategy.items())
+        settings += "".join(f"; {s}: " + ", ".join(f"{k} {v:g}" for k, v in h.items())
+                            for s, h in p.hyperparameters.items())
+        lines.append(f"| `{p.name}` v{p.version} | {p.summary}. Source: {p.source}. | {strategies} | {settings} | "
+                     f"{'yes' if p.full_scale_run else 'not yet'} |")
+    return "\n".join(lines)
