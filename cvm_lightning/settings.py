@@ -95,6 +95,8 @@ RANGES: dict[str, Range] = {
     "epochs_per_experience": Range(int, 1),
     "eval_batch_size": Range(int, 1),
     "eval_every": Range(int, 1),
+    "mini_experience_size": Range(int, 1, optional=True, example="for example 10"),
+    "anytime_every": Range(int, 1, optional=True, example="for example 1000"),
     "num_workers": Range(int, 0),
     "batch_size": Range(int, 1),
     "buffer_size": Range(int, 0),
@@ -120,6 +122,9 @@ RANGES: dict[str, Range] = {
     "shots": Range(int, 1, optional=True),
     "z_threshold": Range(float, 0, strict=True, example="for example 3"),
 }
+
+# The strategies that learn a task-free stream: nothing of theirs waits for an experience to end.
+TASK_FREE_STRATEGIES: frozenset[str] = frozenset({"cvm", "naive", "replay", "der", "er_ace", "er_aml", "scr"})
 
 # The strategies that keep a replay memory, so need ``buffer_size`` >= 1 (CVM's memory is optional: 0 turns it off).
 MEMORY_STRATEGIES: frozenset[str] = frozenset({"replay", "der", "gdumb", "er_ace", "er_aml", "icarl", "scr"})
@@ -159,6 +164,16 @@ COMBINATIONS: tuple[tuple[str, Callable[[Any], bool], str, Callable[[Any], bool]
      "use --augment none with --freeze-backbone."),
     ("quantize", lambda v: v not in (None, "none"), "format", lambda v: v == "onnx",
      "--quantize int8 writes an ONNX Runtime model: pass --format onnx with it."),
+    ("anytime_every", lambda v: v is not None, "mini_experience_size", lambda v: v is not None,
+     "--anytime-every scores task-free streams: pass --mini-experience-size N too."),
+    ("mini_experience_size", lambda v: v is not None, "epochs_per_experience", lambda v: v == 1,
+     "A task-free stream is a single pass: use --epochs 1 with --mini-experience-size."),
+    ("mini_experience_size", lambda v: v is not None, "recalibrate_bn", lambda v: not v,
+     "A task-free stream has no experience end to re-estimate BatchNorm statistics at: pass --no-recalibrate-bn "
+     "with --mini-experience-size."),
+    ("mini_experience_size", lambda v: v is not None, "growing_head", lambda v: not v,
+     "A growing head adds a class's unit when told its experience has begun, which a task-free stream never tells: "
+     "drop --growing-head with --mini-experience-size."),
 )
 
 
@@ -174,6 +189,18 @@ def check_settings(values: Mapping[str, Any]) -> None:
     for name, when, other, needs, fix in COMBINATIONS:
         if name in values and other in values and when(values[name]) and not needs(values[other]):
             raise ConfigError(fix)
+    size, batch = values.get("mini_experience_size"), values.get("batch_size")
+    if size is not None and batch is not None and batch > size:
+        raise ConfigError(f"--batch-size {batch} is more than a mini-experience of {size} samples: lower --batch-size "
+                          "or raise --mini-experience-size.")
+
+
+def check_task_free(strategies: Iterable[str], mini_experience_size: int | None) -> None:
+    """On a task-free stream, every strategy must be one that learns without experience boundaries."""
+    bound = [name for name in strategies if name not in TASK_FREE_STRATEGIES]
+    if mini_experience_size is not None and bound:
+        raise ConfigError(f"Strategies {', '.join(bound)} need experience boundaries, which --mini-experience-size "
+                          f"hides; task-free streams take {', '.join(sorted(TASK_FREE_STRATEGIES))}.")
 
 
 def check_class_names(names: Any, *, known: Sequence[str] = (), what: str = "class names") -> list[str]:

@@ -37,10 +37,20 @@ def table_rows(results: dict) -> list[list[str]]:
             f"{r['train_seconds']:.1f}",
             f"{r['params']:,}",
             f"{r['peak_rss_mb']:.0f}",
+            *([_number(r.get("anytime_accuracy"), ".3f")] if _has_anytime(results) else []),
             *_reference_cells(results, name, [r["final_avg_accuracy"]]),
         ]
         for name, r in results["strategies"].items()
     ]
+
+
+def _has_anytime(results: dict) -> bool:
+    """Whether any strategy of the run measured anytime accuracy (a task-free stream with ``--anytime-every``)."""
+    return any(r.get("anytime") for r in results["strategies"].values())
+
+
+def _columns(results: dict) -> list[str]:
+    return [*COLUMNS, *(["anytime acc"] if _has_anytime(results) else []), *_reference_columns(results)]
 
 
 def _reference_cells(results: dict, strategy: str, accuracies: list[float]) -> list[str]:
@@ -90,12 +100,12 @@ def _render(head: list[str], rows: list[list[str]], markdown: bool) -> str:
 
 def markdown_table(results: dict) -> str:
     """The results as a Markdown table, one row per strategy."""
-    return _render([*COLUMNS, *_reference_columns(results)], table_rows(results), markdown=True)
+    return _render(_columns(results), table_rows(results), markdown=True)
 
 
 def text_table(results: dict) -> str:
     """The results as an aligned plain-text table for the terminal."""
-    return _render([*COLUMNS, *_reference_columns(results)], table_rows(results), markdown=False)
+    return _render(_columns(results), table_rows(results), markdown=False)
 
 
 def seed_table(results: dict, markdown: bool = False) -> str:
@@ -193,7 +203,31 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
     paths.append(out_dir / "average_accuracy.png")
     fig.savefig(paths[-1], dpi=100, bbox_inches="tight")
     plt.close(fig)
+    if _has_anytime(results):
+        paths.append(plot_anytime(results, out_dir / "anytime_accuracy.png"))
     return paths
+
+
+def plot_anytime(results: dict, path: Path) -> Path:
+    """Anytime accuracy (on the classes seen so far) against the training samples learned, one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, r in results["strategies"].items():
+        if r.get("anytime"):
+            samples, accuracy = zip(*r["anytime"])
+            ax.plot(samples, accuracy, label=name)
+    ax.set_xlabel("training samples learned (one pass)")
+    ax.set_ylabel("accuracy on the classes seen so far")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"{results['benchmark']}: anytime accuracy")
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def plot_accuracy_forgetting(rows: list[dict], path: Path, title: str) -> Path:

@@ -21,7 +21,7 @@ from cvm_lightning.app.protocols import get_protocol, overrides, strategy_values
 from cvm_lightning.app.signatures import Setting, read_settings
 from cvm_lightning.app.strategies import SHARED_SETTINGS, STRATEGIES
 from cvm_lightning.errors import ConfigError, did_you_mean
-from cvm_lightning.settings import check_memory, check_settings
+from cvm_lightning.settings import check_memory, check_settings, check_task_free
 from cvm_lightning.streams.registry import DEFAULT_AUGMENT
 
 DEFAULT_STRATEGIES = ("cvm", "replay", "naive", "lwf", "ewc", "der")
@@ -106,6 +106,7 @@ class _RunConfigMethods:
             self.augment = "none" if self.freeze_backbone else DEFAULT_AUGMENT[self.benchmark]
         check_settings(asdict(self))
         check_memory(self.strategies, self.buffer_size)
+        check_task_free(self.strategies, self.mini_experience_size)
         if not self.backbone.strip() or not self.text_model.strip():
             raise ConfigError("--backbone and --text-model need a name.")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from cvm_lightning.hardware import check_precision, check_threads
 from cvm_lightning.metrics import ContinualMetricsCallback
 from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
 from cvm_lightning.metrics.functional import summarize
+from cvm_lightning.metrics.task_free import TaskFreeEvaluation, TaskFreeEvaluationPlugin, TaskFreeEvaluator
 from cvm_lightning.metrics.zero_shot import ZeroShotCallback, ZeroShotPlugin, ZeroShotRecorder
 from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import check_backbone, create_backbone
@@ -46,7 +48,7 @@ from cvm_lightning.training import (
 
 @dataclass
 class StrategyResult:
-    """One strategy's numbers on a stream (accuracies in [0, 1])."""
+    """One strategy's numbers on a stream (accuracies in [0, 1]; NaN where not measured)."""
 
     final_avg_accuracy: float
     forgetting: float
@@ -59,12 +61,17 @@ class StrategyResult:
     zero_shot_chance: float
     fwt: float
     zero_shot: dict = field(default_factory=dict)
+    anytime_accuracy: float = math.nan
+    anytime: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
 
 
-def _result(R: torch.Tensor, zero_shot: ZeroShotRecorder, train_seconds: float, model: torch.nn.Module,
-            peak_mb: float) -> StrategyResult:
-    summary, transfer = summarize(R), zero_shot.summary()
+def _result(R: torch.Tensor, train_seconds: float, model: torch.nn.Module, peak_mb: float,
+            zero_shot: ZeroShotRecorder | None = None, anytime: TaskFreeEvaluator | None = None) -> StrategyResult:
+    """The numbers of a finished strategy; a task-free run has no zero-shot rows, a boundary-aware one no anytime."""
+    summary = summarize(R)
+    transfer = zero_shot.summary() if zero_shot is not None else {}
+    points = anytime.summary() if anytime is not None else {}
     return StrategyResult(
         final_avg_accuracy=summary["avg_acc"],
         forgetting=summary["forgetting"],
@@ -75,11 +82,19 @@ def _result(R: torch.Tensor, zero_shot: ZeroShotRecorder, train_seconds: float, 
         train_seconds=round(train_seconds, 2),
         params=sum(p.numel() for p in model.parameters()),
         peak_rss_mb=round(peak_mb, 1),
-        zero_shot_accuracy=round(transfer["zero_shot_accuracy"], 6),
-        zero_shot_chance=round(transfer["zero_shot_chance"], 6),
-        fwt=round(transfer["fwt"], 6),
-        zero_shot={k: [round(v, 6) for v in row] for k, row in transfer["zero_shot"].items()},
+        zero_shot_accuracy=round(transfer.get("zero_shot_accuracy", math.nan), 6),
+        zero_shot_chance=round(transfer.get("zero_shot_chance", math.nan), 6),
+        fwt=round(transfer.get("fwt", math.nan), 6),
+        zero_shot={k: [round(v, 6) for v in row] for k, row in transfer.get("zero_shot", {}).items()},
+        anytime_accuracy=points.get("anytime_accuracy", math.nan),
+        anytime=points.get("anytime", []),
     )
+
+
+def task_free_evaluator(config: RunConfig, data: ClassIncrementalDataModule) -> TaskFreeEvaluator:
+    """The evaluation of a task-free run: every test experience at the hidden boundaries, anytime points."""
+    return TaskFreeEvaluator([exp.dataset.eval() for exp in data.benchmark.test_stream], every=config.anytime_every,
+                             batch_size=config.eval_batch_size)
 
 
 def build_concept_bank(config: RunConfig, benchmark: Benchmark) -> ConceptBank:
@@ -106,15 +121,25 @@ def run_cvm(
     It uses the same data module and callbacks as a Lightning user's code.
     If that folder holds checkpoints of an interrupted run, training resumes
     from the newest readable one. The trained model is ``out_dir/final.ckpt``.
+    A task-free stream is one pass without ``ExperienceSchedule``: the model
+    is told of no experience, and :class:`TaskFreeEvaluation` scores it at
+    the boundaries it does not see (a killed task-free run starts again).
     """
     pl.seed_everything(config.seed, verbose=False)
     with PeakRSS() as peak:
         module = build_cvm_module(config, data.benchmark, bank)
-        metrics, state, zero_shot = ContinualMetricsCallback(), RunState(), ZeroShotCallback()
+        state = RunState()
         checkpoints = out_dir / "checkpoints" / "cvm"
+        if data.task_free:
+            evaluator = task_free_evaluator(config, data)
+            callbacks = [TaskFreeEvaluation(evaluator, data.experience_end_batches), state]
+        else:
+            metrics, zero_shot = ContinualMetricsCallback(), ZeroShotCallback()
+            callbacks = [ExperienceSchedule(), metrics, zero_shot, state,
+                         experience_checkpoints(checkpoints, data.epochs_per_experience)]
         trainer = pl.Trainer(
-            callbacks=[ExperienceSchedule(), metrics, zero_shot, state,
-                       experience_checkpoints(checkpoints, data.epochs_per_experience)],
+            callbacks=callbacks,
+            limit_val_batches=0 if data.task_free else 1.0,  # task-free: scored by TaskFreeEvaluation alone
             plugins=[AtomicCheckpointIO()],
             logger=CSVLogger(out_dir / "logs", name="cvm"),
             max_epochs=data.max_epochs,
@@ -129,7 +154,10 @@ def run_cvm(
         )
         fit_resumable(trainer, module, data, checkpoints)
         trainer.save_checkpoint(out_dir / FINAL_CHECKPOINT, weights_only=False)
-    return _result(metrics.matrix.compute(), zero_shot.recorder, state.train_seconds, module, peak.peak_mb)
+    if data.task_free:  # the training epoch's time included the evaluations
+        return _result(evaluator.matrix.compute(), state.train_seconds - evaluator.seconds, module, peak.peak_mb,
+                       anytime=evaluator)
+    return _result(metrics.matrix.compute(), state.train_seconds, module, peak.peak_mb, zero_shot=zero_shot.recorder)
 
 
 def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
@@ -156,31 +184,53 @@ def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = create_optimizer(config.optimizer, trainable, lr=config.lr, weight_decay=config.weight_decay,
                                      momentum=config.momentum)
-        recorder = AccuracyMatrixPlugin(benchmark.n_experiences)
         settings = BaselineSettings(
             buffer_size=config.buffer_size, batch_size=config.batch_size, epochs=config.epochs_per_experience,
             eval_batch_size=config.eval_batch_size, replay_batch_size=config.replay_batch_size,
-            drop_last=config.drop_last, recalibrate_bn=config.recalibrate_bn,
+            drop_last=config.drop_last, task_free=data.task_free, recalibrate_bn=config.recalibrate_bn,
             hyperparameters=config.hyperparameters_of(name),
         )
-        zero_shot = ZeroShotPlugin(benchmark.test_stream)
-        # A growing head has no output for a class before its experience: nothing to score zero-shot (n/a).
-        strategy = build_baseline(name, model, optimizer, settings, [recorder] if growing else [recorder, zero_shot])
-        train_seconds = 0.0
-        steps = list(enumerate(benchmark.train_stream))
-        if STRATEGIES[name].whole_stream:  # one training on every experience at once, evaluated as the last
-            steps = [(benchmark.n_experiences - 1, [experience for _, experience in steps])]
-        for index, experience in steps:
+        if data.task_free:
+            evaluator = task_free_evaluator(config, data)
+            sizes = [len(experience.dataset) for experience in benchmark.train_stream]
+            strategy = build_baseline(name, model, optimizer, settings, [TaskFreeEvaluationPlugin(evaluator, sizes)])
             start = time.perf_counter()
-            strategy.train(experience, num_workers=0, drop_last=settings.drop_last)
-            train_seconds += time.perf_counter() - start
-            if data.evaluates_after(index):
-                # Avalanche's evaluation loaders draw their seeds from the global generator: kept apart, the
-                # training that follows shuffles the same however often the run evaluates (as CVM's does).
-                with random_state_kept():
-                    strategy.eval(benchmark.test_stream, num_workers=0)
-            report(f"[{name}] experience {index + 1}/{benchmark.n_experiences} done")
-    return _result(recorder.matrix.compute(), zero_shot.recorder, train_seconds, model, peak.peak_mb)
+            for mini_experience in data.online_train_stream():
+                strategy.train(mini_experience, num_workers=0, drop_last=settings.drop_last)
+            train_seconds = time.perf_counter() - start - evaluator.seconds
+            report(f"[{name}] one pass over {evaluator.samples} samples done")
+        else:
+            recorder = AccuracyMatrixPlugin(benchmark.n_experiences)
+            zero_shot = ZeroShotPlugin(benchmark.test_stream)
+            # A growing head has no output for a class before its experience: nothing to score zero-shot (n/a).
+            plugins = [recorder] if growing else [recorder, zero_shot]
+            strategy = build_baseline(name, model, optimizer, settings, plugins)
+            train_seconds = _train_experiences(name, strategy, data, settings, report)
+    if data.task_free:
+        return _result(evaluator.matrix.compute(), train_seconds, model, peak.peak_mb, anytime=evaluator)
+    return _result(recorder.matrix.compute(), train_seconds, model, peak.peak_mb,
+                   zero_shot=None if growing else zero_shot.recorder)
+
+
+def _train_experiences(name: str, strategy, data: ClassIncrementalDataModule, settings: BaselineSettings,
+                       report: Callable[[str], None]) -> float:
+    """Train ``strategy`` on each experience in Avalanche's loop, evaluating where the stream says; training seconds."""
+    benchmark = data.benchmark
+    train_seconds = 0.0
+    steps = list(enumerate(benchmark.train_stream))
+    if STRATEGIES[name].whole_stream:  # one training on every experience at once, evaluated as the last
+        steps = [(benchmark.n_experiences - 1, [experience for _, experience in steps])]
+    for index, experience in steps:
+        start = time.perf_counter()
+        strategy.train(experience, num_workers=0, drop_last=settings.drop_last)
+        train_seconds += time.perf_counter() - start
+        if data.evaluates_after(index):
+            # Avalanche's evaluation loaders draw their seeds from the global generator: kept apart, the
+            # training that follows shuffles the same however often the run evaluates (as CVM's does).
+            with random_state_kept():
+                strategy.eval(benchmark.test_stream, num_workers=0)
+        report(f"[{name}] experience {index + 1}/{benchmark.n_experiences} done")
+    return train_seconds
 
 
 def check_lightning_strategy(name: str) -> None:

@@ -54,6 +54,7 @@ SHARED_SETTINGS: tuple[str, ...] = (
     "optimizer", "lr", "momentum", "weight_decay", "seed", "shuffle_classes", "input_size", "normalize", "augment",
     "recalibrate_bn", "pretrained", "pretrained_file", "freeze_backbone", "data_root", "train_per_class",
     "test_per_class", "n_experiences", "download", "precision", "channels_last", "eval_every",
+    "mini_experience_size", "anytime_every",
 )
 # What the baselines with a learned linear head read beyond the shared settings.
 LINEAR_HEAD = ("growing_head",)

@@ -1,5 +1,5 @@
 """Lightning data: a class-incremental stream as one ``LightningDataModule``."""
 
-from cvm_lightning.data.datamodule import ClassIncrementalDataModule, experience_loader
+from cvm_lightning.data.datamodule import ClassIncrementalDataModule, StreamBatchSampler, experience_loader
 
-__all__ = ["ClassIncrementalDataModule", "experience_loader"]
+__all__ = ["ClassIncrementalDataModule", "StreamBatchSampler", "experience_loader"]

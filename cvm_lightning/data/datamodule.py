@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Sequence
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import ConcatDataset, DataLoader, RandomSampler, Sampler
 
 from cvm_lightning.errors import ConfigError, DataError
 from cvm_lightning.settings import check_settings
@@ -39,6 +42,49 @@ def experience_loader(
     )
 
 
+class StreamBatchSampler(Sampler[list[int]]):
+    """Batches over experiences concatenated in stream order: each experience shuffled on its own, seeded as
+    :func:`experience_loader` shuffles it, and no batch mixing two experiences (with ``drop_last``, each
+    experience's short last batch is left out)."""
+
+    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int = 0, drop_last: bool = False) -> None:
+        self.sizes, self.batch_size, self.seed, self.drop_last = list(sizes), batch_size, seed, drop_last
+
+    def batches_of(self, size: int) -> int:
+        return size // self.batch_size if self.drop_last else math.ceil(size / self.batch_size)
+
+    @property
+    def experience_ends(self) -> list[int]:
+        """How many batches the stream has served once experience ``k`` is done, for each ``k``."""
+        return list(accumulate(self.batches_of(size) for size in self.sizes))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        offset = 0
+        for k, size in enumerate(self.sizes):
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + k)
+            order = (torch.randperm(size, generator=generator) + offset).tolist()
+            for b in range(self.batches_of(size)):
+                yield order[b * self.batch_size : (b + 1) * self.batch_size]
+            offset += size
+
+    def __len__(self) -> int:
+        return sum(self.batches_of(size) for size in self.sizes)
+
+
+def _training_view(mini_experience):
+    """A mini-experience in Avalanche's training mode, where its boundary attributes raise when read.
+
+    Avalanche hands strategies experiences in its logging mode, where every
+    attribute shows. Its position in the online stream (``current_experience``)
+    is no boundary, and Avalanche's replay strategies read it, so it stays visible.
+    """
+    from avalanche.benchmarks.scenarios.generic_scenario import ExperienceAttribute
+
+    view = mini_experience.train()
+    view._current_experience = ExperienceAttribute(mini_experience.current_experience, use_in_train=True)
+    return view
+
+
 class ClassIncrementalDataModule(pl.LightningDataModule):
     """A class-incremental stream for one ``trainer.fit``: epochs ``[k E, (k + 1) E)`` train experience ``k``.
 
@@ -48,6 +94,14 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
     returns every test experience: dataloader ``j`` is test experience ``j``.
     :class:`~cvm_lightning.training.ExperienceSchedule` sets those Trainer
     options from this data module and handles each experience's start and end.
+
+    With ``mini_experience_size`` the stream is task-free: one epoch, one
+    pass over every experience in order, with nothing telling the model
+    where one ends. ``train_dataloader()`` then serves the whole stream and
+    ``experience_end_batches`` says, for the evaluation alone, where each
+    experience ended (:class:`~cvm_lightning.metrics.task_free.TaskFreeEvaluation`);
+    ``online_train_stream()`` is the same stream as Avalanche's
+    mini-experiences, for its strategies.
 
     Args:
         benchmark: a registered benchmark name (``cvm benchmarks``).
@@ -59,6 +113,11 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         eval_every: evaluate on the test stream after every N-th experience and after the last one;
             the rows in between stay empty in the accuracy matrix, and forgetting and BWT use the
             evaluated rows only.
+        mini_experience_size: task-free online learning: one pass over the stream, each experience
+            shuffled and cut into mini-experiences of this many samples (Avalanche's split_online_stream),
+            with the experience boundaries hidden from every strategy; unset: boundary-aware experiences.
+        anytime_every: with mini_experience_size, also score the accuracy on the classes seen so far every
+            N training samples (anytime accuracy).
         num_workers: ``DataLoader`` workers.
         seed: the class order, subsampling and shuffling.
         shuffle_classes: shuffle the class order with seed; off, the classes come in label order
@@ -79,6 +138,8 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         drop_last: bool = False,
         eval_batch_size: int = 256,
         eval_every: int = 1,
+        mini_experience_size: int | None = None,
+        anytime_every: int | None = None,
         num_workers: int = 0,
         seed: int = 0,
         shuffle_classes: bool = True,
@@ -95,6 +156,8 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
                 "batch_size": batch_size,
                 "eval_batch_size": eval_batch_size,
                 "eval_every": eval_every,
+                "mini_experience_size": mini_experience_size,
+                "anytime_every": anytime_every,
                 "num_workers": num_workers,
                 "seed": seed,
                 "train_per_class": train_per_class,
@@ -187,9 +250,14 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         return int(self.hparams.epochs_per_experience)
 
     @property
+    def task_free(self) -> bool:
+        """Whether the stream hides its experience boundaries (``mini_experience_size`` is set)."""
+        return self.hparams.mini_experience_size is not None
+
+    @property
     def max_epochs(self) -> int:
-        """Epochs of the whole stream: the Trainer's ``max_epochs``."""
-        return self.n_experiences * self.epochs_per_experience
+        """Epochs of the whole stream: the Trainer's ``max_epochs`` (one pass when task-free)."""
+        return 1 if self.task_free else self.n_experiences * self.epochs_per_experience
 
     def experience_at(self, epoch: int) -> int:
         """The experience that epoch ``epoch`` trains."""
@@ -207,7 +275,9 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         self.benchmark  # noqa: B018 - builds (and checks) the stream once, on every process
 
     def train_dataloader(self) -> DataLoader:
-        """The loader of the experience the Trainer's current epoch trains."""
+        """The loader of the experience the Trainer's current epoch trains (the whole stream when task-free)."""
+        if self.task_free:
+            return self.stream_dataloader()
         return self.train_dataloader_of(
             self.experience_at(self.trainer.current_epoch if self.trainer is not None else 0)
         )
@@ -220,6 +290,35 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         h = self.hparams
         return experience_loader(dataset, batch_size=h.batch_size, train=True, seed=h.seed, experience=experience,
                                  num_workers=h.num_workers, drop_last=h.drop_last)
+
+    def _stream_sampler(self) -> StreamBatchSampler:
+        sizes = [len(exp.dataset) for exp in self.benchmark.train_stream]
+        return StreamBatchSampler(sizes, self.hparams.batch_size, self.hparams.seed, self.hparams.drop_last)
+
+    def stream_dataloader(self) -> DataLoader:
+        """Every training experience in stream order, each shuffled, in batches that never mix two experiences."""
+        dataset = ConcatDataset([exp.dataset.train() for exp in self.benchmark.train_stream])
+        return DataLoader(dataset, batch_sampler=self._stream_sampler(), num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
+
+    @property
+    def experience_end_batches(self) -> list[int]:
+        """Batches of :meth:`stream_dataloader` served once each experience is done: the hidden boundaries."""
+        return self._stream_sampler().experience_ends
+
+    def online_train_stream(self):
+        """The task-free stream as Avalanche's mini-experiences of ``mini_experience_size`` samples.
+
+        Each experience is shuffled (seeded) and cut, and each mini-experience
+        comes in Avalanche's training mode, where reading its boundary
+        attributes (``origin_experience``, ``is_last_subexp``, ...) raises.
+        """
+        from avalanche.benchmarks.scenarios import split_online_stream
+
+        h = self.hparams
+        stream = split_online_stream(self.benchmark.train_stream, h.mini_experience_size, shuffle=True,
+                                     access_task_boundaries=False, seed=h.seed)
+        return (_training_view(mini_experience) for mini_experience in stream)
 
     def val_dataloader(self) -> list[DataLoader]:
         h = self.hparams

@@ -86,6 +86,8 @@ class BaselineSettings:
     the replayed samples a batch of ER-ACE, ER-AML and SCR (default: the
     batch size); ``drop_last`` leaves out each experience's last, smaller
     batch (pass it to ``strategy.train`` too: Avalanche takes it there).
+    ``task_free`` strategies train on mini-experiences of a stream whose
+    boundaries they are not told: nothing resets or recalibrates between them.
     """
 
     buffer_size: int
@@ -94,6 +96,7 @@ class BaselineSettings:
     eval_batch_size: int = 256
     replay_batch_size: int | None = None
     drop_last: bool = False
+    task_free: bool = False
     device: str = "cpu"
     recalibrate_bn: bool = True
     hyperparameters: Mapping[str, float] = field(default_factory=dict)
@@ -141,7 +144,9 @@ class BatchNormRecalibrationPlugin(SupervisedPlugin):
 
 def _common(settings: BaselineSettings, plugins: list, recalibrate_memory: bool = False) -> dict:
     recalibration = [BatchNormRecalibrationPlugin(recalibrate_memory)] if settings.recalibrate_bn else []
-    plugins = [FreshOptimizerState(), *recalibration, *plugins]
+    # Each experience starts with fresh optimiser state, unless the stream hides where experiences start.
+    fresh = [] if settings.task_free else [FreshOptimizerState()]
+    plugins = [*fresh, *recalibration, *plugins]
     return {
         "criterion": nn.CrossEntropyLoss(),
         "train_mb_size": settings.batch_size,

@@ -42,6 +42,12 @@ class ExperienceSchedule(pl.Callback):
                 "ExperienceSchedule needs trainer.fit(model, datamodule=ClassIncrementalDataModule(...)); "
                 "with plain dataloaders, call start_experience and fit once per experience instead."
             )
+        if getattr(datamodule, "task_free", False):
+            raise ConfigError(
+                "A task-free stream (mini_experience_size) tells no one where an experience ends, so there is "
+                "nothing to schedule: fit it without ExperienceSchedule, and score it with TaskFreeEvaluation "
+                "(cvm_lightning.metrics.task_free)."
+            )
         epochs = datamodule.epochs_per_experience
         trainer.fit_loop.max_epochs = datamodule.max_epochs
         trainer.reload_dataloaders_every_n_epochs = epochs
