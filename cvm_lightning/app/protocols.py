@@ -84,6 +84,33 @@ NOT_PROTOCOL_SETTINGS = ("protocol", "strategies", "seeds", "data_root", "downlo
                          "anytime_every")  # scored in eval mode, apart from training's random numbers
 
 
+# What Avalanche's reference scripts for split-CIFAR-10 share: SlimResNet18 on the 10 classes in label order,
+# 5 experiences of 2, batches of 10 new and 10 replayed samples from a memory of 1,000, plain SGD at 0.1,
+# the CIFAR normalisation of Avalanche's transforms, and no BatchNorm recalibration.
+_CLB_SPLIT_CIFAR10 = {
+    "benchmark": "split-cifar10",
+    "n_experiences": 5,
+    "shuffle_classes": False,
+    "test_per_class": None,
+    "backbone": "reduced_resnet18",
+    "input_size": 32,
+    "normalize": "cifar10-avalanche",
+    "epochs_per_experience": 1,
+    "batch_size": 10,
+    "drop_last": True,
+    "eval_batch_size": 64,
+    "optimizer": "sgd",
+    "lr": 0.1,
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "buffer_size": 1000,
+    "replay_batch_size": 10,
+    "recalibrate_bn": False,
+    "precision": "32-true",
+}
+_JPEG_NOTE = ("The published scripts load CIFAR-10's PNG release; a JPEG re-encoding (as many ImageFolder copies "
+              "are) can move accuracies slightly.")
+
 register_protocol(Protocol(
     name="clb-split-cifar10",
     version=1,
@@ -91,37 +118,13 @@ register_protocol(Protocol(
             "the full data, one epoch at batch 10, plain SGD at 0.1, a growing head, no augmentation",
     source="Avalanche continual-learning-baselines: experiments/split_cifar10/er_ace.py and er_aml.py, "
            "reference accuracies in tests/target_results.csv (a run passes at reference - 0.03)",
-    settings={
-        "benchmark": "split-cifar10",
-        "n_experiences": 5,
-        "shuffle_classes": False,
-        "train_per_class": None,
-        "test_per_class": None,
-        "backbone": "reduced_resnet18",
-        "input_size": 32,
-        "normalize": "cifar10-avalanche",
-        "augment": "none",
-        "epochs_per_experience": 1,
-        "batch_size": 10,
-        "drop_last": True,
-        "eval_batch_size": 64,
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "momentum": 0.0,
-        "weight_decay": 0.0,
-        "buffer_size": 1000,
-        "replay_batch_size": 10,
-        "growing_head": True,
-        "recalibrate_bn": False,
-        "precision": "32-true",
-    },
+    settings={**_CLB_SPLIT_CIFAR10, "train_per_class": None, "augment": "none", "growing_head": True},
     strategies=("er_ace", "er_aml", "cvm"),
     references={"er_ace": 0.45, "er_aml": 0.47},
     # The ER-AML script trains a fixed 10-unit head (SingleHeadReducedResNet18); ER-ACE grows one.
     per_strategy={"er_aml": {"growing_head": False}},
     notes=(
-        "The published scripts load CIFAR-10's PNG release; ../shared/data and most ImageFolder copies are "
-        "JPEG re-encodings, which can move accuracies slightly.",
+        _JPEG_NOTE,
         "The ER-AML script's network has biases in its convolutions; reduced_resnet18, like Avalanche's "
         "SlimResNet18 that ER-ACE uses, has none.",
     ),
@@ -136,35 +139,12 @@ register_protocol(Protocol(
             "flips, a fixed head",
     source="Avalanche continual-learning-baselines: experiments/split_cifar10/online_replay.py, reference accuracy "
            "in tests/target_results.csv (a run passes at reference - 0.03)",
-    settings={
-        "benchmark": "split-cifar10",
-        "n_experiences": 5,
-        "shuffle_classes": False,
-        "train_per_class": 4750,
-        "test_per_class": None,
-        "backbone": "reduced_resnet18",
-        "input_size": 32,
-        "normalize": "cifar10-avalanche",
-        "augment": "crop-flip",
-        "epochs_per_experience": 1,
-        "mini_experience_size": 10,
-        "batch_size": 10,
-        "drop_last": True,
-        "eval_batch_size": 64,
-        "optimizer": "sgd",
-        "lr": 0.1,
-        "momentum": 0.0,
-        "weight_decay": 0.0,
-        "buffer_size": 1000,
-        "replay_batch_size": 10,
-        "growing_head": False,
-        "recalibrate_bn": False,
-        "precision": "32-true",
-        "anytime_every": 2000,
-    },
+    settings={**_CLB_SPLIT_CIFAR10, "train_per_class": 4750, "augment": "crop-flip", "mini_experience_size": 10,
+              "growing_head": False, "anytime_every": 2000},
     strategies=("replay", "cvm"),
     references={"replay": 0.50},
     notes=(
+        _JPEG_NOTE,
         "The script holds 5% of each class's training images out as a validation stream; the preset keeps a "
         "seeded 95% (4,750 a class).",
         "Avalanche's SCR reference (0.36) runs on other settings (memory 200, replayed batches of 100, no "
