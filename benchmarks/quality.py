@@ -3,6 +3,7 @@
     python benchmarks/quality.py --benchmark split-digits --seeds 0 1 2 --out runs/quality-digits
     python benchmarks/quality.py --benchmark split-cifar10 --data-root DIR --train-per-class 1000 \
         --buffer 500 --seeds 0 1 2 --ablations --out runs/quality-cifar10
+    python benchmarks/quality.py --protocol clb-split-cifar10 --data-root DIR --seeds 0 1 2 --out runs/clb
 
 Takes every flag of ``cvm run`` (backbone, buffer, epochs, ...), applied to
 every strategy. ``--ablations`` adds CVM runs with each option off or swapped,

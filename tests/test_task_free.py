@@ -143,6 +143,11 @@ def test_the_online_preset_is_task_free_and_scores_anytime():
     assert report["modified"] is False, "how often a run is scored changes none of its training"
 
 
+def test_a_task_free_preset_is_not_offered_to_cvm_fit(tmp_path, capsys):
+    expect_error(["protocols", "clb-online-split-cifar10", "--yaml"], "run it with `cvm run --protocol", capsys,
+                 tmp_path)
+
+
 @pytest.mark.slow
 def test_a_task_free_run_is_scored_at_its_hidden_boundaries_and_anytime(tmp_path, capsys):
     out = tmp_path / "run"

@@ -272,7 +272,8 @@ def _run(args: argparse.Namespace) -> int:
         out = args.resume
         if not (out / "run_config.json").is_file():
             raise CVMError(f"{out} holds no run to resume (no run_config.json); start one with `cvm run --out {out}`.")
-        config = replace(RunConfig.load(out / "run_config.json"), progress=args.progress)
+        saved = RunConfig.load(out / "run_config.json")
+        config = replace(saved, progress=getattr(args, "progress", saved.progress))
     else:
         config = config_from_args(args)
         out = args.out or _default_out()

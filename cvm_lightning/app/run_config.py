@@ -232,6 +232,9 @@ def fit_config_yaml(name: str) -> str:
 
     config = RunConfig.from_protocol(name, strategies=("cvm",)).for_strategy("cvm")
     protocol = get_protocol(name)
+    if config.mini_experience_size is not None:
+        raise ConfigError(f"{name} is task-free, and `cvm fit` schedules boundary-aware experiences: run it with "
+                          f"`cvm run --protocol {name}`.")
     document = {
         "model": config.model_settings(),
         "data": {key: (str(value) if isinstance(value, Path) else value)
