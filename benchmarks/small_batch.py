@@ -1,6 +1,7 @@
 """CVM's training step at small batches with replay, against a plain PyTorch loop with the same model and optimiser.
 
-    python benchmarks/small_batch.py [--batch-size 10] [--replay 10] [--steps 100] [--rounds 3] [--json out.json]
+    python benchmarks/small_batch.py [--batch-size 10] [--replay 10] [--steps 60] [--rounds 3] [--threads N]
+                                     [--json out.json]
 
 Online continual learning trains on a few images a step (Avalanche's
 reference protocols use 10 new and 10 replayed), where the per-step work of
@@ -107,9 +108,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="timed steps a round")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     per_experience = N_CLASSES // 2 * PER_CLASS // args.batch_size
     if args.warmup + args.steps > per_experience:

@@ -66,6 +66,8 @@ def register_protocol(protocol: Protocol) -> Protocol:
                                  *protocol.hyperparameters) if name not in STRATEGIES]
     if unknown:
         raise ValueError(f"Protocol {protocol.name} names unknown strategies {unknown}.")
+    if "augment" not in protocol.settings:  # unlisted, it would follow the benchmark's default, not stay fixed
+        raise ValueError(f"Protocol {protocol.name} must list its augmentation (settings['augment']).")
     PROTOCOLS[protocol.name] = protocol
     return protocol
 
