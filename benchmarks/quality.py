@@ -27,7 +27,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from cvm_lightning.app.cli import add_run_arguments, config_from_args
-from cvm_lightning.app.reporting import plot_accuracy_forgetting
+from cvm_lightning.app.reporting import plot_accuracy_forgetting, protocol_line
 from cvm_lightning.app.sweep import ABLATIONS, markdown, run_cells, summary_rows
 from cvm_lightning.atomic import atomic_write_text
 
@@ -58,15 +58,17 @@ def main(argv: list[str] | None = None) -> int:
         ablation_rows = summary_rows(run_cells(cvm_only, seeds, {"CVM defaults": {}, **chosen}, args.out))
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(base).items() if k != "seed"}
-    report = f"# Quality: {base.benchmark}, seeds {seeds}\n\n" + markdown(rows, "strategy") + "\n"
+    report = (f"# Quality: {base.benchmark}, seeds {seeds}\n\n{protocol_line({'protocol': base.protocol_report()})}\n\n"
+              + markdown(rows, "strategy") + "\n")
     if ablation_rows:
         report += "\n## CVM ablations (one option changed at a time)\n\n" + markdown(ablation_rows, "variant") + "\n"
     report += f"\nCommand: `python benchmarks/quality.py {shlex.join(sys.argv[1:] if argv is None else argv)}`\n"
     atomic_write_text(args.out / "quality.md", report)
     control = [{**row, "strategy": "cvm, random concepts", "label": "cvm, random concepts"}
                for row in ablation_rows if row["variant"].startswith("random concepts")]
+    frozen = " (frozen)" if base.freeze_backbone else ""
     plot_accuracy_forgetting(rows + control, args.out / "accuracy_forgetting.png",
-                             f"{base.benchmark}, {base.backbone}{' (frozen)' if base.freeze_backbone else ''}: "
+                             f"{base.protocol or base.benchmark}, {base.backbone}{frozen}: "
                              f"mean ± std over seeds {', '.join(map(str, seeds))}")
     atomic_write_text(
         args.out / "quality.json",
