@@ -139,7 +139,7 @@ def run_cvm(
                          experience_checkpoints(checkpoints, data.epochs_per_experience)]
         trainer = pl.Trainer(
             callbacks=callbacks,
-            limit_val_batches=0 if data.task_free else 1.0,  # task-free: scored by TaskFreeEvaluation alone
+            **({"limit_val_batches": 0} if data.task_free else {}),  # task-free: TaskFreeEvaluation scores it
             plugins=[AtomicCheckpointIO()],
             logger=CSVLogger(out_dir / "logs", name="cvm"),
             max_epochs=data.max_epochs,
