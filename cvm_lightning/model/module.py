@@ -545,9 +545,8 @@ class CVMModule(pl.LightningModule):
         """A fresh optimiser over all trainable parameters."""
         trainable = [p for p in self.parameters() if p.requires_grad]
         h = self.hparams
-        # Checkpoints written before momentum was a setting trained SGD with 0.9, the default.
         return create_optimizer(h["optimizer"], trainable, lr=h["lr"], weight_decay=h["weight_decay"],
-                                momentum=h.get("momentum", 0.9))
+                                momentum=h["momentum"])
 
     def configure_optimizers(self) -> Any:
         optimizer = self.build_optimizer()
