@@ -17,6 +17,11 @@ from cvm_lightning.settings import check_settings
 from cvm_lightning.streams import Benchmark, StreamConfig, build_benchmark
 
 
+def experience_seed(seed: int, experience: int) -> int:
+    """The seed of experience ``experience``'s shuffle in a run of seed ``seed``."""
+    return seed * 100_003 + experience
+
+
 def experience_loader(
     dataset, *, batch_size: int, train: bool, seed: int = 0, experience: int = 0, num_workers: int = 0,
     drop_last: bool = False,
@@ -29,7 +34,7 @@ def experience_loader(
     the order does not depend on how many iterators Lightning made before
     (a resumed run shuffles as an uninterrupted one does).
     """
-    seed = seed * 100_003 + experience
+    seed = experience_seed(seed, experience)
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -61,7 +66,7 @@ class StreamBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         offset = 0
         for k, size in enumerate(self.sizes):
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + k)
+            generator = torch.Generator().manual_seed(experience_seed(self.seed, k))
             order = (torch.randperm(size, generator=generator) + offset).tolist()
             for b in range(self.batches_of(size)):
                 yield order[b * self.batch_size : (b + 1) * self.batch_size]

@@ -28,6 +28,7 @@ from avalanche.core import SupervisedPlugin
 from torch.utils.data import DataLoader
 
 from cvm_lightning.metrics.continual import AccuracyMatrix
+from cvm_lightning.metrics.zero_shot import in_eval_mode
 
 
 def seen_class_accuracy(preds: torch.Tensor, target: torch.Tensor, seen: Sequence[int]) -> float:
@@ -72,12 +73,9 @@ class TaskFreeEvaluator:
         return torch.cat(preds), torch.cat(targets)
 
     def _scored(self, model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        was_training = model.training
-        model.eval()
-        try:
-            return [self._predictions(model, dataset) for dataset in self.test_datasets]
-        finally:
-            model.train(was_training)
+        scored: list[tuple[torch.Tensor, torch.Tensor]] = []
+        in_eval_mode(model, lambda: scored.extend(self._predictions(model, dataset) for dataset in self.test_datasets))
+        return scored
 
     def advance(self, model: torch.nn.Module, labels: torch.Tensor, ended: int | None = None) -> None:
         """Count one training step of ``labels``; score the model where a boundary or an anytime point is reached."""

@@ -104,7 +104,8 @@ def _scorer(model: torch.nn.Module) -> Scorer:
     return getattr(model, "similarities", model)
 
 
-def _in_eval_mode(model: torch.nn.Module, run: Callable[[], None]) -> None:
+def in_eval_mode(model: torch.nn.Module, run: Callable[[], None]) -> None:
+    """Call ``run()`` with ``model`` in eval mode, then put the model back in the mode it was in."""
     was_training = model.training
     model.eval()
     try:
@@ -141,14 +142,14 @@ class ZeroShotCallback(pl.Callback):
         if self._saved:
             self.recorder.load_state_dict(self._saved)
         elif math.isnan(self.recorder.reference[0]):
-            _in_eval_mode(pl_module, lambda: self.recorder.measure_reference(_scorer(pl_module), pl_module.device))
+            in_eval_mode(pl_module, lambda: self.recorder.measure_reference(_scorer(pl_module), pl_module.device))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         dm = trainer.datamodule
         if trainer.current_epoch % dm.epochs_per_experience:
             return
         experience = dm.experience_at(trainer.current_epoch)
-        _in_eval_mode(pl_module, lambda: self.recorder.measure(experience, _scorer(pl_module), pl_module.device))
+        in_eval_mode(pl_module, lambda: self.recorder.measure(experience, _scorer(pl_module), pl_module.device))
 
 
 class ZeroShotPlugin(SupervisedPlugin):
@@ -162,5 +163,5 @@ class ZeroShotPlugin(SupervisedPlugin):
     def before_training_exp(self, strategy, *args, **kwargs) -> None:
         model, j = strategy.model, strategy.experience.current_experience
         if j == 0:
-            _in_eval_mode(model, lambda: self.recorder.measure_reference(_scorer(model), strategy.device))
-        _in_eval_mode(model, lambda: self.recorder.measure(j, _scorer(model), strategy.device))
+            in_eval_mode(model, lambda: self.recorder.measure_reference(_scorer(model), strategy.device))
+        in_eval_mode(model, lambda: self.recorder.measure(j, _scorer(model), strategy.device))
