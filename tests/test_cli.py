@@ -123,3 +123,25 @@ def test_info_describes_the_installed_versions_and_this_cpu(capsys, monkeypatch)
     out = capsys.readouterr().out
     assert "vector features               AVX2\n" in out
     assert "no bfloat16 units" in out and "no VNNI here" in out
+
+
+def test_output_cut_short_by_its_reader_ends_without_a_traceback(tmp_path, monkeypatch, capsys):
+    """`cvm protocols | head -n 1`: once the reader stops, writing raises BrokenPipeError, which ends quietly."""
+    import sys
+
+    class ClosedPipe:
+        def __init__(self) -> None:
+            self.file = open(tmp_path / "stdout", "w")
+
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            pass
+
+        def fileno(self) -> int:
+            return self.file.fileno()
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["protocols"]) == 0
+    assert capsys.readouterr().err == ""

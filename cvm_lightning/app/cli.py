@@ -487,6 +487,11 @@ def main(argv: list[str] | None = None) -> int:
     except CVMError as err:
         print(f"cvm: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of the output (`| head`) stopped reading: nothing is left to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout again at exit
+        return 0
     except OSError as err:  # the file system refused a write: full, read-only or not allowed
         output = next((getattr(args, name) for name in ("out", "output", "resume") if getattr(args, name, None)), None)
         message = space_error(err, output)
