@@ -22,44 +22,26 @@ update's wall time and the process's peak resident memory during it.
 from __future__ import annotations
 
 import argparse
-import io
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from _report import table, write_json
-from PIL import Image, ImageEnhance, ImageFilter
+from PIL import Image
 
 from cvm_lightning.app.resources import PeakRSS
 from cvm_lightning.deploy.learn import accuracy, learn_images
 from cvm_lightning.deploy.predict import load_checkpoint
 from cvm_lightning.image_files import IMAGE_SUFFIXES
+from cvm_lightning.streams.benchmarks import RGB_CONDITIONS
+from cvm_lightning.streams.corruptions import corrupt
 from cvm_lightning.streams.images import ImageFileDataset
 
-
-def _noise(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    pixels = np.asarray(image, dtype=np.float32) + rng.normal(0, 25, (*image.size[::-1], 3))
-    return Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
-
-
-def _jpeg(image: Image.Image, rng: np.random.Generator) -> Image.Image:
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=8)
-    return Image.open(buffer).convert("RGB")
-
-
-# The conditions an update meets, in order: each a deterministic corruption (the noise seeded per image).
-CONDITIONS = {
-    "dark": lambda image, rng: ImageEnhance.Brightness(image).enhance(0.45),
-    "low contrast": lambda image, rng: ImageEnhance.Contrast(image).enhance(0.35),
-    "blur": lambda image, rng: image.filter(ImageFilter.GaussianBlur(1.2)),
-    "noise": _noise,
-    "colour cast": lambda image, rng: Image.merge("RGB", [b.point(lambda v, k=k: min(255, int(v * k)))
-                                                          for b, k in zip(image.split(), (1.25, 1.0, 0.7))]),
-    "jpeg": _jpeg,
-}
+# The conditions an update meets, in order: the domain-incremental streams' corruptions, bar the clean one.
+CONDITIONS = [name for name in RGB_CONDITIONS if name != "clean"]
 
 
 def images_of(root: Path, name: str) -> list[Path]:
@@ -71,8 +53,10 @@ def write_condition(files: list[Path], target: Path, condition: str | None, seed
     target.mkdir(parents=True, exist_ok=True)
     for index, path in enumerate(files):
         image = Image.open(path).convert("RGB")
-        if condition is not None:
-            image = CONDITIONS[condition](image, np.random.default_rng(seed * 100_003 + index))
+        if condition is not None:  # the noise seeded per image
+            pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None]
+            pixels = corrupt(pixels, condition, seed * 100_003 + index)[0]
+            image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
         image.save(target / f"{path.stem}.png")
 
 

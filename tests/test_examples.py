@@ -51,6 +51,7 @@ def test_split_digits_example(tmp_path):
     "script",
     [
         "split_cifar10.py",
+        "domain_cifar10.py",
         "split_cifar100.py",
         "split_tinyimagenet.py",
         "split_fashion_mnist.py",

@@ -345,3 +345,18 @@ def test_normalize_picks_the_pixel_statistics_a_backbone_trained_here_uses():
     assert encoder.normalize.std.flatten().tolist() == pytest.approx(std)
     with pytest.raises(ConfigError, match="Unknown --normalize 'imagenet'"):
         VisualEncoder("reduced_resnet18", normalize="imagenet")
+
+
+def test_replay_keeps_known_classes_older_samples_when_they_come_back(digit_bank):
+    """Under negatives="seen" the classes an experience brings new stay out of replay, but classes that come
+    back (a domain-incremental stream, an update on site) are replayed: their stored samples are the old conditions."""
+    module = small_module(digit_bank, negatives="seen", buffer_size=40)
+    module.start_experience([0, 1], experience=0)
+    module.replay.add(torch.rand(20, 1, 8, 8), torch.tensor([0, 1] * 10), torch.rand(20, module.concepts.shape[1]))
+    module.start_experience([2, 3], experience=1)  # class-incremental: 2 and 3 are new
+    module.replay.add(torch.rand(10, 1, 8, 8), torch.tensor([2, 3] * 5), torch.rand(10, module.concepts.shape[1]))
+    _, y, _ = module.mix_replay(torch.rand(30, 1, 8, 8), torch.full((30,), 2))
+    assert set(y[30:].tolist()) == {0, 1}, "the current experience's new classes are not replayed"
+    module.start_experience([0, 1, 2, 3], experience=2)  # the same classes again, under a new condition
+    _, y, _ = module.mix_replay(torch.rand(60, 1, 8, 8), torch.full((60,), 0))
+    assert set(y[60:].tolist()) == {0, 1, 2, 3}

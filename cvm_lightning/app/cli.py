@@ -301,7 +301,7 @@ def _run_in(config, out: Path) -> int:
         results = run_seeds(config, out)
         paths = write_seed_results(results, out)
         print(f"\n{protocol_line(results)}\nMean ± std over seeds {', '.join(map(str, config.seeds))}:\n"
-              f"{seed_table(results)}")
+              f"{seed_table(results)}{_conditions_text(results)}")
         print(f"\nWrote {', '.join(str(p) for p in paths)}; each seed's run is in {out / 'runs'}")
         return 0
 
@@ -314,13 +314,22 @@ def _run_in(config, out: Path) -> int:
     paths = write_results(results, out)
     print()
     print(protocol_line(results))
-    print(text_table(results))
+    print(text_table(results) + _conditions_text(results))
     print(f"\nWrote {', '.join(str(p) for p in paths)}")
     if "cvm" in results["strategies"]:
         final = out / "final.ckpt"
         print(f"CVM's trained model: {final} (use it with `cvm export --checkpoint {final}` or `cvm predict --model "
               f"{final}`)")
     return 0
+
+
+def _conditions_text(results: dict) -> str:
+    """A domain-incremental stream's table of each condition, for the terminal; empty for other streams."""
+    from cvm_lightning.app.reporting import condition_table
+
+    if not results.get("conditions"):
+        return ""
+    return f"\n\nEach condition: final accuracy (forgetting)\n{condition_table(results)}"
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -420,11 +429,12 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _benchmarks(args: argparse.Namespace) -> int:
-    from cvm_lightning.streams.registry import DEFAULT_AUGMENT, DESCRIPTIONS
+    from cvm_lightning.streams.registry import BENCHMARKS
 
-    width = max(map(len, DESCRIPTIONS))
-    for name, description in sorted(DESCRIPTIONS.items()):
-        print(f"{name.ljust(width)}  {description}; --augment {DEFAULT_AUGMENT[name]}")
+    width = max(map(len, BENCHMARKS))
+    kind_width = max(len(entry.kind) for entry in BENCHMARKS.values())
+    for name, entry in sorted(BENCHMARKS.items()):
+        print(f"{name.ljust(width)}  {entry.kind.ljust(kind_width)}  {entry.description}; --augment {entry.augment}")
     return 0
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
+from typing import Sequence
 
 from cvm_lightning.atomic import atomic_write_text
 
@@ -18,6 +21,13 @@ COLUMNS = ("strategy", "final avg acc", "forgetting", "BWT", "zero-shot (chance)
 def _number(value: float | None, spec: str) -> str:
     """``value`` formatted, or "n/a" where it was not measured (joint training has no zero-shot rows)."""
     return "n/a" if value is None or value != value else format(value, spec)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (0 for one value); NaN for both where a value was not measured."""
+    if any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
 def mean_std_text(mean: float, std: float) -> str:
@@ -108,6 +118,44 @@ def text_table(results: dict) -> str:
     return _render(_columns(results), table_rows(results), markdown=False)
 
 
+def condition_table(results: dict, markdown: bool = False) -> str:
+    """A domain-incremental stream's final accuracy and forgetting on each condition, one row per strategy
+    (with ``--seeds``, their mean ± std over the seeds)."""
+    import torch
+
+    from cvm_lightning.metrics.functional import forgetting_per_experience
+
+    rows = []
+    for name, r in results["strategies"].items():
+        matrices = [r["accuracy_matrix"]] if "accuracy_matrix" in r else [c["accuracy_matrix"] for c in r["per_seed"]]
+        finals, forgets = [], []
+        for matrix in matrices:
+            R = torch.tensor(_as_floats(matrix), dtype=torch.float64)
+            finals.append(R[-1].tolist())
+            forgets.append(forgetting_per_experience(R).tolist())
+        cells = []
+        for j in range(len(results["conditions"])):
+            acc, fgt = mean_std([f[j] for f in finals]), mean_std([f[j] for f in forgets])
+            cells.append(f"{mean_std_text(*acc)} ({mean_std_text(*fgt)})" if len(matrices) > 1
+                         else f"{acc[0]:.3f} ({fgt[0]:.3f})")
+        rows.append([name, *cells])
+    return _render(["strategy", *results["conditions"]], rows, markdown)
+
+
+def _stream_line(results: dict) -> str:
+    if results.get("conditions"):
+        return (f"Domain-incremental: every experience holds the same {results['classes_per_experience'][0]} classes, "
+                f"under the conditions {', '.join(results['conditions'])} in turn.")
+    return "Class-incremental: each experience brings new classes."
+
+
+def _conditions_section(results: dict) -> str:
+    if not results.get("conditions"):
+        return ""
+    return ("\n## Each condition\n\nFinal accuracy on each condition's test images, and (in brackets) its "
+            f"forgetting.\n\n{condition_table(results, markdown=True)}\n")
+
+
 def seed_table(results: dict, markdown: bool = False) -> str:
     """Mean ± std over the seeds of ``cvm run --seeds``, one row per strategy (text, or Markdown)."""
     head = ["strategy", *METRICS.values(), *_reference_columns(results)]
@@ -122,9 +170,10 @@ def write_seed_results(results: dict, out_dir: Path) -> list[Path]:
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
     atomic_write_text(json_path, json.dumps(results, indent=2))
     seeds = ", ".join(map(str, results["seeds"]))
-    header = (f"# {results['benchmark']}: mean ± std over seeds {seeds}\n\n{protocol_line(results)}\n\n"
+    header = (f"# {results['benchmark']}: mean ± std over seeds {seeds}\n\n{_stream_line(results)}\n\n"
+              f"{protocol_line(results)}\n\n"
               "Accuracies in [0, 1]; forgetting in max mode (Chaudhry et al. 2018); std over seeds (population).\n\n")
-    atomic_write_text(md_path, header + seed_table(results, markdown=True) + "\n")
+    atomic_write_text(md_path, header + seed_table(results, markdown=True) + "\n" + _conditions_section(results))
     return [json_path, md_path, plot_accuracy_against_forgetting(results, out_dir)]
 
 
@@ -156,10 +205,10 @@ def write_results(results: dict, out_dir: Path) -> list[Path]:
     atomic_write_text(json_path, json.dumps(results, indent=2))
     header = (
         f"# {results['benchmark']}: {results['n_experiences']} experiences, seed {results['seed']}\n\n"
-        f"{protocol_line(results)}\n\n"
+        f"{_stream_line(results)}\n\n{protocol_line(results)}\n\n"
         "Accuracies in [0, 1]; forgetting in max mode (Chaudhry et al. 2018).\n\n"
     )
-    atomic_write_text(md_path, header + markdown_table(results) + "\n")
+    atomic_write_text(md_path, header + markdown_table(results) + "\n" + _conditions_section(results))
     return [json_path, md_path, *plot_results(results, out_dir)]
 
 
@@ -181,7 +230,9 @@ def plot_results(results: dict, out_dir: Path) -> list[Path]:
     for k, (ax, (name, r)) in enumerate(zip(axes[0], strategies.items())):
         image = ax.imshow(_as_floats(r["accuracy_matrix"]), vmin=0, vmax=1, cmap="viridis")
         ax.set_title(name)
-        ax.set_xlabel("test experience")
+        ax.set_xlabel("test condition" if results.get("conditions") else "test experience")
+        if results.get("conditions"):
+            ax.set_xticks(range(len(results["conditions"])), results["conditions"], rotation=90)
         if k == 0:  # the rows mean the same in every panel
             ax.set_ylabel("after training experience")
     fig.colorbar(image, ax=axes[0].tolist(), shrink=0.8, label="accuracy")

@@ -22,7 +22,7 @@ from cvm_lightning.app.signatures import Setting, read_settings
 from cvm_lightning.app.strategies import SHARED_SETTINGS, STRATEGIES
 from cvm_lightning.errors import ConfigError, did_you_mean
 from cvm_lightning.settings import check_memory, check_settings, check_task_free
-from cvm_lightning.streams.registry import DEFAULT_AUGMENT
+from cvm_lightning.streams.registry import BENCHMARKS
 
 DEFAULT_STRATEGIES = ("cvm", "replay", "naive", "lwf", "ewc", "der")
 
@@ -89,10 +89,10 @@ class _RunConfigMethods:
         repeated = sorted({s for s in self.strategies if self.strategies.count(s) > 1})
         if repeated:
             raise ConfigError(f"--strategies names {', '.join(repeated)} more than once; list each strategy once.")
-        if self.benchmark not in DEFAULT_AUGMENT:
+        if self.benchmark not in BENCHMARKS:
             raise ConfigError(
-                f"Unknown benchmark {self.benchmark!r}.{did_you_mean(self.benchmark, DEFAULT_AUGMENT)} "
-                f"Available: {', '.join(sorted(DEFAULT_AUGMENT))} (see `cvm benchmarks`)."
+                f"Unknown benchmark {self.benchmark!r}.{did_you_mean(self.benchmark, BENCHMARKS)} "
+                f"Available: {', '.join(sorted(BENCHMARKS))} (see `cvm benchmarks`)."
             )
         if self.seeds is not None:
             self.seeds = tuple(self.seeds)
@@ -103,7 +103,7 @@ class _RunConfigMethods:
         if self.protocol is not None:
             get_protocol(self.protocol)
         if self.augment is None:  # a frozen backbone sees each image once: no augmentation
-            self.augment = "none" if self.freeze_backbone else DEFAULT_AUGMENT[self.benchmark]
+            self.augment = "none" if self.freeze_backbone else BENCHMARKS[self.benchmark].augment
         check_settings(asdict(self))
         check_memory(self.strategies, self.buffer_size)
         check_task_free(self.strategies, self.mini_experience_size)

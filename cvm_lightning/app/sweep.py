@@ -12,12 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import statistics
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from cvm_lightning.app.reporting import METRICS, mean_std_text
+from cvm_lightning.app.reporting import METRICS, mean_std, mean_std_text
 from cvm_lightning.app.run_config import DEFAULT_VALUES, RunConfig
 from cvm_lightning.app.runner import claim_out_dir, prepare, run
 from cvm_lightning.atomic import atomic_write_text
@@ -77,7 +76,8 @@ def run_cells(
             for strategy in config.strategies:
                 result = run_cell(config, strategy, out_dir, report, label=f"{variant}, seed {seed}")
                 table.setdefault(variant, {}).setdefault(strategy, []).append(
-                    {"seed": seed, **{m: result.get(m, math.nan) for m in METRICS}}
+                    {"seed": seed, **{m: result.get(m, math.nan) for m in METRICS},
+                     "accuracy_matrix": result["accuracy_matrix"]}
                 )
     return table
 
@@ -114,26 +114,22 @@ def run_seeds(config: RunConfig, out_dir: Path, report: Callable[[str], None] = 
     from its checkpoints. The results hold each strategy's per-seed numbers
     and their mean and standard deviation.
     """
-    prepare(replace(config, seed=config.seeds[0], seeds=None))  # every check before the first file
+    data, _ = prepare(replace(config, seed=config.seeds[0], seeds=None))  # every check before the first file
     claim_out_dir(config, out_dir)
     single = replace(config, seeds=None)
     table = run_cells(single, config.seeds, {"default": {}}, out_dir, report)["default"]
     rows = {row["strategy"]: row for row in summary_rows({"default": table})}
     return {
         "benchmark": config.benchmark,
+        "kind": data.benchmark.kind,
+        "classes_per_experience": data.benchmark.classes_per_experience,
+        "conditions": list(data.benchmark.conditions),
         "seeds": list(config.seeds),
         "protocol": config.protocol_report(),
         "config": config.to_json(),
         "strategies": {name: {**{m: list(rows[name][m]) for m in METRICS}, "per_seed": cells}
                        for name, cells in table.items()},
     }
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (0 for one value); NaN for both where a value was not measured."""
-    if any(math.isnan(v) for v in values):
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
 
 
 def summary_rows(table: dict[str, dict[str, list[dict]]]) -> list[dict]:

@@ -2,7 +2,7 @@
 
 ``R`` is a T x T tensor: ``R[i, j]`` is the accuracy on test experience ``j``
 after training on experience ``i`` (rows in training order). Every function
-returns a scalar tensor.
+returns a scalar tensor, except :func:`forgetting_per_experience`, one value per experience.
 
 A cell that was not evaluated is NaN: a whole row when the run evaluated
 only every few experiences (``eval_every``), the upper triangle when only
@@ -62,17 +62,25 @@ def forgetting(R: torch.Tensor, mode: str = "max") -> torch.Tensor:
     the last is left out of the average: with ``eval_every > 1`` the maximum is
     taken over fewer rows, so forgetting tends to read lower.
     """
+    R = _square(R)
+    if len(R) == 1:
+        return R.new_zeros(())
+    return _mean(list(forgetting_per_experience(R, mode)[:-1]), R.new_zeros(()))
+
+
+def forgetting_per_experience(R: torch.Tensor, mode: str = "max") -> torch.Tensor:
+    """``f_j`` of :func:`forgetting` for every test experience ``j`` (in a domain-incremental stream, each
+    condition); the last experience's is 0 (nothing came after it), and an experience with no evaluated
+    row before the last is NaN."""
     if mode not in FORGETTING_MODES:
         raise ValueError(f"Unknown forgetting mode {mode!r}; choose one of {', '.join(FORGETTING_MODES)}.")
     R = _square(R)
     T = len(R)
-    if T == 1:
-        return R.new_zeros(())
     if mode == "avalanche":
         best = list(torch.diagonal(R)[: T - 1])
     else:
         best = [_nanmax(R[j : T - 1, j]) for j in range(T - 1)]
-    return _mean([b - R[-1, j] for j, b in enumerate(best)], R.new_zeros(()))
+    return torch.stack([*(b - R[-1, j] for j, b in enumerate(best)), R.new_zeros(())])
 
 
 def _nanmax(values: torch.Tensor) -> torch.Tensor:

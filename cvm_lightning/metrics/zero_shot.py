@@ -35,17 +35,19 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]
 @torch.no_grad()
 def restricted_accuracies(score: Scorer, dataset, class_sets: Sequence[Sequence[int]],
                           device: torch.device | str = "cpu", batch_size: int = 256) -> list[float]:
-    """For each set of ``class_sets``, the accuracy of ``argmax`` over those columns of ``score(x)``, in one pass."""
-    columns = [torch.tensor(sorted(classes), device=device) for classes in class_sets]
+    """For each set of ``class_sets``, the accuracy of ``argmax`` over those columns of ``score(x)``, in one pass
+    (NaN for an empty set)."""
+    columns = [torch.tensor(sorted(classes), device=device, dtype=torch.long) for classes in class_sets]
     correct, total = [0] * len(columns), 0
     # A generator of its own: scoring never draws from the global one that training uses.
     for batch in DataLoader(dataset, batch_size=batch_size, generator=torch.Generator()):
         x, y = batch[0].to(device), batch[1].to(device)
         scores = score(x)
         for k, cols in enumerate(columns):
-            correct[k] += int((cols[scores[:, cols].argmax(dim=1)] == y).sum())
+            if len(cols):
+                correct[k] += int((cols[scores[:, cols].argmax(dim=1)] == y).sum())
         total += len(y)
-    return [c / total if total else math.nan for c in correct]
+    return [c / total if total and len(cols) else math.nan for c, cols in zip(correct, columns)]
 
 
 def restricted_accuracy(score: Scorer, dataset, classes: Sequence[int], device: torch.device | str = "cpu",
@@ -66,8 +68,13 @@ class ZeroShotRecorder:
         self.reference = [math.nan] * n
 
     def unseen_before(self, experience: int) -> list[int]:
-        """The classes not seen before ``experience``: its own and every later one."""
-        return sorted(c for cs in self.classes[experience:] for c in cs)
+        """The classes not seen before ``experience``: of its own and every later one, those no earlier one had.
+
+        Empty in a domain-incremental stream after the first experience (every
+        experience has every class): the zero-shot rows are then NaN.
+        """
+        seen = {c for cs in self.classes[:experience] for c in cs}
+        return sorted({c for cs in self.classes[experience:] for c in cs} - seen)
 
     def measure_reference(self, score: Scorer, device) -> None:
         """``reference[j]`` for every experience, with the model as it is now (untrained)."""
@@ -83,12 +90,13 @@ class ZeroShotRecorder:
     def summary(self) -> dict[str, Any]:
         """Rows and their means over experiences 1.. (experience 0 is before any training)."""
         later = range(1, len(self.classes))
+        new = [j for j in later if self.unseen_before(j)]  # experiences that bring classes not seen before
         mean = lambda values: sum(values) / len(values) if values else math.nan  # noqa: E731
         return {
-            "zero_shot_accuracy": mean([self.unseen[j] for j in later]),
+            "zero_shot_accuracy": mean([self.unseen[j] for j in new]),
             "zero_shot_own_accuracy": mean([self.own[j] for j in later]),
-            "zero_shot_chance": mean([1 / len(self.unseen_before(j)) for j in later]),
-            "fwt": mean([self.unseen[j] - self.reference[j] for j in later]),
+            "zero_shot_chance": mean([1 / len(self.unseen_before(j)) for j in new]),
+            "fwt": mean([self.unseen[j] - self.reference[j] for j in new]),
             "zero_shot": {"own": list(self.own), "unseen": list(self.unseen), "reference": list(self.reference)},
         }
 

@@ -217,7 +217,7 @@ class CVMModule(pl.LightningModule):
         self.loss_fn = LOSSES[loss]
         self.replay = ReplayBuffer(buffer_size, seed=seed)
         self.current_experience: int | None = None
-        self._fit_classes: set[int] = set()  # classes of the current experience: never replayed
+        self._fit_classes: set[int] = set()  # classes the current experience brings new: never replayed
         self._experience_started = False
         self._first_epoch = 0
         self._recalibrated_at_step = -1
@@ -257,8 +257,11 @@ class CVMModule(pl.LightningModule):
             self.current_experience = experience
 
     def _mark_seen(self, classes: list[int]) -> None:
+        # Only classes new to the model are the experience's own (kept out of replay under negatives="seen"):
+        # in a domain-incremental stream or an update of known classes, the memory's samples of the same
+        # classes are the older conditions, which replay must keep.
+        self._fit_classes.update(c for c in classes if not bool(self.seen[c]))
         self.space.mark_seen(classes)
-        self._fit_classes.update(classes)
 
     def add_classes(self, names: Sequence[str], descriptions: dict[str, str] | None = None) -> list[int]:
         """Add classes known by name only, ready to predict at once; returns their ids.

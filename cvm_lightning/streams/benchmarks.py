@@ -1,6 +1,6 @@
-"""The registered benchmarks. Each builds a class-incremental Avalanche scenario.
+"""The registered benchmarks. Each builds a class- or domain-incremental Avalanche scenario.
 
-Only split-digits is embedded. The others read ``--data-root``, in the
+Only split-digits and domain-digits are embedded. The others read ``--data-root``, in the
 standard layouts of torchvision and Avalanche or in an ImageFolder layout
 (``ROOT/train/<class>/*``, ``ROOT/test/<class>/*``), and never download
 unless ``--download`` is given.
@@ -15,12 +15,19 @@ from pathlib import Path
 from cvm_lightning.concepts.defaults import DEFAULT_TEMPLATES
 from cvm_lightning.errors import ConfigError, DataError
 from cvm_lightning.streams.registry import (
+    DOMAIN_INCREMENTAL,
     Benchmark,
     StreamConfig,
     register_benchmark,
     split_by_class,
+    split_by_condition,
+    split_per_class,
     subsample_per_class,
 )
+
+# The conditions of the domain-incremental streams, in stream order (see cvm_lightning.streams.corruptions).
+RGB_CONDITIONS = ("clean", "dark", "low contrast", "blur", "noise", "colour cast", "jpeg")
+GREY_CONDITIONS = ("clean", "dark", "low contrast", "blur", "noise")
 
 
 def shipped_class_names(name: str) -> dict:
@@ -50,6 +57,54 @@ def class_incremental(
     scenario = split_by_class(train, test, len(class_names), config.n_experiences or default_experiences, config.seed,
                               config.shuffle_classes)
     return Benchmark(name, scenario, class_names, in_chans, image_size, templates, descriptions or {})
+
+
+def domain_incremental(
+    name: str,
+    config: StreamConfig,
+    train,
+    test,
+    class_names: list[str],
+    conditions: tuple[str, ...],
+    *,
+    in_chans: int = 3,
+    image_size: int = 32,
+    templates: tuple[str, ...] = DEFAULT_TEMPLATES,
+) -> Benchmark:
+    """A domain-incremental :class:`Benchmark`: every class in every experience, each under its own condition.
+
+    The training images (at most ``config.train_per_class`` a class in all)
+    are shared out among the experiences, a seeded, class-balanced part each,
+    so no image is seen twice. Every test experience holds the same test
+    images under its experience's condition. ``config.n_experiences`` keeps
+    the first conditions; the noise is seeded by ``config.seed``, so a seed
+    always gives the same pixels.
+    """
+    from cvm_lightning.streams.corruptions import check_conditions, corrupt
+    from cvm_lightning.streams.datasets import TensorImageDataset, stacked_pixels
+
+    check_conditions(conditions)
+    n = config.n_experiences or len(conditions)
+    if not 1 <= n <= len(conditions):
+        raise ConfigError(f"--n-experiences {n}: benchmark {name} has {len(conditions)} conditions "
+                          f"({', '.join(conditions)}); choose 1 to {len(conditions)}.")
+    conditions = conditions[:n]
+    train = _keep_per_class(train, config.train_per_class, config.seed, "--train-per-class")
+    test = _keep_per_class(test, config.test_per_class, config.seed, "--test-per-class")
+    (train_pixels, train_targets), (test_pixels, test_targets) = (stacked_pixels(data) for data in (train, test))
+    parts = split_per_class(train_targets.tolist(), n, config.seed)
+    every_class = set(range(len(class_names)))
+    short = sorted({class_names[c] for part in parts for c in every_class - set(train_targets[part].tolist())})
+    if short:
+        raise DataError(f"Classes {short[:5]} have fewer training images than the {n} conditions: every condition "
+                        "needs every class; keep more images a class or fewer --n-experiences.")
+    seed = config.seed * 100_003  # each condition and split draws its own noise
+    train_sets = [TensorImageDataset(corrupt(train_pixels[part], c, seed + 2 * k), train_targets[part], _uint8_to_unit)
+                  for k, (c, part) in enumerate(zip(conditions, parts))]
+    test_sets = [TensorImageDataset(corrupt(test_pixels, c, seed + 2 * k + 1), test_targets, _uint8_to_unit)
+                 for k, c in enumerate(conditions)]
+    return Benchmark(name, split_by_condition(train_sets, test_sets), class_names, in_chans, image_size, templates,
+                     conditions=conditions)
 
 
 def from_datasets(train, test, class_names, config: StreamConfig, name: str = "datasets") -> Benchmark:
@@ -134,7 +189,8 @@ def _torchvision_cifar(kind: str, root: Path, download: bool, layout: str):
     ]
 
 
-def _cifar(kind: str, name: str, default_experiences: int, config: StreamConfig) -> Benchmark:
+def _cifar_splits(kind: str, name: str, config: StreamConfig):
+    """CIFAR's training and test sets from ``--data-root`` and its class names."""
     shipped = shipped_class_names(kind)
     folder = "cifar-10-batches-py" if kind == "cifar10" else "cifar-100-python"
     layout = (
@@ -149,7 +205,14 @@ def _cifar(kind: str, name: str, default_experiences: int, config: StreamConfig)
         train, test, _, _ = load_image_folder(root, image_size=32, class_names=shipped["folders"])
     else:
         train, test = _torchvision_cifar(kind, root, config.download, layout)
-    return class_incremental(name, config, train, test, shipped["names"], default_experiences)
+    return train, test, shipped["names"]
+
+
+def _cifar(kind: str, name: str, default_experiences: int, config: StreamConfig) -> Benchmark:
+    return class_incremental(name, config, *_cifar_splits(kind, name, config), default_experiences)
+
+
+DIGIT_TEMPLATES = ("a handwritten digit {}.", "the number {}.", "a photo of the digit {}.")
 
 
 @register_benchmark(
@@ -160,8 +223,23 @@ def split_digits(config: StreamConfig) -> Benchmark:
 
     train, test = load_digits_split()
     return class_incremental(
-        "split-digits", config, train, test, list(DIGIT_NAMES), 5, in_chans=1, image_size=8,
-        templates=("a handwritten digit {}.", "the number {}.", "a photo of the digit {}."),
+        "split-digits", config, train, test, list(DIGIT_NAMES), 5, in_chans=1, image_size=8, templates=DIGIT_TEMPLATES
+    )
+
+
+@register_benchmark(
+    "domain-digits",
+    f"sklearn's 8x8 digits, all 10 classes under {len(GREY_CONDITIONS)} conditions ({', '.join(GREY_CONDITIONS)}) "
+    "(embedded)",
+    augment="none",
+    kind=DOMAIN_INCREMENTAL,
+)
+def domain_digits(config: StreamConfig) -> Benchmark:
+    from cvm_lightning.streams.datasets import DIGIT_NAMES, load_digits_split
+
+    return domain_incremental(
+        "domain-digits", config, *load_digits_split(), list(DIGIT_NAMES), GREY_CONDITIONS, in_chans=1, image_size=8,
+        templates=DIGIT_TEMPLATES,
     )
 
 
@@ -229,6 +307,16 @@ def split_fashion_mnist(config: StreamConfig) -> Benchmark:
 @register_benchmark("split-cifar10", "CIFAR-10, 5 experiences of 2 classes (--data-root)")
 def split_cifar10(config: StreamConfig) -> Benchmark:
     return _cifar("cifar10", "split-cifar10", 5, config)
+
+
+@register_benchmark(
+    "domain-cifar10",
+    f"CIFAR-10, all 10 classes under {len(RGB_CONDITIONS)} conditions ({', '.join(RGB_CONDITIONS)}) (--data-root)",
+    kind=DOMAIN_INCREMENTAL,
+)
+def domain_cifar10(config: StreamConfig) -> Benchmark:
+    return domain_incremental("domain-cifar10", config, *_cifar_splits("cifar10", "domain-cifar10", config),
+                              RGB_CONDITIONS)
 
 
 @register_benchmark(

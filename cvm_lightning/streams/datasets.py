@@ -105,3 +105,13 @@ def image_shape(dataset: LabelledDataset, index: int, what: str) -> tuple[int, i
     if image.dtype != torch.uint8 and not image.is_floating_point():
         raise DataError(f"The {what} images must be float tensors in [0, 1] or uint8, got {image.dtype}.")
     return tuple(image.shape)
+
+
+def stacked_pixels(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image of ``dataset`` as one uint8 N x C x H x W tensor, and its labels (a map-style dataset of pairs)."""
+    images, labels = [], []
+    for i in range(len(dataset)):
+        image, label = dataset[i][:2]
+        images.append(image if image.dtype == torch.uint8 else (image * 255).round().to(torch.uint8))
+        labels.append(int(label))
+    return torch.stack(images), torch.tensor(labels)

@@ -1,4 +1,4 @@
-"""Registry of class-incremental benchmarks, built as Avalanche scenarios."""
+"""Registry of benchmarks (class- and domain-incremental streams), built as Avalanche scenarios."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ class Benchmark:
     image_size: int
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     descriptions: dict[str, str] = field(default_factory=dict)
+    conditions: tuple[str, ...] = ()  # domain-incremental: the condition of each experience
+
+    @property
+    def kind(self) -> str:
+        """``"domain-incremental"`` (the same classes, a new condition each experience) or ``"class-incremental"``."""
+        return DOMAIN_INCREMENTAL if self.conditions else CLASS_INCREMENTAL
 
     @property
     def train_stream(self):
@@ -59,24 +65,35 @@ class Benchmark:
 
 
 BenchmarkBuilder = Callable[[StreamConfig], Benchmark]
-BENCHMARKS: dict[str, BenchmarkBuilder] = {}
-DESCRIPTIONS: dict[str, str] = {}
-DEFAULT_AUGMENT: dict[str, str] = {}
+CLASS_INCREMENTAL, DOMAIN_INCREMENTAL = "class-incremental", "domain-incremental"
+
+
+@dataclass(frozen=True)
+class BenchmarkEntry:
+    """A registered benchmark: how to build it and what ``cvm benchmarks`` says of it."""
+
+    builder: BenchmarkBuilder
+    description: str
+    augment: str
+    kind: str
+
+
+BENCHMARKS: dict[str, BenchmarkEntry] = {}
 
 
 def register_benchmark(
-    name: str, description: str, augment: str = "crop-flip"
+    name: str, description: str, augment: str = "crop-flip", kind: str = CLASS_INCREMENTAL
 ) -> Callable[[BenchmarkBuilder], BenchmarkBuilder]:
     """Decorator: make ``builder`` available as ``--benchmark name``.
 
     ``augment`` is the training augmentation runs on it use unless told
-    otherwise (see :mod:`cvm_lightning.model.augment`).
+    otherwise (see :mod:`cvm_lightning.model.augment`); ``kind`` says what
+    changes from one experience to the next: the classes
+    (``"class-incremental"``) or the conditions (``"domain-incremental"``).
     """
 
     def wrap(builder: BenchmarkBuilder) -> BenchmarkBuilder:
-        BENCHMARKS[name] = builder
-        DESCRIPTIONS[name] = description
-        DEFAULT_AUGMENT[name] = augment
+        BENCHMARKS[name] = BenchmarkEntry(builder, description, augment, kind)
         return builder
 
     return wrap
@@ -88,7 +105,7 @@ def build_benchmark(name: str, config: StreamConfig | None = None) -> Benchmark:
         raise ConfigError(
             f"Unknown benchmark {name!r}.{did_you_mean(name, BENCHMARKS)} Available: {', '.join(sorted(BENCHMARKS))}."
         )
-    return BENCHMARKS[name](config or StreamConfig())
+    return BENCHMARKS[name].builder(config or StreamConfig())
 
 
 def class_order(n_classes: int, seed: int) -> list[int]:
@@ -145,3 +162,39 @@ def split_by_class(train, test, n_classes: int, n_experiences: int, seed: int, s
         num_experiences=n_experiences,
     )
 
+
+
+def split_per_class(targets: list[int], n_parts: int, seed: int) -> list[list[int]]:
+    """Indices cut into ``n_parts`` disjoint parts, each holding a seeded, near-equal share of every class."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    parts: list[list[int]] = [[] for _ in range(n_parts)]
+    for label in sorted(set(targets)):
+        members = torch.tensor([i for i, t in enumerate(targets) if t == label])
+        members = members[torch.randperm(len(members), generator=generator)]
+        for part, chunk in zip(parts, torch.tensor_split(members, n_parts)):
+            part.extend(chunk.tolist())
+    return [sorted(part) for part in parts]
+
+
+def split_by_condition(train: list, test: list):
+    """A domain-incremental Avalanche scenario: training and test experience ``k`` are ``train[k]`` and ``test[k]``.
+
+    Every experience holds the same classes (under its own condition), and
+    each experience knows its classes as in a class-incremental stream.
+    """
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
+
+    # What class_incremental_benchmark makes of plain datasets: batches are (x, y, task).
+    from avalanche.benchmarks.utils.classification_dataset import (
+        _as_taskaware_supervised_classification_dataset as task_aware,
+    )
+
+    for name, datasets in (("training", train), ("test", test)):
+        if any(len(data) == 0 for data in datasets):
+            raise DataError(f"A {name} condition is empty: keep more images a class.")
+    return with_classes_timeline(
+        benchmark_from_datasets(train=[task_aware(data) for data in train], test=[task_aware(data) for data in test])
+    )
