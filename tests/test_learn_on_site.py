@@ -141,3 +141,26 @@ def test_the_long_updates_benchmark_runs_on_a_small_folder(workspace, tmp_path):
     assert [h["what"] for h in result["history"]] == ["trained", "dark: 4 known classes", "new class horse"]
     assert set(result["history"][-1]) >= {"first classes", "original", "dark"}
     assert all(row["memory"] <= 16 for row in result["rows"]), "the memory stays within its budget (--buffer 16)"
+
+
+def test_the_site_update_benchmark_scores_both_conditions_before_and_after(workspace, tmp_path):
+    """``benchmarks/site_update.py`` at tiny scale: one condition, two seeds, each an update from the same model."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = make_image_folder(tmp_path / "data", classes=("cat", "dog", "frog", "ship"), train=12, test=4)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "site_update.py"
+    done = subprocess.run([sys.executable, str(script), "--checkpoint", str(workspace["ckpt"]), "--data-root",
+                           str(data), "--conditions", "dark", "--per-class", "4", "--test-per-class", "3",
+                           "--epochs", "1", "--seeds", "0", "1", "--json", str(tmp_path / "out.json")],
+                          capture_output=True, text=True, timeout=300, cwd=script.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    assert [(c["condition"], c["seed"]) for c in result["cells"]] == [("dark", 0), ("dark", 1)]
+    for cell in result["cells"]:
+        assert set(cell["before"]) == set(cell["after"]) == {"original", "shifted"}
+        assert cell["before"] == result["cells"][0]["before"], "every seed starts from the same model and images"
+    assert "share won back" in done.stdout and len(result["rows"]) == 1
+    assert workspace["ckpt"].is_file() and not list(workspace["ckpt"].parent.glob("*learned*")), "input untouched"
