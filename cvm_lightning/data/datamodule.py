@@ -91,7 +91,11 @@ def _training_view(mini_experience):
 
 
 class ClassIncrementalDataModule(pl.LightningDataModule):
-    """A class-incremental stream for one ``trainer.fit``: epochs ``[k E, (k + 1) E)`` train experience ``k``.
+    """A stream for one ``trainer.fit``: epochs ``[k E, (k + 1) E)`` train experience ``k``.
+
+    The stream is class-incremental, or domain-incremental (``domain-digits``,
+    ``domain-cifar10``: every experience has every class, under its own
+    condition); the name keeps the common case.
 
     ``train_dataloader()`` serves the experience of the Trainer's current
     epoch, so with ``reload_dataloaders_every_n_epochs=epochs_per_experience``
