@@ -68,7 +68,13 @@ def test_an_update_may_bring_new_classes_alone_with_or_without_a_learning_rate(w
     assert main(["learn", "--checkpoint", str(workspace["ckpt"]), "--data", str(data), "--epochs", "1", *lr_flag,
                  "--out", str(out)]) == 0
     assert "horse (new)" in capsys.readouterr().out
-    assert load_checkpoint(out).class_names[-1] == "horse"
+    updated = load_checkpoint(out)
+    assert updated.class_names[-1] == "horse"
+    # One share of each batch per class: 8 horse images beside 8 replayed samples of each class in the memory.
+    memory_classes = load_checkpoint(workspace["ckpt"]).replay.classes
+    assert len(memory_classes) >= 2 and updated.hparams["replay_batch_size"] == 8 * len(memory_classes)
+    _, y, _ = updated.mix_replay(torch.zeros(8, 3, 32, 32), torch.full((8,), len(updated.class_names) - 1))
+    assert len(y) == 8 + min(8 * len(memory_classes), len(updated.replay)), "the replayed part is that large"
     assert main(["learn", "--checkpoint", str(out), "--data", str(data), "--epochs", "1", *lr_flag,
                  "--out", str(tmp_path / "again.ckpt")]) == 0, "and then an update of that known class"
     assert "horse (new images of known classes)" in capsys.readouterr().out
