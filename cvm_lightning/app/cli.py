@@ -295,17 +295,17 @@ def _run_in(config, out: Path) -> int:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     if config.seeds is not None:
-        from cvm_lightning.app.reporting import protocol_line, seed_table, write_seed_results
+        from cvm_lightning.app.reporting import conditions_section, protocol_line, seed_table, write_seed_results
         from cvm_lightning.app.sweep import run_seeds
 
         results = run_seeds(config, out)
         paths = write_seed_results(results, out)
         print(f"\n{protocol_line(results)}\nMean ± std over seeds {', '.join(map(str, config.seeds))}:\n"
-              f"{seed_table(results)}{_conditions_text(results)}")
+              f"{seed_table(results)}{conditions_section(results)}")
         print(f"\nWrote {', '.join(str(p) for p in paths)}; each seed's run is in {out / 'runs'}")
         return 0
 
-    from cvm_lightning.app.reporting import protocol_line, text_table, write_results
+    from cvm_lightning.app.reporting import conditions_section, protocol_line, text_table, write_results
     from cvm_lightning.app.runner import run
 
     results = run(config, out)
@@ -314,22 +314,13 @@ def _run_in(config, out: Path) -> int:
     paths = write_results(results, out)
     print()
     print(protocol_line(results))
-    print(text_table(results) + _conditions_text(results))
+    print(text_table(results) + conditions_section(results))
     print(f"\nWrote {', '.join(str(p) for p in paths)}")
     if "cvm" in results["strategies"]:
         final = out / "final.ckpt"
         print(f"CVM's trained model: {final} (use it with `cvm export --checkpoint {final}` or `cvm predict --model "
               f"{final}`)")
     return 0
-
-
-def _conditions_text(results: dict) -> str:
-    """A domain-incremental stream's table of each condition, for the terminal; empty for other streams."""
-    from cvm_lightning.app.reporting import condition_table
-
-    if not results.get("conditions"):
-        return ""
-    return f"\n\nEach condition: final accuracy (forgetting)\n{condition_table(results)}"
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -149,9 +149,13 @@ def _stream_line(results: dict) -> str:
     return "Class-incremental: each experience brings new classes."
 
 
-def _conditions_section(results: dict) -> str:
+def conditions_section(results: dict, markdown: bool = False) -> str:
+    """The table of each condition with its heading (text for the terminal, or Markdown); empty for a stream
+    without conditions."""
     if not results.get("conditions"):
         return ""
+    if not markdown:
+        return f"\n\nEach condition: final accuracy (forgetting)\n{condition_table(results)}"
     return ("\n## Each condition\n\nFinal accuracy on each condition's test images, and (in brackets) its "
             f"forgetting.\n\n{condition_table(results, markdown=True)}\n")
 
@@ -173,7 +177,8 @@ def write_seed_results(results: dict, out_dir: Path) -> list[Path]:
     header = (f"# {results['benchmark']}: mean ± std over seeds {seeds}\n\n{_stream_line(results)}\n\n"
               f"{protocol_line(results)}\n\n"
               "Accuracies in [0, 1]; forgetting in max mode (Chaudhry et al. 2018); std over seeds (population).\n\n")
-    atomic_write_text(md_path, header + seed_table(results, markdown=True) + "\n" + _conditions_section(results))
+    table = seed_table(results, markdown=True)
+    atomic_write_text(md_path, header + table + "\n" + conditions_section(results, markdown=True))
     return [json_path, md_path, plot_accuracy_against_forgetting(results, out_dir)]
 
 
@@ -208,7 +213,7 @@ def write_results(results: dict, out_dir: Path) -> list[Path]:
         f"{_stream_line(results)}\n\n{protocol_line(results)}\n\n"
         "Accuracies in [0, 1]; forgetting in max mode (Chaudhry et al. 2018).\n\n"
     )
-    atomic_write_text(md_path, header + markdown_table(results) + "\n" + _conditions_section(results))
+    atomic_write_text(md_path, header + markdown_table(results) + "\n" + conditions_section(results, markdown=True))
     return [json_path, md_path, *plot_results(results, out_dir)]
 
 

@@ -49,9 +49,13 @@ class ConceptSpace(nn.Module):
                 "(ConceptBank.extend or CVMModule.add_concepts) or fix the labels."
             )
 
-    def mark_seen(self, classes: Sequence[int]) -> None:
+    def mark_seen(self, classes: Sequence[int]) -> list[int]:
+        """Mark ``classes`` seen; returns those of them that were not seen before."""
         self.check_known(classes)
-        self.seen[list(classes)] = True
+        classes = list(classes)
+        new = [c for c, was_seen in zip(classes, self.seen[classes].tolist()) if not was_seen]
+        self.seen[classes] = True
+        return new
 
     def add(self, embeddings: torch.Tensor) -> list[int]:
         """Append concepts (rows of ``embeddings``), centred like the others and not yet seen; returns their ids."""

@@ -260,9 +260,7 @@ class CVMModule(pl.LightningModule):
         # Only classes new to the model are the experience's own (kept out of replay under negatives="seen"):
         # in a domain-incremental stream or an update of known classes, the memory's samples of the same
         # classes are the older conditions, which replay must keep.
-        before = self.seen.clone()
-        self.space.mark_seen(classes)  # refuses a class without a concept
-        self._fit_classes.update(c for c in classes if not bool(before[c]))
+        self._fit_classes.update(self.space.mark_seen(classes))
 
     def add_classes(self, names: Sequence[str], descriptions: dict[str, str] | None = None) -> list[int]:
         """Add classes known by name only, ready to predict at once; returns their ids.
