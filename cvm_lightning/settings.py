@@ -27,7 +27,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "loss": ("ce", "cosine", "triplet", "triplet-hard"),
     "negatives": ("seen", "all", "asymmetric"),
     "optimizer": ("adamw", "adam", "sgd"),
-    "normalize": ("centered", "cifar10", "cifar10-avalanche"),  # the keys of PIXEL_STATISTICS
+    "normalize": ("centered", "cifar10", "cifar10-avalanche", "none"),  # the keys of PIXEL_STATISTICS
+    "scr_views": ("crop-flip", "crop-flip-colour"),  # the keys of training.baselines.SCR_VIEWS
     "scheduler": ("none", "cosine"),
     "format": ("torchscript", "onnx"),
     "precision": ("32-true", "bf16-mixed"),  # Lightning's names; hardware.py says where bf16 pays
@@ -52,6 +53,7 @@ PIXEL_STATISTICS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "centered": ((0.5,), (0.5,)),  # [0, 1] to [-1, 1]
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615)),
     "cifar10-avalanche": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "none": ((0.0,), (1.0,)),  # the [0, 1] pixels as they are (Avalanche's SCR reference script)
 }
 
 # The file suffixes of each export format (``cvm export --out``, ``cvm predict --model``).

@@ -89,3 +89,29 @@ def test_the_default_augmentation_is_the_benchmarks():
     assert config_from_args(args).augment == "crop-flip", "the command line leaves the choice to the benchmark"
     # A configuration saved before --augment existed describes a run without augmentation.
     assert RunConfig.from_json({"benchmark": "split-cifar10"}).augment == "none"
+
+
+@pytest.mark.parametrize("views", ["crop-flip", "crop-flip-colour"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_scr_views_draw_each_sample_on_its_own_and_keep_pixels_in_range(views, channels):
+    from cvm_lightning.training.baselines import SCR_VIEWS
+
+    torch.manual_seed(0)
+    image = torch.rand(channels, 16, 16)
+    batch = image.expand(8, -1, -1, -1)  # the same image eight times
+    out = SCR_VIEWS[views]()(batch)
+    assert out.shape == batch.shape and out.dtype == batch.dtype
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    distinct = {tuple(view.flatten().tolist()) for view in out}
+    # One draw for the whole batch (a v2 transform given a 4-D tensor) would give one view eight times.
+    assert len(distinct) == 8
+
+
+def test_scr_colour_views_change_colours_that_crops_and_flips_keep():
+    from cvm_lightning.training.baselines import SCR_VIEWS
+
+    torch.manual_seed(0)
+    flat = torch.tensor([0.8, 0.2, 0.3]).view(1, 3, 1, 1).expand(16, 3, 8, 8)  # one colour everywhere
+    assert torch.allclose(SCR_VIEWS["crop-flip"]()(flat), flat)
+    coloured = SCR_VIEWS["crop-flip-colour"]()(flat)
+    assert (coloured - flat).abs().amax(dim=(1, 2, 3)).gt(0.01).sum() >= 8, "jitter at p 0.8, greyscale at p 0.2"

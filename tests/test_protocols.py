@@ -150,6 +150,29 @@ def test_the_der_preset_sets_ders_own_hyperparameters_and_ers_learning_rate():
     assert (config.backbone, config.epochs_per_experience, config.batch_size) == ("cifar_resnet18", 50, 32)
 
 
+def test_the_scr_preset_holds_the_settings_of_avalanches_scr_script():
+    """experiments/split_cifar10/supervised_contrastive_replay.py: memory 200 replayed 100 a batch, [0, 1] pixels."""
+    config = RunConfig.from_protocol("clb-scr-split-cifar10")
+    assert (config.buffer_size, config.replay_batch_size, config.batch_size) == (200, 100, 10)
+    assert (config.normalize, config.augment, config.scr_views) == ("none", "none", "crop-flip-colour")
+    assert (config.optimizer, config.lr, config.momentum, config.eval_batch_size) == ("sgd", 0.1, 0.0, 64)
+    assert config.mini_experience_size == 10 and config.shuffle_classes is True and config.train_per_class is None
+    assert config.protocol_report()["references"] == {"scr": 0.36}
+
+
+@pytest.mark.slow
+def test_the_scr_preset_runs_a_smoke_step(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "cifar", classes=CIFAR10_FOLDERS, train=10, test=2)
+    out = tmp_path / "run"
+    assert main(["run", "--protocol", "clb-scr-split-cifar10", "--data-root", str(root), "--strategies", "scr",
+                 "--anytime-every", "50", "--no-progress", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"]["modified"] is False and results["protocol"]["name"] == "clb-scr-split-cifar10"
+    scr = results["strategies"]["scr"]
+    assert [samples for samples, _ in scr["anytime"]] == [50, 100]
+    assert len(scr["accuracy_matrix"]) == 5
+
+
 @pytest.mark.slow
 def test_the_der_preset_runs_a_smoke_step(tmp_path, capsys):
     """The full preset is an accelerator's work; one epoch on a few images checks that it runs as declared."""

@@ -16,13 +16,14 @@ def test_every_vocabulary_is_the_key_set_of_its_registry():
     from cvm_lightning.model.heads import HEADS
     from cvm_lightning.model.losses import LOSSES
     from cvm_lightning.model.optimizers import OPTIMIZERS
-    from cvm_lightning.training.baselines import BASELINES
+    from cvm_lightning.training.baselines import BASELINES, SCR_VIEWS
 
     assert tuple(AUGMENTATIONS) == CHOICES["augment"]
     assert tuple(HEADS) == CHOICES["head"]
     assert tuple(LOSSES) == CHOICES["loss"]
     assert tuple(OPTIMIZERS) == CHOICES["optimizer"]
     assert tuple(FORMATS) == CHOICES["format"]
+    assert tuple(SCR_VIEWS) == CHOICES["scr_views"]
     avalanche = [name for name, entry in STRATEGIES.items() if entry.runs_on == "avalanche"]
     assert avalanche == list(BASELINES), (
         "every Avalanche entry of the registry has a builder, and no builder is unlisted"

@@ -12,7 +12,6 @@ from cli_helpers import expect_error
 from cvm_lightning.app.cli import main
 from cvm_lightning.app.run_config import RunConfig
 from cvm_lightning.data import ClassIncrementalDataModule, StreamBatchSampler
-from cvm_lightning.errors import ConfigError
 from cvm_lightning.metrics.task_free import TaskFreeEvaluator, seen_class_accuracy
 from cvm_lightning.training import BaselineSettings, ClassifierNet, ExperienceSchedule, build_baseline
 
@@ -62,19 +61,30 @@ def test_cvm_learns_a_task_free_stream_without_any_experience_hook(digit_bank, m
 
     monkeypatch.setattr(CVMModule, "start_experience", told)
     monkeypatch.setattr(CVMModule, "end_experience", told)
-    data = task_free_digits()
+    data = task_free_digits(anytime_every=50)
     model = CVMModule(digit_bank, in_chans=1, input_size=16, buffer_size=50, recalibrate_bn=False)
-    evaluator = TaskFreeEvaluator([exp.dataset.eval() for exp in data.benchmark.test_stream], every=50)
-    trainer = pl.Trainer(callbacks=[TaskFreeEvaluation(evaluator, data.experience_end_batches)], max_epochs=1,
-                         limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False)
+    scoring = TaskFreeEvaluation()
+    # As `cvm fit` builds it: the schedule gives way to a single pass, and max_epochs=-1 would otherwise never end.
+    trainer = pl.Trainer(callbacks=[ExperienceSchedule(), scoring], max_epochs=-1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(model, datamodule=data)
+    assert trainer.current_epoch == 1 and trainer.limit_val_batches == 0, "one pass, no validation loop"
     assert bool(model.seen.all()), "every class became seen as its labels arrived in batches"
-    R = evaluator.matrix.compute()
+    R = scoring.evaluator.matrix.compute()
     assert not torch.isnan(R.tril()).any(), "a row after every hidden boundary"
-    assert [samples for samples, _ in evaluator.anytime] == [50, 100, 150, 200]
-    with pytest.raises(ConfigError, match="nothing to schedule"):
-        pl.Trainer(callbacks=[ExperienceSchedule()], logger=False, max_epochs=1).fit(model, datamodule=data)
+    assert [samples for samples, _ in scoring.evaluator.anytime] == [50, 100, 150, 200]
+
+
+def test_task_free_scoring_stays_idle_on_a_boundary_aware_stream(digit_bank):
+    from cvm_lightning.metrics.task_free import TaskFreeEvaluation
+    from cvm_lightning.model import CVMModule
+
+    data = ClassIncrementalDataModule("split-digits", n_experiences=2, train_per_class=5, epochs_per_experience=1)
+    scoring = TaskFreeEvaluation()
+    trainer = pl.Trainer(callbacks=[ExperienceSchedule(), scoring], max_epochs=-1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(CVMModule(digit_bank, in_chans=1, input_size=16, buffer_size=10), datamodule=data)
+    assert scoring.evaluator is None and trainer.current_epoch == 2, "the schedule ran both experiences"
 
 
 class LabelReader(torch.nn.Module):
@@ -143,9 +153,27 @@ def test_the_online_preset_is_task_free_and_scores_anytime():
     assert report["modified"] is False, "how often a run is scored changes none of its training"
 
 
-def test_a_task_free_preset_is_not_offered_to_cvm_fit(tmp_path, capsys):
-    expect_error(["protocols", "clb-online-split-cifar10", "--yaml"], "run it with `cvm run --protocol", capsys,
-                 tmp_path)
+def test_a_task_free_presets_yaml_is_a_config_lightning_cli_accepts(tmp_path, capsys):
+    assert main(["protocols", "clb-online-split-cifar10", "--yaml"]) == 0
+    path = tmp_path / "online.yaml"
+    path.write_text(capsys.readouterr().out)
+    assert main(["fit", "--config", str(path), "--data.data_root", str(tmp_path), "--print_config"]) == 0
+    printed = capsys.readouterr().out
+    for line in ("mini_experience_size: 10", "anytime_every: 2000", "batch_size: 10", "recalibrate_bn: false"):
+        assert line in printed, line
+
+
+def test_cvm_fit_learns_a_task_free_stream_and_writes_its_matrix_and_anytime_points(tmp_path):
+    assert main(["fit", "--data.benchmark", "split-digits", "--data.mini_experience_size", "10",
+                 "--data.batch_size", "10", "--data.epochs_per_experience", "1", "--data.train_per_class", "20",
+                 "--data.anytime_every", "100",
+                 "--model.input_size", "16", "--model.recalibrate_bn", "false", "--model.buffer_size", "50",
+                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)]) == 0
+    saved = json.loads(next(tmp_path.rglob("accuracy_matrix.json")).read_text())
+    rows = saved["accuracy_matrix"]
+    assert len(rows) == 5 and all(cell is not None for i, row in enumerate(rows) for cell in row[: i + 1])
+    assert [samples for samples, _ in saved["anytime"]] == [100, 200]
+    assert 0 <= saved["anytime_acc"] <= 1 and saved["avg_acc"] == pytest.approx(sum(rows[4]) / 5, abs=1e-5)
 
 
 @pytest.mark.slow

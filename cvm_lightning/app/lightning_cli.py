@@ -14,6 +14,7 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.errors import ConfigError
 from cvm_lightning.metrics import ContinualMetricsCallback
+from cvm_lightning.metrics.task_free import TaskFreeEvaluation
 from cvm_lightning.model import CVMModule
 from cvm_lightning.training import ExperienceSchedule
 
@@ -21,12 +22,17 @@ COMMANDS = ("fit", "validate", "test")
 
 
 class CVMLightningCLI(LightningCLI):
-    """``LightningCLI`` with the stream's settings linked into the model and the continual callbacks on."""
+    """``LightningCLI`` with the stream's settings linked into the model and the continual callbacks on.
+
+    The callbacks serve both kinds of stream: a boundary-aware one is scheduled by ``ExperienceSchedule`` and
+    scored by ``ContinualMetricsCallback``; a task-free one is a single pass scored by ``TaskFreeEvaluation``.
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Always on, whatever trainer.callbacks a config lists: without the schedule a stream never ends.
         parser.add_lightning_class_args(ExperienceSchedule, "schedule")
         parser.add_lightning_class_args(ContinualMetricsCallback, "metrics")
+        parser.add_lightning_class_args(TaskFreeEvaluation, "task_free")  # idle unless data.mini_experience_size
         for source, target in (("class_names", "class_names"), ("in_chans", "in_chans"), ("templates", "templates")):
             parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="instantiate")
 

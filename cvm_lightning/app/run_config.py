@@ -46,6 +46,10 @@ RUN_SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "baselines with a linear head start with one unit and gain one per class as it arrives, the classes not "
             "trained yet masked (Avalanche's IncrementalClassifier); default: one unit per class from the start. "
             "CVM, iCaRL, SCR and NCM have no linear head to grow"),
+    Setting("scr_views", "str", "crop-flip",
+            "SCR's second view of each sample, each sample drawn on its own: crop-flip (random resized crop at "
+            "scale 0.2-1 and a flip) or crop-flip-colour (also colour jitter 0.4/0.4/0.4/0.1 at p 0.8 and greyscale "
+            "at p 0.2, the SCR paper's views)"),
     Setting("seeds", "tuple[int, ...] | None", None,
             "run every strategy on each of these seeds instead of --seed, and report mean ± std over them; "
             "each seed's numbers are kept in results.json"),
@@ -232,9 +236,6 @@ def fit_config_yaml(name: str) -> str:
 
     config = RunConfig.from_protocol(name, strategies=("cvm",)).for_strategy("cvm")
     protocol = get_protocol(name)
-    if config.mini_experience_size is not None:
-        raise ConfigError(f"{name} is task-free, and `cvm fit` schedules boundary-aware experiences: run it with "
-                          f"`cvm run --protocol {name}`.")
     document = {
         "model": config.model_settings(),
         "data": {key: (str(value) if isinstance(value, Path) else value)

@@ -91,12 +91,6 @@ def _result(R: torch.Tensor, train_seconds: float, model: torch.nn.Module, peak_
     )
 
 
-def task_free_evaluator(config: RunConfig, data: ClassIncrementalDataModule) -> TaskFreeEvaluator:
-    """The evaluation of a task-free run: every test experience at the hidden boundaries, anytime points."""
-    return TaskFreeEvaluator([exp.dataset.eval() for exp in data.benchmark.test_stream], every=config.anytime_every,
-                             batch_size=config.eval_batch_size)
-
-
 def build_concept_bank(config: RunConfig, benchmark: Benchmark) -> ConceptBank:
     """The concepts of ``benchmark``'s classes with the configured text model (cached on disk)."""
     return ConceptBank.from_names(
@@ -131,15 +125,14 @@ def run_cvm(
         state = RunState()
         checkpoints = out_dir / "checkpoints" / "cvm"
         if data.task_free:
-            evaluator = task_free_evaluator(config, data)
-            callbacks = [TaskFreeEvaluation(evaluator, data.experience_end_batches), state]
+            task_free = TaskFreeEvaluation()
+            callbacks = [task_free, state]
         else:
             metrics, zero_shot = ContinualMetricsCallback(), ZeroShotCallback()
             callbacks = [ExperienceSchedule(), metrics, zero_shot, state,
                          experience_checkpoints(checkpoints, data.epochs_per_experience)]
         trainer = pl.Trainer(
             callbacks=callbacks,
-            **({"limit_val_batches": 0} if data.task_free else {}),  # task-free: TaskFreeEvaluation scores it
             plugins=[AtomicCheckpointIO()],
             logger=CSVLogger(out_dir / "logs", name="cvm"),
             max_epochs=data.max_epochs,
@@ -155,6 +148,7 @@ def run_cvm(
         fit_resumable(trainer, module, data, checkpoints)
         trainer.save_checkpoint(out_dir / FINAL_CHECKPOINT, weights_only=False)
     if data.task_free:  # the training epoch's time included the evaluations
+        evaluator = task_free.evaluator
         return _result(evaluator.matrix.compute(), state.train_seconds - evaluator.seconds, module, peak.peak_mb,
                        anytime=evaluator)
     return _result(metrics.matrix.compute(), state.train_seconds, module, peak.peak_mb, zero_shot=zero_shot.recorder)
@@ -188,10 +182,10 @@ def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
             buffer_size=config.buffer_size, batch_size=config.batch_size, epochs=config.epochs_per_experience,
             eval_batch_size=config.eval_batch_size, replay_batch_size=config.replay_batch_size,
             drop_last=config.drop_last, task_free=data.task_free, recalibrate_bn=config.recalibrate_bn,
-            hyperparameters=config.hyperparameters_of(name),
+            scr_views=config.scr_views, hyperparameters=config.hyperparameters_of(name),
         )
         if data.task_free:
-            evaluator = task_free_evaluator(config, data)
+            evaluator = TaskFreeEvaluator.for_stream(data)
             sizes = [len(experience.dataset) for experience in benchmark.train_stream]
             strategy = build_baseline(name, model, optimizer, settings, [TaskFreeEvaluationPlugin(evaluator, sizes)])
             start = time.perf_counter()

@@ -92,7 +92,7 @@ for _entry in (
     StrategyEntry(
         "scr",
         "SCR: supervised contrastive replay (two views a sample), nearest-class-mean prediction",
-        reads=("replay_batch_size",),
+        reads=("replay_batch_size", "scr_views"),
         hyperparameters={"temperature": 0.1},
     ),
     StrategyEntry(

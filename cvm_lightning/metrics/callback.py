@@ -138,9 +138,14 @@ class ContinualMetricsCallback(pl.Callback):
         if log_dir is not None:  # no logger: nowhere the user asked for files
             self._write_matrix(Path(log_dir), R)
 
-    @rank_zero_only
     def _write_matrix(self, log_dir: Path, R: torch.Tensor) -> None:
-        path = log_dir / "accuracy_matrix.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = [[None if v != v else round(float(v), 6) for v in row] for row in R.tolist()]
-        path.write_text(json.dumps({"accuracy_matrix": rows, **self.summary}, indent=2))
+        write_accuracy_matrix(log_dir, R, self.summary)
+
+
+@rank_zero_only
+def write_accuracy_matrix(log_dir: Path, R: torch.Tensor, summary: Mapping[str, Any]) -> None:
+    """``log_dir/accuracy_matrix.json``: the matrix (``null`` where not measured) beside its summary, on rank zero."""
+    path = log_dir / "accuracy_matrix.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [[None if v != v else round(float(v), 6) for v in row] for row in R.tolist()]
+    path.write_text(json.dumps({"accuracy_matrix": rows, **summary}, indent=2))

@@ -21,13 +21,16 @@ import math
 import time
 from collections.abc import Sequence
 from itertools import accumulate
+from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from avalanche.core import SupervisedPlugin
 from torch.utils.data import DataLoader
 
+from cvm_lightning.metrics.callback import write_accuracy_matrix
 from cvm_lightning.metrics.continual import AccuracyMatrix
+from cvm_lightning.metrics.functional import summarize
 from cvm_lightning.metrics.zero_shot import in_eval_mode
 
 
@@ -62,6 +65,13 @@ class TaskFreeEvaluator:
         self.seconds = 0.0  # spent scoring: the caller's training time leaves it out
         self.seen: set[int] = set()
         self.anytime: list[tuple[int, float]] = []  # (training samples so far, accuracy on the seen classes)
+
+    @classmethod
+    def for_stream(cls, datamodule, device: torch.device | str = "cpu") -> "TaskFreeEvaluator":
+        """The evaluator of a task-free ``ClassIncrementalDataModule``: its test experiences, ``anytime_every``."""
+        h = datamodule.hparams
+        return cls([exp.dataset.eval() for exp in datamodule.benchmark.test_stream], every=h.anytime_every,
+                   batch_size=h.eval_batch_size, device=device)
 
     @torch.no_grad()
     def _predictions(self, model: torch.nn.Module, dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,20 +114,49 @@ class TaskFreeEvaluator:
 
 
 class TaskFreeEvaluation(pl.Callback):
-    """Feeds a one-pass ``fit`` over a task-free stream into a :class:`TaskFreeEvaluator`.
+    """Scores a one-pass ``fit`` over a task-free data module at its hidden boundaries and anytime.
 
-    ``experience_ends[k]`` is the number of training batches up to and
-    including experience ``k``'s last (the data module's
-    ``experience_end_batches``). The model never hears of them.
+    At setup, for a task-free :class:`~cvm_lightning.data.ClassIncrementalDataModule`
+    (``mini_experience_size``), it builds ``evaluator``
+    (:meth:`TaskFreeEvaluator.for_stream`), learns from the data module
+    where each experience ends (``experience_end_batches``; the model never
+    hears of it) and turns Lightning's validation off, since the evaluator
+    scores the model itself. After the pass it logs ``{prefix}avg_acc``,
+    ``forgetting`` and ``anytime_acc`` and, when the Trainer has a logger,
+    writes ``accuracy_matrix.json`` (with the anytime points) into its
+    ``log_dir``. A boundary-aware data module leaves it idle, so it can sit
+    beside :class:`~cvm_lightning.metrics.ContinualMetricsCallback` in every
+    Trainer (``cvm fit`` has both).
     """
 
-    def __init__(self, evaluator: TaskFreeEvaluator, experience_ends: Sequence[int]) -> None:
-        self.evaluator = evaluator
-        self.ends = {end - 1: k for k, end in enumerate(experience_ends)}  # batch index -> experience
+    def __init__(self, prefix: str = "cl/") -> None:
+        self.prefix = prefix
+        self.evaluator: TaskFreeEvaluator | None = None
+        self.ends: dict[int, int] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        if stage != "fit" or not getattr(datamodule, "task_free", False):
+            return
+        self.evaluator = TaskFreeEvaluator.for_stream(datamodule, device=pl_module.device)
+        self.ends = {end - 1: k for k, end in enumerate(datamodule.experience_end_batches)}  # batch -> experience
+        trainer.limit_val_batches = 0
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
                            batch_idx: int) -> None:
-        self.evaluator.advance(pl_module, batch[1], ended=self.ends.get(batch_idx))
+        if self.evaluator is not None:
+            self.evaluator.advance(pl_module, batch[1], ended=self.ends.get(batch_idx))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.evaluator is None:
+            return
+        R = self.evaluator.matrix.compute().cpu()
+        anytime = self.evaluator.summary()
+        summary = {**summarize(R), "anytime_acc": anytime["anytime_accuracy"]}
+        for key, value in summary.items():
+            pl_module.log(self.prefix + key, value, sync_dist=False)
+        if trainer.logger is not None:
+            write_accuracy_matrix(Path(trainer.log_dir), R, {**summary, "anytime": anytime["anytime"]})
 
 
 class TaskFreeEvaluationPlugin(SupervisedPlugin):

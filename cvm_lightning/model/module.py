@@ -89,7 +89,8 @@ class CVMModule(pl.LightningModule):
         normalize: the pixel statistics of a backbone trained here: ``"centered"``
             maps [0, 1] to [-1, 1]; ``"cifar10"`` uses CIFAR-10's channel mean and
             std; ``"cifar10-avalanche"`` the smaller std of Avalanche's CIFAR
-            transforms. A pretrained backbone keeps its own.
+            transforms; ``"none"`` leaves [0, 1] as it is. A pretrained backbone
+            keeps its own.
         augment: training-batch augmentation, replayed samples included:
             ``"none"``, ``"crop"`` or ``"crop-flip"`` (see
             :mod:`cvm_lightning.model.augment`).

@@ -88,6 +88,7 @@ class BaselineSettings:
     batch (pass it to ``strategy.train`` too: Avalanche takes it there).
     ``task_free`` strategies train on mini-experiences of a stream whose
     boundaries they are not told: nothing resets or recalibrates between them.
+    ``scr_views`` names SCR's second view of each sample (:data:`SCR_VIEWS`).
     """
 
     buffer_size: int
@@ -99,6 +100,7 @@ class BaselineSettings:
     task_free: bool = False
     device: str = "cpu"
     recalibrate_bn: bool = True
+    scr_views: str = "crop-flip"
     hyperparameters: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -317,12 +319,39 @@ def _icarl(model, optimizer, settings, plugins):
     return _every_class_scored(strategy, strategy.model.eval_classifier, model)
 
 
-class SameSizeResizedCrop(nn.Module):
-    """SCR's view augmentation on a batch: a random resized crop (scale 0.2-1) back to the batch's size, and a flip."""
+class SCRViews(nn.Module):
+    """SCR's second view of each sample in a batch, each sample with its own random draw.
+
+    ``"crop-flip"``: a random resized crop (scale 0.2-1) back to the batch's
+    size and a horizontal flip. ``"crop-flip-colour"`` adds colour jitter
+    (0.4, 0.4, 0.4, 0.1 at p 0.8) and greyscale at p 0.2: the views of the SCR
+    paper and of Avalanche's reference script (Kornia's, which draw per
+    sample too). Single-channel images get the brightness and contrast
+    jitter alone, since saturation, hue and greyscale need colour.
+    """
+
+    def __init__(self, colour: bool = False) -> None:
+        super().__init__()
+        self.colour = colour
+
+    def _view(self, size: tuple[int, int], channels: int) -> v2.Transform:
+        steps = [v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True), v2.RandomHorizontalFlip()]
+        if self.colour and channels == 3:
+            steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)]
+        elif self.colour:
+            steps += [v2.RandomApply([v2.ColorJitter(0.4, 0.4)], p=0.8)]
+        return v2.Compose(steps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        crop = v2.RandomResizedCrop(tuple(x.shape[-2:]), scale=(0.2, 1.0), antialias=True)
-        return v2.RandomHorizontalFlip()(crop(x))
+        view = self._view(tuple(x.shape[-2:]), x.shape[1])
+        # One call per sample: a v2 transform given a batch draws one crop (and one jitter) for all of it.
+        return torch.stack([view(sample) for sample in x])
+
+
+SCR_VIEWS: dict[str, Callable[[], nn.Module]] = {
+    "crop-flip": lambda: SCRViews(colour=False),
+    "crop-flip-colour": lambda: SCRViews(colour=True),
+}
 
 
 class _UnitProjection(nn.Module):
@@ -345,7 +374,7 @@ def _scr(model, optimizer, settings, plugins):
     strategy = SCR(
         model=SCRModel(EncoderFeatures(model), projection),
         optimizer=optimizer,
-        augmentations=SameSizeResizedCrop(),
+        augmentations=SCR_VIEWS[settings.scr_views](),
         mem_size=settings.buffer_size,
         batch_size_mem=settings.memory_batch_size,
         **settings.hyperparameters,

@@ -31,7 +31,14 @@ class ExperienceSchedule(pl.Callback):
     validates. The progress bar shows the
     experience, and each validation logs it as ``experience``, which
     :func:`~cvm_lightning.training.experience_checkpoints` names its files by.
+
+    A task-free data module (``mini_experience_size``) tells no one where an
+    experience ends: the schedule then sets one epoch, the single pass, and
+    calls no experience hook; CVM's seen classes grow from batch labels, and
+    :class:`~cvm_lightning.metrics.task_free.TaskFreeEvaluation` scores the run.
     """
+
+    task_free = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -42,12 +49,10 @@ class ExperienceSchedule(pl.Callback):
                 "ExperienceSchedule needs trainer.fit(model, datamodule=ClassIncrementalDataModule(...)); "
                 "with plain dataloaders, call start_experience and fit once per experience instead."
             )
-        if getattr(datamodule, "task_free", False):
-            raise ConfigError(
-                "A task-free stream (mini_experience_size) tells no one where an experience ends, so there is "
-                "nothing to schedule: fit it without ExperienceSchedule, and score it with TaskFreeEvaluation "
-                "(cvm_lightning.metrics.task_free)."
-            )
+        self.task_free = bool(getattr(datamodule, "task_free", False))
+        if self.task_free:  # nothing to schedule: one pass, and no experience hook (TaskFreeEvaluation scores it)
+            trainer.fit_loop.max_epochs = datamodule.max_epochs
+            return
         epochs = datamodule.epochs_per_experience
         trainer.fit_loop.max_epochs = datamodule.max_epochs
         trainer.reload_dataloaders_every_n_epochs = epochs
@@ -57,6 +62,8 @@ class ExperienceSchedule(pl.Callback):
         return trainer.datamodule.experience_at(trainer.current_epoch)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.task_free:
+            return
         datamodule = trainer.datamodule
         experience = self._experience(trainer)
         if trainer.current_epoch % datamodule.epochs_per_experience == 0:
@@ -79,11 +86,13 @@ class ExperienceSchedule(pl.Callback):
                 config.scheduler = pl_module.build_scheduler(config.scheduler.optimizer)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and not self.task_free:
             pl_module.log("experience", float(self._experience(trainer)), on_epoch=True, sync_dist=False)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if self.task_free:
+            return
         datamodule = trainer.datamodule
         last_epoch = (trainer.current_epoch + 1) % datamodule.epochs_per_experience == 0
         last_batch = batch_idx + 1 >= trainer.num_training_batches
