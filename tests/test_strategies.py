@@ -78,3 +78,15 @@ def test_frozen_pretrained_protocol_with_the_training_free_ncm_reference(tmp_pat
     assert all(R[i][j] == 0 for i in range(5) for j in range(i + 1, 5)), "classes without a mean are never predicted"
     assert ncm["final_avg_accuracy"] > 0.4, "ImageNet features separate digits with no training at all"
     assert 0 <= cvm["final_avg_accuracy"] <= 1 and len(cvm["accuracy_matrix"]) == 5
+
+
+def test_der_keeps_one_unit_per_class_under_a_growing_head(tmp_path):
+    """DER's stored logits need every class's output: a grown head's masked -1000s swamped its MSE (0.10 on digits)."""
+    out = tmp_path / "run"
+    assert main(["run", "--benchmark", "split-digits", "--n-experiences", "2", "--train-per-class", "10",
+                 "--epochs", "1", "--buffer", "20", "--input-size", "16", "--growing-head", "--strategies",
+                 "der,er_ace", "--no-progress", "--out", str(out)]) == 0
+    strategies = json.loads((out / "results.json").read_text())["strategies"]
+    grown = strategies["er_ace"]["zero_shot_accuracy"]
+    assert grown != grown, "ER-ACE's head grew: no output for a class before it arrives (NaN)"
+    assert 0 <= strategies["der"]["zero_shot_accuracy"] <= 1, "DER scored unseen classes: its head has every class"

@@ -1,7 +1,7 @@
 import pytest
 
 from cvm_lightning.app.runner import RunConfig
-from cvm_lightning.app.sweep import run_cells, summary_rows
+from cvm_lightning.app.sweep import _same_settings, run_cells, summary_rows
 
 FAST = RunConfig(
     strategies=("cvm", "replay"), epochs_per_experience=1, input_size=8, train_per_class=20, test_per_class=10,
@@ -34,6 +34,14 @@ def test_cells_are_reused_and_a_cvm_option_reruns_only_cvm(tmp_path):
     assert table["stiffer"]["replay"] == first["default"]["replay"]
     rows = summary_rows(table)
     assert {(r["variant"], r["strategy"]) for r in rows} >= {("stiffer", "cvm"), ("more epochs", "replay")}
+
+
+def test_a_kept_cell_matches_across_settings_added_or_no_longer_read_only_at_their_defaults():
+    now = {"name": "der", "lr": 0.1, "drop_last": False}
+    assert _same_settings({"name": "der", "lr": 0.1}, now), "kept before drop_last existed: its default"
+    assert not _same_settings({"name": "der", "lr": 0.1}, {**now, "drop_last": True})
+    assert _same_settings({**now, "growing_head": False}, now), "no longer read, and kept at the default"
+    assert not _same_settings({**now, "growing_head": True}, now), "it ran with a setting it now ignores"
 
 
 @pytest.mark.slow

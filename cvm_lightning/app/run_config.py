@@ -45,7 +45,8 @@ RUN_SETTINGS: dict[str, Setting] = {s.name: s for s in (
     Setting("growing_head", "bool", False,
             "baselines with a linear head start with one unit and gain one per class as it arrives, the classes not "
             "trained yet masked (Avalanche's IncrementalClassifier); default: one unit per class from the start. "
-            "CVM, iCaRL, SCR and NCM have no linear head to grow"),
+            "CVM, iCaRL, SCR and NCM have no linear head to grow, and DER keeps one unit per class (the logits it "
+            "stores need every class's output)"),
     Setting("scr_views", "str", "crop-flip",
             "SCR's second view of each sample, each sample drawn on its own: crop-flip (random resized crop at "
             "scale 0.2-1 and a flip) or crop-flip-colour (also colour jitter 0.4/0.4/0.4/0.1 at p 0.8 and greyscale "

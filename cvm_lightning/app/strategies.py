@@ -74,8 +74,9 @@ for _entry in (
         hyperparameters={"alpha": 1.0, "temperature": 2.0},
     ),
     StrategyEntry("ewc", "Elastic Weight Consolidation", reads=LINEAR_HEAD, hyperparameters={"ewc_lambda": 100.0}),
-    StrategyEntry("der", "DER++: replay of labels and logits", reads=LINEAR_HEAD,
-                  hyperparameters={"alpha": 0.1, "beta": 0.5}),
+    # DER keeps one unit per class from the start: the logits it stores at an experience's end would hold the
+    # masked score (-1000) of every class a growing head has not added yet, and its MSE on them swamps training.
+    StrategyEntry("der", "DER++: replay of labels and logits", hyperparameters={"alpha": 0.1, "beta": 0.5}),
     StrategyEntry("gdumb", "GDumb: retrain from a greedy class-balanced memory", reads=LINEAR_HEAD),
     StrategyEntry("er_ace", "ER-ACE: replay with the asymmetric cross-entropy, CVM's loss on a learned linear head",
                   reads=(*LINEAR_HEAD, "replay_batch_size")),

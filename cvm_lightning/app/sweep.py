@@ -101,9 +101,14 @@ def run_cell(config: RunConfig, strategy: str, out_dir: Path, report: Callable[[
 
 
 def _same_settings(kept: dict, now: dict) -> bool:
-    """Whether a kept cell ran with the settings ``now``; one kept before a setting existed ran it at its default."""
-    return set(kept) <= set(now) and all(kept.get(name, DEFAULT_VALUES.get(name)) == value
-                                         for name, value in now.items())
+    """Whether a kept cell ran with the settings ``now``.
+
+    A cell kept before a setting existed ran it at its default; a setting
+    the strategy no longer reads matches where the cell kept its default,
+    which is how the strategy runs now.
+    """
+    return (all(kept.get(name, DEFAULT_VALUES.get(name)) == value for name, value in now.items())
+            and all(value == DEFAULT_VALUES.get(name) for name, value in kept.items() if name not in now))
 
 
 def run_seeds(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print) -> dict:
