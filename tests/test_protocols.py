@@ -104,6 +104,7 @@ def test_bad_protocol_input_is_one_line_and_writes_nothing(tmp_path, capsys):
     expect_error(["protocols", "--yaml"], "--yaml prints one preset", capsys, tmp_path)
     expect_error(["run", "--momentum", "1.5", "--out", str(out)], "--momentum must be a number >= 0 and < 1",
                  capsys, tmp_path)
+    expect_error(["run", "--scr-views", "colour", "--out", str(out)], "invalid choice: 'colour'", capsys, tmp_path)
     assert not out.exists()
 
 
