@@ -132,6 +132,27 @@ def test_int8_onnx_is_a_quarter_of_the_size_and_predicts_like_float32(trained, t
     assert accuracy[int8] >= accuracy[fp32] - 0.05, accuracy
 
 
+def test_int8_weights_keep_to_7_bits_so_no_cpu_saturates_their_products(workspace, tmp_path):
+    """Without VNNI, onnxruntime adds pairs of u8 x s8 products in 16 bits: 2 x 255 x 64 = 32,640 still fits.
+
+    8-bit weights (up to 127) could reach 64,770 and saturate, so an int8 file
+    would predict differently on AVX2-only CPUs; 7-bit ones compute the same
+    integer sums on every x86 CPU, whichever kernel this machine picks.
+    """
+    onnx = pytest.importorskip("onnx", reason="needs `pip install cvm_lightning[onnx]`")
+    pytest.importorskip("onnxruntime", reason="needs `pip install cvm_lightning[onnx]`")
+    from onnx import numpy_helper
+
+    out = tmp_path / "int8.onnx"
+    assert main(["export", "--checkpoint", str(workspace["ckpt"]), "--format", "onnx", "--quantize", "int8",
+                 "--out", str(out)]) == 0
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8]
+    assert len(weights) >= 10, "every convolution and linear layer has int8 weights"
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= 64
+    assert 2 * 255 * 64 <= np.iinfo(np.int16).max
+
+
 def test_int8_needs_onnx_and_a_replay_memory(digit_bank, workspace, tmp_path, capsys):
     from cvm_lightning.deploy import export_model
     from cvm_lightning.errors import ConfigError
