@@ -13,6 +13,20 @@ read the same decoded images (the benchmark's own loader, once), so the
 comparison is of the training loops alone. Reported per seed: training
 seconds (the ``train`` calls), final average accuracy, and the ratio of the
 two times (``cvm run`` over the peer).
+
+The same seed does not give the two runs the same random numbers, and one
+float rounding apart is enough for two runs of this SGD (batches of 10 at
+0.1) to part within a few steps, so a difference in accuracy on one seed is
+a difference between two seeds. ``--align-random-numbers`` changes the peer
+in the places where its random numbers or its arithmetic differ from ``cvm
+run``'s, and nowhere else: its backbone is initialised again from the seed
+after the linear layer the script draws and then replaces; it takes each
+experience's samples in the stream's order (``nc_benchmark`` regroups them
+in label order); and it evaluates the whole test stream after each
+experience with the generators put back afterwards, as ``cvm run`` does (an
+evaluation grows Avalanche's incremental head to the classes it sees). The
+two runs then compute the same numbers, so equal accuracies show that the
+loops are the same.
 """
 
 from __future__ import annotations
@@ -31,20 +45,24 @@ from cvm_lightning.app.run_config import RunConfig
 from cvm_lightning.app.runner import run
 from cvm_lightning.settings import PIXEL_STATISTICS
 from cvm_lightning.streams import StreamConfig, build_benchmark
+from cvm_lightning.training.checkpoints import random_state_kept
 
 PROTOCOL = "clb-split-cifar10"
 
 
-def decoded_splits(data_root: Path, train_per_class: int | None) -> tuple:
-    """The stream's training and test images as tensors, decoded once by the package's own loader."""
-    benchmark = build_benchmark("split-cifar10", StreamConfig(data_root=data_root, shuffle_classes=False,
-                                                              train_per_class=train_per_class))
+def decoded_splits(data_root: Path, train_per_class: int | None, seed: int) -> tuple[list, list]:
+    """Each experience's training and test images as tensors, in the stream's order, decoded once by the package.
 
-    def stacked(stream):
-        pairs = [(x, int(y)) for experience in stream for x, y, *_ in experience.dataset.eval()]
+    ``seed`` picks the images kept under ``train_per_class``, as it does for ``cvm run``.
+    """
+    benchmark = build_benchmark("split-cifar10", StreamConfig(data_root=data_root, shuffle_classes=False,
+                                                              train_per_class=train_per_class, seed=seed))
+
+    def stacked(experience):
+        pairs = [(x, int(y)) for x, y, *_ in experience.dataset.eval()]
         return torch.stack([x for x, _ in pairs]), torch.tensor([y for _, y in pairs])
 
-    return stacked(benchmark.train_stream), stacked(benchmark.test_stream)
+    return [stacked(e) for e in benchmark.train_stream], [stacked(e) for e in benchmark.test_stream]
 
 
 class LabelledTensors(torch.utils.data.TensorDataset):
@@ -55,11 +73,15 @@ class LabelledTensors(torch.utils.data.TensorDataset):
         self.targets = y.tolist()
 
 
-def peer(train, test, seed: int) -> tuple[float, float]:
-    """Avalanche's ER-ACE run the way its reference script runs it; returns (training seconds, final accuracy)."""
+def peer(train, test, seed: int, align: bool = False) -> tuple[float, float]:
+    """Avalanche's ER-ACE run the way its reference script runs it; returns (training seconds, final accuracy).
+
+    ``align`` draws the random numbers as ``cvm run`` does (see the module's docstring).
+    """
+    import contextlib
     import random
 
-    from avalanche.benchmarks import nc_benchmark
+    from avalanche.benchmarks import dataset_benchmark, nc_benchmark
     from avalanche.evaluation.metrics import accuracy_metrics
     from avalanche.models import SlimResNet18
     from avalanche.models.dynamic_modules import IncrementalClassifier
@@ -72,10 +94,22 @@ def peer(train, test, seed: int) -> tuple[float, float]:
     random.seed(seed)
     mean, std = PIXEL_STATISTICS["cifar10-avalanche"]
     normalize = transforms.Normalize(mean, std)
-    datasets = [LabelledTensors(x, y) for x, y in (train, test)]
-    scenario = nc_benchmark(*datasets, n_experiences=5, task_labels=False, seed=0, fixed_class_order=list(range(10)),
-                            train_transform=normalize, eval_transform=normalize)
+    if align:  # each experience's samples in the order cvm run's stream holds them
+        scenario = dataset_benchmark([LabelledTensors(x, y) for x, y in train],
+                                     [LabelledTensors(x, y) for x, y in test],
+                                     train_transform=normalize, eval_transform=normalize)
+    else:  # the script's: nc_benchmark puts each experience's classes in label order
+        datasets = [LabelledTensors(torch.cat([x for x, _ in split]), torch.cat([y for _, y in split]))
+                    for split in (train, test)]
+        scenario = nc_benchmark(*datasets, n_experiences=5, task_labels=False, seed=0,
+                                fixed_class_order=list(range(10)), train_transform=normalize,
+                                eval_transform=normalize)
     model = SlimResNet18(1)
+    if align:  # the backbone's draws again, without the replaced layer's after them
+        torch.manual_seed(seed)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.reset_parameters()
     model.linear = IncrementalClassifier(model.linear.in_features, 1)
     evaluator = EvaluationPlugin(accuracy_metrics(stream=True), loggers=[])
     strategy = ER_ACE(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), train_mb_size=10,
@@ -85,7 +119,8 @@ def peer(train, test, seed: int) -> tuple[float, float]:
         start = time.perf_counter()
         strategy.train(experience, num_workers=0, drop_last=True)
         seconds += time.perf_counter() - start
-        strategy.eval(scenario.test_stream[: t + 1])
+        with random_state_kept() if align else contextlib.nullcontext():
+            strategy.eval(scenario.test_stream if align else scenario.test_stream[: t + 1])
     metrics = strategy.eval(scenario.test_stream)
     return seconds, float(metrics["Top1_Acc_Stream/eval_phase/test_stream/Task000"])
 
@@ -105,20 +140,24 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--train-per-class", type=int, default=None, help="fewer training images, for a quick look")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--align-random-numbers", action="store_true",
+                        help="the peer draws its random numbers as cvm run does (see above)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
-    train, test = decoded_splits(args.data_root, args.train_per_class)
     rows = []
     for seed in args.seeds:
-        peer_seconds, peer_accuracy = peer(train, test, seed)
+        train, test = decoded_splits(args.data_root, args.train_per_class, seed)
+        peer_seconds, peer_accuracy = peer(train, test, seed, args.align_random_numbers)
         our_seconds, our_accuracy = ours(args.data_root, args.train_per_class, seed)
         rows.append({"seed": seed, "Avalanche s": f"{peer_seconds:.0f}", "cvm run s": f"{our_seconds:.0f}",
                      "time ratio": f"{our_seconds / peer_seconds:.2f}", "Avalanche acc": f"{peer_accuracy:.3f}",
                      "cvm run acc": f"{our_accuracy:.3f}", "acc difference": f"{our_accuracy - peer_accuracy:+.3f}"})
-    print(f"ER-ACE, {PROTOCOL}, {len(train[1])} training images, threads {torch.get_num_threads()}")
+    aligned = ", random numbers aligned" if args.align_random_numbers else ""
+    print(f"ER-ACE, {PROTOCOL}, {sum(len(y) for _, y in train)} training images, "
+          f"threads {torch.get_num_threads()}{aligned}")
     print(table(rows, list(rows[0])))
     write_json(args.json, {"rows": rows, "args": {k: str(v) for k, v in vars(args).items()}})
 

@@ -81,8 +81,10 @@ def get_protocol(name: str) -> Protocol:
 
 
 # Where a run's data lives, how it shares the machine and which strategies and seeds it runs: none of
-# them changes what a strategy under the protocol computes, so none of them modifies it.
+# them changes what a strategy under the protocol computes, so none of them modifies it. A memory layout
+# (channels_last) is the same arithmetic in another order, as a thread count is.
 NOT_PROTOCOL_SETTINGS = ("protocol", "strategies", "seeds", "data_root", "download", "progress", "threads",
+                         "channels_last",
                          "anytime_every")  # scored in eval mode, apart from training's random numbers
 
 
