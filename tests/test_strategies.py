@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from cvm_lightning.app.cli import main
 from cvm_lightning.app.strategies import STRATEGIES
@@ -32,6 +33,7 @@ def test_er_ace_er_aml_icarl_scr_and_the_upper_bounds_run_beside_naive(tmp_path,
         )
     for result in results.values():
         assert len(result["accuracy_matrix"]) == 5 and 0 <= result["final_avg_accuracy"] <= 1
+        assert result["nonfinite_loss_step"] is None, "a healthy run is not reported as diverged"
     assert results["cumulative"]["forgetting"] < results["naive"]["forgetting"], "retraining on all data forgets less"
     assert results["er_ace"]["final_avg_accuracy"] > results["naive"]["final_avg_accuracy"], "replay beats fine-tuning"
     joint = results["joint"]
@@ -90,3 +92,47 @@ def test_der_keeps_one_unit_per_class_under_a_growing_head(tmp_path):
     grown = strategies["er_ace"]["zero_shot_accuracy"]
     assert grown != grown, "ER-ACE's head grew: no output for a class before it arrives (NaN)"
     assert 0 <= strategies["der"]["zero_shot_accuracy"] <= 1, "DER scored unseen classes: its head has every class"
+
+
+class PoisonedFrom(torch.nn.Module):
+    """A classifier whose training outputs turn NaN from its ``step``-th forward on (what a diverged net computes)."""
+
+    def __init__(self, net: torch.nn.Module, step: int) -> None:
+        super().__init__()
+        self.net, self.step, self.calls = net, step, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.step:
+                return out * float("nan")
+        return out
+
+
+def test_a_baselines_first_non_finite_loss_step_is_recorded():
+    from cvm_lightning.data import ClassIncrementalDataModule
+    from cvm_lightning.training import BaselineSettings, ClassifierNet, NonFiniteLossPlugin, build_baseline
+
+    data = ClassIncrementalDataModule("split-digits", mini_experience_size=10, batch_size=10,
+                                      epochs_per_experience=1, train_per_class=5)
+    settings = BaselineSettings(buffer_size=20, batch_size=10, epochs=1, task_free=True, recalibrate_bn=False)
+    for poisoned_from, expected in ((3, 3), (99, None)):
+        model = PoisonedFrom(ClassifierNet("reduced_resnet18", 10, in_chans=1, input_size=16), poisoned_from)
+        plugin = NonFiniteLossPlugin()
+        strategy = build_baseline("naive", model, torch.optim.SGD(model.parameters(), lr=0.1), settings, [plugin])
+        for mini_experience in data.online_train_stream():
+            strategy.train(mini_experience, num_workers=0)
+        assert plugin.steps == 5 and plugin.first == expected
+
+
+def test_a_diverged_baseline_is_named_in_the_report(tmp_path, capsys):
+    """A loss that turned NaN leaves a model predicting one class: the report says so instead of a weak score."""
+    out = tmp_path / "run"
+    assert main(["run", "--benchmark", "split-digits", "--n-experiences", "2", "--train-per-class", "10",
+                 "--epochs", "1", "--input-size", "16", "--strategies", "naive", "--optimizer", "sgd", "--lr", "1e30",
+                 "--no-progress", "--out", str(out)]) == 0
+    step = json.loads((out / "results.json").read_text())["strategies"]["naive"]["nonfinite_loss_step"]
+    assert isinstance(step, int) and step >= 1
+    note = f"naive: its training loss became NaN or infinite at step {step}, so the run diverged"
+    assert note in capsys.readouterr().out and note in (out / "results.md").read_text()

@@ -305,7 +305,13 @@ def _run_in(config, out: Path) -> int:
         print(f"\nWrote {', '.join(str(p) for p in paths)}; each seed's run is in {out / 'runs'}")
         return 0
 
-    from cvm_lightning.app.reporting import conditions_section, protocol_line, text_table, write_results
+    from cvm_lightning.app.reporting import (
+        conditions_section,
+        divergence_section,
+        protocol_line,
+        text_table,
+        write_results,
+    )
     from cvm_lightning.app.runner import run
 
     results = run(config, out)
@@ -314,7 +320,7 @@ def _run_in(config, out: Path) -> int:
     paths = write_results(results, out)
     print()
     print(protocol_line(results))
-    print(text_table(results) + conditions_section(results))
+    print(text_table(results) + divergence_section(results) + conditions_section(results))
     print(f"\nWrote {', '.join(str(p) for p in paths)}")
     if "cvm" in results["strategies"]:
         final = out / "final.ckpt"

@@ -160,6 +160,18 @@ def conditions_section(results: dict, markdown: bool = False) -> str:
             f"forgetting.\n\n{condition_table(results, markdown=True)}\n")
 
 
+def divergence_note(strategy: str, step: int) -> str:
+    """What a run whose loss stopped being a number means for its row."""
+    return (f"{strategy}: its training loss became NaN or infinite at step {step}, so the run diverged; its "
+            "accuracies are a diverged model's, not the strategy's.")
+
+
+def divergence_section(results: dict) -> str:
+    """A note for each strategy of ``results`` whose training diverged (empty when none did)."""
+    return "".join(f"\n\n{divergence_note(name, r['nonfinite_loss_step'])}"
+                   for name, r in results["strategies"].items() if r.get("nonfinite_loss_step") is not None)
+
+
 def seed_table(results: dict, markdown: bool = False) -> str:
     """Mean ± std over the seeds of ``cvm run --seeds``, one row per strategy (text, or Markdown)."""
     head = ["strategy", *METRICS.values(), *_reference_columns(results)]
@@ -213,7 +225,8 @@ def write_results(results: dict, out_dir: Path) -> list[Path]:
         f"{_stream_line(results)}\n\n{protocol_line(results)}\n\n"
         "Accuracies in [0, 1]; forgetting in max mode (Chaudhry et al. 2018).\n\n"
     )
-    atomic_write_text(md_path, header + markdown_table(results) + "\n" + conditions_section(results, markdown=True))
+    atomic_write_text(md_path, header + markdown_table(results) + divergence_section(results) + "\n"
+                      + conditions_section(results, markdown=True))
     return [json_path, md_path, *plot_results(results, out_dir)]
 
 

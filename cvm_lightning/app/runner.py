@@ -14,6 +14,7 @@ import torch
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from cvm_lightning.app.reporting import divergence_note
 from cvm_lightning.app.resources import PeakRSS
 from cvm_lightning.app.run_config import RunConfig
 from cvm_lightning.app.strategies import STRATEGIES
@@ -38,6 +39,7 @@ from cvm_lightning.training import (
     BaselineSettings,
     ClassifierNet,
     ExperienceSchedule,
+    NonFiniteLossPlugin,
     RunState,
     build_baseline,
     experience_checkpoints,
@@ -64,10 +66,12 @@ class StrategyResult:
     anytime_accuracy: float = math.nan
     anytime: list = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    nonfinite_loss_step: int | None = None  # a baseline's first training step with a NaN or inf loss: it diverged
 
 
 def _result(R: torch.Tensor, train_seconds: float, model: torch.nn.Module, peak_mb: float,
-            zero_shot: ZeroShotRecorder | None = None, anytime: TaskFreeEvaluator | None = None) -> StrategyResult:
+            zero_shot: ZeroShotRecorder | None = None, anytime: TaskFreeEvaluator | None = None,
+            nonfinite_loss_step: int | None = None) -> StrategyResult:
     """The numbers of a finished strategy; a task-free run has no zero-shot rows, a boundary-aware one no anytime."""
     summary = summarize(R)
     transfer = zero_shot.summary() if zero_shot is not None else {}
@@ -88,6 +92,7 @@ def _result(R: torch.Tensor, train_seconds: float, model: torch.nn.Module, peak_
         zero_shot={k: [round(v, 6) for v in row] for k, row in transfer.get("zero_shot", {}).items()},
         anytime_accuracy=points.get("anytime_accuracy", math.nan),
         anytime=points.get("anytime", []),
+        nonfinite_loss_step=nonfinite_loss_step,
     )
 
 
@@ -184,10 +189,12 @@ def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
             drop_last=config.drop_last, task_free=data.task_free, recalibrate_bn=config.recalibrate_bn,
             scr_views=config.scr_views, hyperparameters=config.hyperparameters_of(name),
         )
+        nonfinite = NonFiniteLossPlugin()
         if data.task_free:
             evaluator = TaskFreeEvaluator.for_stream(data)
             sizes = [len(experience.dataset) for experience in benchmark.train_stream]
-            strategy = build_baseline(name, model, optimizer, settings, [TaskFreeEvaluationPlugin(evaluator, sizes)])
+            strategy = build_baseline(name, model, optimizer, settings,
+                                      [TaskFreeEvaluationPlugin(evaluator, sizes), nonfinite])
             start = time.perf_counter()
             for mini_experience in data.online_train_stream():
                 strategy.train(mini_experience, num_workers=0, drop_last=settings.drop_last)
@@ -197,13 +204,14 @@ def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
             recorder = AccuracyMatrixPlugin(benchmark.n_experiences)
             zero_shot = ZeroShotPlugin(benchmark.test_stream)
             # A growing head has no output for a class before its experience: nothing to score zero-shot (n/a).
-            plugins = [recorder] if growing else [recorder, zero_shot]
+            plugins = [recorder, nonfinite] if growing else [recorder, zero_shot, nonfinite]
             strategy = build_baseline(name, model, optimizer, settings, plugins)
             train_seconds = _train_experiences(name, strategy, data, settings, report)
     if data.task_free:
-        return _result(evaluator.matrix.compute(), train_seconds, model, peak.peak_mb, anytime=evaluator)
+        return _result(evaluator.matrix.compute(), train_seconds, model, peak.peak_mb, anytime=evaluator,
+                       nonfinite_loss_step=nonfinite.first)
     return _result(recorder.matrix.compute(), train_seconds, model, peak.peak_mb,
-                   zero_shot=None if growing else zero_shot.recorder)
+                   zero_shot=None if growing else zero_shot.recorder, nonfinite_loss_step=nonfinite.first)
 
 
 def _train_experiences(name: str, strategy, data: ClassIncrementalDataModule, settings: BaselineSettings,
@@ -316,4 +324,6 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
         if rank_zero_only.rank == 0:
             atomic_write_text(finished, json.dumps(results["strategies"][name], indent=2))
         report(f"   final average accuracy {result.final_avg_accuracy:.3f}, forgetting {result.forgetting:.3f}")
+        if result.nonfinite_loss_step is not None:
+            report(f"   {divergence_note(name, result.nonfinite_loss_step)}")
     return results

@@ -15,6 +15,7 @@ from cvm_lightning.training.checkpoints import (
     fit_resumable,
     random_state_kept,
 )
+from cvm_lightning.training.divergence import NonFiniteLossPlugin
 from cvm_lightning.training.schedule import ExperienceSchedule
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "CVMStrategy",
     "ClassifierNet",
     "ExperienceSchedule",
+    "NonFiniteLossPlugin",
     "RunState",
     "build_baseline",
     "experience_checkpoints",
