@@ -32,6 +32,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "scheduler": ("none", "cosine"),
     "format": ("torchscript", "onnx"),
     "precision": ("32-true", "bf16-mixed"),  # Lightning's names; hardware.py says where bf16 pays
+    "accelerator": ("cpu", "gpu"),  # Lightning's names; hardware.TORCH_DEVICES maps them to torch's
     "quantize": ("none", "int8"),
     "learn_method": (
         "finetune",

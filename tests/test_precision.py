@@ -1,4 +1,4 @@
-"""Precision, memory order and threads: what each changes, and what each refuses."""
+"""Precision, memory order, threads and accelerator: what each changes, and what each refuses."""
 
 import json
 
@@ -13,6 +13,7 @@ from cvm_lightning.model.encoder import VisualEncoder
 from cvm_lightning.training.baselines import ClassifierNet
 
 needs_bf16 = pytest.mark.skipif(not hardware.native_bf16(), reason="this CPU has no native bfloat16")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (--accelerator gpu)")
 
 
 @needs_bf16
@@ -102,3 +103,32 @@ def test_threads_are_applied_and_a_run_resumes_with_another_count(workspace, tmp
         assert (out / "results.json").is_file() and "cvm: finished earlier, kept" in capsys.readouterr().out
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_gpu_run_without_a_gpu_is_refused_before_anything_is_written(workspace, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(hardware, "gpu", lambda: (None, "none (torch built for the CPU only)"))
+    out = tmp_path / "out"
+    expect_error(["run", *TINY_RUN, "--data-root", str(workspace["data"]), "--accelerator", "gpu",
+                  "--out", str(out)], "Use --accelerator cpu", capsys, tmp_path)
+    assert not out.exists()
+
+
+@needs_cuda
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [
+    ["--strategies", "cvm,er_ace,der,scr,icarl,ewc", "--buffer", "16"],
+    ["--strategies", "cvm,replay,er_aml", "--buffer", "16", "--mini-experience-size", "8", "--batch-size", "4",
+     "--anytime-every", "16", "--no-recalibrate-bn"],
+    ["--strategies", "cvm,naive,ncm", "--freeze-backbone", "--augment", "none"],  # cached features meet the GPU
+], ids=["boundary-aware", "task-free", "frozen-backbone"])
+def test_every_strategy_trains_and_is_scored_on_the_gpu(flags, workspace, tmp_path):
+    out = tmp_path / "run"
+    torch.cuda.reset_peak_memory_stats()
+    args = [*TINY_RUN, "--data-root", str(workspace["data"]), "--accelerator", "gpu", *flags, "--out", str(out)]
+    assert main(["run", *args]) == 0
+    assert torch.cuda.max_memory_allocated() > 0, "the strategies ran on the GPU"
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["accelerator"] == "gpu"
+    for name, result in results["strategies"].items():
+        assert len(result["accuracy_matrix"]) == 2, name
+        assert 0.0 <= result["final_avg_accuracy"] <= 1.0 and result["nonfinite_loss_step"] is None, name

@@ -53,7 +53,7 @@ def test_an_override_marks_the_run_modified_and_names_each_override(changes):
 
 def test_where_the_data_lives_and_how_the_run_shares_the_machine_do_not_modify_it():
     config = RunConfig.from_protocol(CLB, data_root="/somewhere", threads=1, progress=False, seeds=(0, 1),
-                                     strategies=("er_ace", "naive"), channels_last=True)
+                                     strategies=("er_ace", "naive"), channels_last=True, accelerator="gpu")
     assert config.protocol_report()["modified"] is False
 
 

@@ -12,6 +12,7 @@ from cvm_lightning.settings import CHOICES, check_settings
 
 def test_every_vocabulary_is_the_key_set_of_its_registry():
     from cvm_lightning.deploy.export import FORMATS
+    from cvm_lightning.hardware import TORCH_DEVICES
     from cvm_lightning.model.augment import AUGMENTATIONS
     from cvm_lightning.model.heads import HEADS
     from cvm_lightning.model.losses import LOSSES
@@ -24,6 +25,7 @@ def test_every_vocabulary_is_the_key_set_of_its_registry():
     assert tuple(OPTIMIZERS) == CHOICES["optimizer"]
     assert tuple(FORMATS) == CHOICES["format"]
     assert tuple(SCR_VIEWS) == CHOICES["scr_views"]
+    assert tuple(TORCH_DEVICES) == CHOICES["accelerator"]
     avalanche = [name for name, entry in STRATEGIES.items() if entry.runs_on == "avalanche"]
     assert avalanche == list(BASELINES), (
         "every Avalanche entry of the registry has a builder, and no builder is unlisted"

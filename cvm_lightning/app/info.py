@@ -37,7 +37,7 @@ def dependencies() -> list[tuple[str, str, str]]:
 
 
 def machine() -> dict[str, str]:
-    """The CPU, its vector features, cores, and the threads torch uses."""
+    """The CPU, its vector features, cores, the threads torch uses, and the GPU ``--accelerator gpu`` would use."""
     import torch
 
     flags = hardware.cpu_flags()
@@ -50,6 +50,7 @@ def machine() -> dict[str, str]:
         "cores (this process may use)": str(hardware.available_cores()),
         "logical CPUs": str(os.cpu_count()),
         "torch intra-op threads": str(torch.get_num_threads()),
+        "CUDA GPU": hardware.gpu()[1],
     }
 
 
@@ -69,6 +70,9 @@ def recommendations() -> list[str]:
     else:
         lines.append("--quantize int8: no VNNI here; exports keep weights to 7 bits, so onnxruntime's 16-bit "
                      "pair sums cannot saturate")
+    if hardware.gpu()[0] is not None:
+        lines.append("--accelerator gpu: trains every strategy on this machine's GPU (CVM through Lightning, the "
+                     "baselines through Avalanche's device)")
     cores = hardware.available_cores()
     if cores > 1:
         lines.append(f"--threads N: give each of several runs sharing these {cores} cores its own share "

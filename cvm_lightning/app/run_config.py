@@ -58,10 +58,15 @@ RUN_SETTINGS: dict[str, Setting] = {s.name: s for s in (
             "arithmetic of every strategy's training and evaluation: 32-true, or bf16-mixed (bfloat16 autocast: "
             "1.8x faster reduced_resnet18 training steps on a CPU with AVX512-BF16, slower on depthwise backbones "
             "such as MobileNet; refused where the CPU has no bfloat16 units)"),
+    Setting("accelerator", "str", "cpu",
+            "where every strategy trains and evaluates: cpu, or gpu (a CUDA GPU: Lightning's accelerator for CVM, "
+            "Avalanche's device for the baselines). A GPU rounds differently, so the same seed moves slightly, as "
+            "on another CPU; a protocol run there is not modified"),
     Setting("threads", "int | None", None,
             "intra-op CPU threads (default: torch's, one per physical core); give each of several runs sharing "
             "the cores its own share"),
-    Setting("devices", "int", 1, "CPU processes for CVM's training (Lightning devices)"),
+    Setting("devices", "int", 1,
+            "CPU processes, or GPUs with --accelerator gpu, for CVM's training (Lightning devices)"),
     Setting("strategy", "str", "auto", "Lightning strategy for CVM, e.g. ddp (gloo on CPU)"),
     Setting("progress", "bool", True, "show progress bars"),
 )}
@@ -241,7 +246,8 @@ def fit_config_yaml(name: str) -> str:
         "model": config.model_settings(),
         "data": {key: (str(value) if isinstance(value, Path) else value)
                  for key, value in config.data_settings().items()},
-        "trainer": {"precision": config.precision, "devices": config.devices, "accelerator": "cpu"},
+        "trainer": {"precision": config.precision, "devices": config.devices,
+                    "accelerator": config.accelerator},
     }
     head = (f"# {protocol.title}: {protocol.summary}.\n# Source: {protocol.source}.\n"
             "# Set data.data_root to the folder that holds the benchmark's data.\n")

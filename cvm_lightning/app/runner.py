@@ -22,7 +22,7 @@ from cvm_lightning.atomic import atomic_write_text
 from cvm_lightning.concepts import ConceptBank, TextModelSpec
 from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.errors import ConfigError, did_you_mean
-from cvm_lightning.hardware import check_precision, check_threads
+from cvm_lightning.hardware import TORCH_DEVICES, check_accelerator, check_precision, check_threads
 from cvm_lightning.metrics import ContinualMetricsCallback
 from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
 from cvm_lightning.metrics.functional import summarize
@@ -145,7 +145,7 @@ def run_cvm(
             num_sanity_val_steps=0,
             enable_model_summary=False,
             enable_progress_bar=config.progress,
-            accelerator="cpu",
+            accelerator=config.accelerator,
             precision=config.precision,
             devices=config.devices,
             strategy=config.strategy,
@@ -188,10 +188,11 @@ def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
             eval_batch_size=config.eval_batch_size, replay_batch_size=config.replay_batch_size,
             drop_last=config.drop_last, task_free=data.task_free, recalibrate_bn=config.recalibrate_bn,
             scr_views=config.scr_views, hyperparameters=config.hyperparameters_of(name),
+            device=TORCH_DEVICES[config.accelerator],
         )
         nonfinite = NonFiniteLossPlugin()
         if data.task_free:
-            evaluator = TaskFreeEvaluator.for_stream(data)
+            evaluator = TaskFreeEvaluator.for_stream(data, device=settings.device)
             sizes = [len(experience.dataset) for experience in benchmark.train_stream]
             strategy = build_baseline(name, model, optimizer, settings,
                                       [TaskFreeEvaluationPlugin(evaluator, sizes), nonfinite])
@@ -271,7 +272,8 @@ def prepare(config: RunConfig) -> tuple[ClassIncrementalDataModule, ConceptBank 
     """
     check_backbone(config.backbone)
     check_lightning_strategy(config.strategy)
-    check_precision(config.precision)
+    check_accelerator(config.accelerator)
+    check_precision(config.precision, config.accelerator)
     check_threads(config.threads)
     data = ClassIncrementalDataModule(**config.data_settings())
     if config.pretrained:  # weights that cannot be found or loaded (file, package, hub cache) are said now

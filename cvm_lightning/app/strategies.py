@@ -53,8 +53,8 @@ SHARED_SETTINGS: tuple[str, ...] = (
     "benchmark", "backbone", "epochs_per_experience", "batch_size", "drop_last", "eval_batch_size", "buffer_size",
     "optimizer", "lr", "momentum", "weight_decay", "seed", "shuffle_classes", "input_size", "normalize", "augment",
     "recalibrate_bn", "pretrained", "pretrained_file", "freeze_backbone", "data_root", "train_per_class",
-    "test_per_class", "n_experiences", "download", "precision", "channels_last", "eval_every",
-    "mini_experience_size", "anytime_every",
+    "test_per_class", "n_experiences", "download", "precision", "accelerator", "channels_last",
+    "eval_every", "mini_experience_size", "anytime_every",
 )
 # What the baselines with a learned linear head read beyond the shared settings.
 LINEAR_HEAD = ("growing_head",)

@@ -1,4 +1,4 @@
-"""How the model's arithmetic runs on the CPU: bfloat16 autocast and the intra-op thread count.
+"""How the model's arithmetic runs: bfloat16 autocast (CPU or GPU) and the CPU's intra-op thread count.
 
 :mod:`cvm_lightning.hardware` says what this CPU can do; this module acts on it with torch.
 """
@@ -11,11 +11,11 @@ from typing import ContextManager
 import torch
 
 
-def autocast(precision: str) -> ContextManager:
-    """The autocast context of ``precision`` on the CPU (a no-op for ``32-true``)."""
+def autocast(precision: str, device_type: str = "cpu") -> ContextManager:
+    """The autocast context of ``precision`` on ``device_type`` (a no-op for ``32-true``)."""
     if precision != "bf16-mixed":
         return contextlib.nullcontext()
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
 def set_threads(threads: int | None) -> int:

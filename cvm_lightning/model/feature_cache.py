@@ -116,12 +116,13 @@ class FeatureCache:
             for i, feature in zip(missing, fresh):
                 if self._bytes + feature.numel() * feature.element_size() > self.max_bytes:
                     break
-                self._features[keys[i]] = feature.clone()
+                self._features[keys[i]] = feature.cpu().clone()  # kept and saved on the CPU, whatever computed it
                 self._bytes += feature.numel() * feature.element_size()
             computed = dict(zip(missing, fresh))
         else:
             computed = {}
-        return torch.stack([computed[i] if i in computed else self._features[key] for i, key in enumerate(keys)])
+        return torch.stack([computed[i] if i in computed else self._features[key].to(images.device)
+                            for i, key in enumerate(keys)])
 
 
 def save_shared_caches() -> None:

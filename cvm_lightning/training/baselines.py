@@ -70,7 +70,7 @@ class ClassifierNet(nn.Module):
         self.precision = precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast(self.precision):
+        with autocast(self.precision, x.device.type):
             logits = self.classifier(self.encoder(x)).float()
         missing = self.n_classes - logits.shape[1]
         return F.pad(logits, (0, missing), value=self.classifier.mask_value) if missing > 0 else logits
@@ -200,7 +200,7 @@ class EncoderFeatures(nn.Module):
         self.encoder, self.precision = net.encoder, net.precision
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast(self.precision):
+        with autocast(self.precision, x.device.type):
             return self.encoder(x)
 
 
