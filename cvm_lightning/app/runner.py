@@ -65,7 +65,6 @@ class StrategyResult:
     zero_shot: dict = field(default_factory=dict)
     anytime_accuracy: float = math.nan
     anytime: list = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
     nonfinite_loss_step: int | None = None  # a baseline's first training step with a NaN or inf loss: it diverged
 
 
