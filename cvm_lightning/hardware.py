@@ -1,4 +1,4 @@
-"""What this machine does fast: native bfloat16, how many threads a run uses, and whether it has a GPU.
+"""What this CPU does fast: native bfloat16, and how many threads a run uses.
 
 ``cvm run --precision`` takes Lightning's precision names. ``bf16-mixed``
 runs matrix products and convolutions in bfloat16 under ``torch.autocast``
@@ -6,10 +6,9 @@ runs matrix products and convolutions in bfloat16 under ``torch.autocast``
 :func:`cvm_lightning.model.cpu.autocast` for the Avalanche baselines). It
 pays only on CPUs with bfloat16 units (x86 AVX512-BF16 or AMX, Arm BF16);
 elsewhere it is emulated and slower than ``32-true``, so a run refuses it there. ``--accelerator gpu``
-trains on a CUDA GPU instead (Lightning's accelerator for CVM, Avalanche's
-device for the baselines). The module reads the CPU from the operating
-system and imports torch only to ask for a GPU, so the command line checks
-other flags without it.
+trains on a CUDA GPU instead (:mod:`cvm_lightning.model.gpu` asks torch
+about it). The module reads the CPU from the operating system and imports
+no torch, so the command line checks flags without it.
 """
 
 from __future__ import annotations
@@ -69,35 +68,9 @@ def cpu_name() -> str:
 TORCH_DEVICES = {"cpu": "cpu", "gpu": "cuda"}
 
 
-def gpu() -> tuple[str | None, str]:
-    """The CUDA GPU torch would train on (``None`` where there is none), and a line that says which or why none."""
-    import torch
-
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        return name, f"{name} (CUDA {torch.version.cuda})"
-    build = f"built for CUDA {torch.version.cuda}" if torch.version.cuda else "built for the CPU only"
-    return None, f"none (torch {torch.__version__}, {build}, sees no CUDA GPU)"
-
-
-def check_accelerator(accelerator: str) -> None:
-    """``accelerator`` must exist here: ``gpu`` needs a CUDA GPU that this torch can use."""
-    if accelerator != "gpu":
-        return
-    name, line = gpu()
-    if name is None:
-        raise ConfigError(f"--accelerator gpu needs a CUDA GPU, and there is {line}. Use --accelerator cpu, or "
-                          "install a CUDA build of torch on a machine with an NVIDIA GPU.")
-
-
 def check_precision(precision: str, accelerator: str = "cpu") -> None:
-    """``precision`` must run natively where the run trains: ``bf16-mixed`` needs bfloat16 units there."""
-    if precision == "bf16-mixed" and accelerator == "gpu":
-        import torch
-
-        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-            raise ConfigError(f"--precision bf16-mixed needs a GPU with bfloat16 units, and "
-                              f"{torch.cuda.get_device_name()} has none. Use --precision 32-true.")
+    """``precision`` must run natively on this CPU: ``bf16-mixed`` needs bfloat16 units (a GPU's are checked apart)."""
+    if accelerator != "cpu":  # cvm_lightning.model.gpu.check_accelerator asks torch about the GPU's
         return
     if precision == "bf16-mixed" and not native_bf16():
         raise ConfigError(

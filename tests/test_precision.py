@@ -6,6 +6,7 @@ import pytest
 import torch
 from cli_helpers import TINY_RUN, expect_error
 
+import cvm_lightning.model.gpu
 from cvm_lightning import hardware
 from cvm_lightning.app.cli import main
 from cvm_lightning.model import CVMModule
@@ -106,7 +107,7 @@ def test_threads_are_applied_and_a_run_resumes_with_another_count(workspace, tmp
 
 
 def test_a_gpu_run_without_a_gpu_is_refused_before_anything_is_written(workspace, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(hardware, "gpu", lambda: (None, "none (torch built for the CPU only)"))
+    monkeypatch.setattr(cvm_lightning.model.gpu, "gpu", lambda: (None, "none (torch built for the CPU only)"))
     out = tmp_path / "out"
     expect_error(["run", *TINY_RUN, "--data-root", str(workspace["data"]), "--accelerator", "gpu",
                   "--out", str(out)], "Use --accelerator cpu", capsys, tmp_path)

@@ -40,6 +40,8 @@ def machine() -> dict[str, str]:
     """The CPU, its vector features, cores, the threads torch uses, and the GPU ``--accelerator gpu`` would use."""
     import torch
 
+    from cvm_lightning.model.gpu import gpu
+
     flags = hardware.cpu_flags()
     features = [label for flag, label in hardware.VECTOR_FEATURES.items() if flag in flags]
     return {
@@ -50,12 +52,14 @@ def machine() -> dict[str, str]:
         "cores (this process may use)": str(hardware.available_cores()),
         "logical CPUs": str(os.cpu_count()),
         "torch intra-op threads": str(torch.get_num_threads()),
-        "CUDA GPU": hardware.gpu()[1],
+        "CUDA GPU": gpu()[1],
     }
 
 
 def recommendations() -> list[str]:
-    """What pays off on this CPU, flag by flag."""
+    """What pays off on this machine, flag by flag."""
+    from cvm_lightning.model.gpu import gpu
+
     lines = []
     if hardware.native_bf16():
         lines.append("--precision bf16-mixed: pays here (bfloat16 units); reduced_resnet18 trained 1.8x faster on a "
@@ -70,7 +74,7 @@ def recommendations() -> list[str]:
     else:
         lines.append("--quantize int8: no VNNI here; exports keep weights to 7 bits, so onnxruntime's 16-bit "
                      "pair sums cannot saturate")
-    if hardware.gpu()[0] is not None:
+    if gpu()[0] is not None:
         lines.append("--accelerator gpu: trains every strategy on this machine's GPU (CVM through Lightning, the "
                      "baselines through Avalanche's device)")
     cores = hardware.available_cores()

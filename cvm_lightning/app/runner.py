@@ -22,7 +22,7 @@ from cvm_lightning.atomic import atomic_write_text
 from cvm_lightning.concepts import ConceptBank, TextModelSpec
 from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.errors import ConfigError, did_you_mean
-from cvm_lightning.hardware import TORCH_DEVICES, check_accelerator, check_precision, check_threads
+from cvm_lightning.hardware import TORCH_DEVICES, check_precision, check_threads
 from cvm_lightning.metrics import ContinualMetricsCallback
 from cvm_lightning.metrics.avalanche_plugin import AccuracyMatrixPlugin
 from cvm_lightning.metrics.functional import summarize
@@ -32,6 +32,7 @@ from cvm_lightning.model import CVMModule
 from cvm_lightning.model.backbones import check_backbone, create_backbone
 from cvm_lightning.model.cpu import set_threads
 from cvm_lightning.model.feature_cache import save_shared_caches
+from cvm_lightning.model.gpu import check_accelerator
 from cvm_lightning.model.optimizers import create_optimizer
 from cvm_lightning.streams import Benchmark
 from cvm_lightning.training import (
@@ -271,7 +272,7 @@ def prepare(config: RunConfig) -> tuple[ClassIncrementalDataModule, ConceptBank 
     """
     check_backbone(config.backbone)
     check_lightning_strategy(config.strategy)
-    check_accelerator(config.accelerator)
+    check_accelerator(config.accelerator, config.precision)
     check_precision(config.precision, config.accelerator)
     check_threads(config.threads)
     data = ClassIncrementalDataModule(**config.data_settings())
