@@ -98,8 +98,9 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
     condition); the name keeps the common case.
 
     ``train_dataloader()`` serves the experience of the Trainer's current
-    epoch, so with ``reload_dataloaders_every_n_epochs=epochs_per_experience``
-    Lightning switches experiences inside one fit. ``val_dataloader()``
+    epoch, the same loader object for every epoch of one experience, so with
+    ``reload_dataloaders_every_n_epochs=1`` Lightning switches experiences
+    inside one fit and each experience's epochs shuffle as one loader's. ``val_dataloader()``
     returns every test experience: dataloader ``j`` is test experience ``j``.
     :class:`~cvm_lightning.training.ExperienceSchedule` sets those Trainer
     options from this data module and handles each experience's start and end.
@@ -177,6 +178,7 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
         data_root = str(data_root) if data_root is not None else None  # checkpoints hold plain values only
         self.save_hyperparameters()
         self._benchmark: Benchmark | None = None
+        self._train_loader: tuple[int, DataLoader] | None = None  # (experience, its loader)
 
     @classmethod
     def from_benchmark(cls, benchmark: Benchmark, **kwargs: Any) -> "ClassIncrementalDataModule":
@@ -282,14 +284,24 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         self.benchmark  # noqa: B018 - builds (and checks) the stream once, on every process
+        if stage == "fit":  # a new fit shuffles from the start, as a fresh data module would
+            self._train_loader = None
 
     def train_dataloader(self) -> DataLoader:
-        """The loader of the experience the Trainer's current epoch trains (the whole stream when task-free)."""
+        """The loader of the experience the Trainer's current epoch trains (the whole stream when task-free).
+
+        Asked again within the same experience, it returns the same loader,
+        whose shuffling goes on from the epoch before. Reloading every epoch
+        keeps the experience tied to the epoch alone: a run resumed from a
+        checkpoint (where Lightning asks once more for the epoch it saved in)
+        switches at the same epochs as one never stopped.
+        """
         if self.task_free:
             return self.stream_dataloader()
-        return self.train_dataloader_of(
-            self.experience_at(self.trainer.current_epoch if self.trainer is not None else 0)
-        )
+        experience = self.experience_at(self.trainer.current_epoch if self.trainer is not None else 0)
+        if self._train_loader is None or self._train_loader[0] != experience:
+            self._train_loader = (experience, self.train_dataloader_of(experience))
+        return self._train_loader[1]
 
     def train_dataloader_of(self, experience: int) -> DataLoader:
         """The training loader of ``experience`` (for one ``fit`` per experience)."""

@@ -13,8 +13,9 @@ class ExperienceSchedule(pl.Callback):
     """Drives a :class:`~cvm_lightning.data.ClassIncrementalDataModule` stream inside one ``fit``.
 
     At setup it sets the Trainer's ``max_epochs`` (the stream's),
-    ``reload_dataloaders_every_n_epochs`` and ``check_val_every_n_epoch``
-    (both ``epochs_per_experience``), so the data module switches experiences
+    ``reload_dataloaders_every_n_epochs`` (1: the data module hands back the
+    same loader within an experience) and ``check_val_every_n_epoch``
+    (``epochs_per_experience``), so the data module switches experiences
     and every experience ends with a validation on all test experiences,
     which :class:`~cvm_lightning.metrics.ContinualMetricsCallback` records as
     one row of the accuracy matrix. With the data module's ``eval_every``,
@@ -55,7 +56,9 @@ class ExperienceSchedule(pl.Callback):
             return
         epochs = datamodule.epochs_per_experience
         trainer.fit_loop.max_epochs = datamodule.max_epochs
-        trainer.reload_dataloaders_every_n_epochs = epochs
+        # Every epoch, not every experience: Lightning counts a reload's period from the epoch a resumed
+        # run was saved in, one before the epoch it trains next, so a period of E would switch late.
+        trainer.reload_dataloaders_every_n_epochs = 1
         trainer.check_val_every_n_epoch = epochs
 
     def _experience(self, trainer: pl.Trainer) -> int:
