@@ -11,11 +11,23 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from cvm_lightning.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+# What Pillow raises on a file it cannot decode: not an image, empty, truncated, or a decompression bomb
+# (more pixels than Image.MAX_IMAGE_PIXELS allows twice over, which Pillow refuses before decoding).
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class UnreadableImageError(DataError):
+    """An image file that cannot be decoded; ``path`` names it and ``reason`` says why, in a few words."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} ({reason})")
+        self.path, self.reason = Path(path), reason
 
 # Float pixels this far outside [0, 1] are taken for a second normalisation.
 RANGE_TOLERANCE = 1e-3
@@ -27,13 +39,21 @@ def read_image(path: Path, image_size: int | None = None, mode: str = "RGB") -> 
     The image is converted to ``mode`` (``"RGB"``, or ``"L"`` for one
     channel) and, when ``image_size`` is given and differs, resized to
     ``image_size`` x ``image_size`` with Pillow's antialiased bilinear filter.
-    Pillow's errors (unreadable or truncated files) pass through.
+    A file Pillow cannot decode (not an image, empty, truncated, a
+    decompression bomb) raises :class:`UnreadableImageError`: every reader
+    of the package names it the same way.
     """
-    with Image.open(path) as image:
-        image = image.convert(mode)
-        if image_size is not None and image.size != (image_size, image_size):
-            image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        pixels = np.array(image)
+    try:
+        with Image.open(path) as image:
+            image = image.convert(mode)
+            if image_size is not None and image.size != (image_size, image_size):
+                image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+            pixels = np.array(image)
+    except _DECODE_ERRORS as err:
+        if isinstance(err, OSError) and not Path(path).is_file():  # gone or never there: not a bad image
+            raise DataError(f"{path} does not exist.") from None
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UnreadableImageError(Path(path), first[:160]) from None
     return pixels[None] if pixels.ndim == 2 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 

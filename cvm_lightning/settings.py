@@ -45,6 +45,7 @@ DEFAULT_HEAD = "linear"  # the alignment head: CVMModule's, and ConceptAlignment
 DEFAULT_Z_THRESHOLD = 3.0  # concept drift: a batch this many standard errors from the reference
 DEFAULT_BATCH_SIZE = 64  # images a batch of `cvm predict` and `cvm learn`
 DEFAULT_LEARN_EPOCHS = 5  # `cvm learn --method finetune`: a small budget, since it runs on site
+DEFAULT_LEARN_SEED = 0  # `cvm learn`: the shuffling and memory sampling of an update, so a rerun gives the same model
 
 # The pixel statistics a model trained here normalises its [0, 1] inputs with, ``(mean, std)`` per channel (one
 # number serves every channel). A pretrained backbone keeps its own. "cifar10" is CIFAR-10's channel mean and

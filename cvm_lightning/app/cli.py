@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import NoReturn
 
+from cvm_lightning.app.interrupts import Interrupted, interrupted_line, interruptible
 from cvm_lightning.errors import CVMError
 from cvm_lightning.paths import (
     check_input_file,
@@ -30,6 +31,7 @@ from cvm_lightning.settings import (
     CHOICES,
     DEFAULT_BATCH_SIZE,
     DEFAULT_LEARN_EPOCHS,
+    DEFAULT_LEARN_SEED,
     DEFAULT_Z_THRESHOLD,
     MODEL_SUFFIXES,
     PREDICTION_SUFFIXES,
@@ -100,6 +102,17 @@ def _add_overwrite(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file (never an input)")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's formatter that appends ``(default: X)``, except where the help names its default already or X is
+    ``None`` (an option that is simply off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default is None:
+            return text
+        return super()._get_help_string(action)
+
+
 class CVMArgumentParser(argparse.ArgumentParser):
     """argparse with the command line's error format: one ``cvm: error:`` line and exit code 2, no usage dump.
 
@@ -124,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train every strategy on the same stream (same backbone, epochs, batch size, "
         "optimiser and memory budget); print a table and write results.json, results.md, plots and "
         "CVM's final.ckpt to --out.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     add_run_arguments(run)
     run.add_argument("--out", type=Path, default=None, help="output folder (default: runs/<timestamp>)")
@@ -154,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The file holds the visual model, the alignment head and the learned concepts, with the class "
         "names in its metadata; running it needs torch (TorchScript) or onnxruntime (ONNX) only. It takes "
         "images in [0, 1] and normalises them itself.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     export.add_argument("--checkpoint", type=Path, required=True, help="a CVMModule checkpoint (.ckpt)")
     export.add_argument("--format", choices=CHOICES["format"], default="torchscript")
@@ -175,17 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
     learn = sub.add_parser(
         "learn",
         help="update a trained model on a folder of images: new classes, or fresh images of known ones",
-        description="Continue a checkpoint on one more experience: DATA/train/<class>/* (and DATA/test/<class>/* to "
-        "score it), where each class is new or one the model knows (new images of it, under new conditions, say). "
+        description="Continue a checkpoint on one more experience: DATA/train/<class>/* with an optional "
+        "DATA/test/<class>/* to score it, or DATA/<class>/* (training images only), where each class is new or one "
+        "the model knows (new images of it, under new conditions, say). "
         "Only the new concepts are computed; the checkpoint's replay memory keeps every class in play and takes the "
         "new images in. --eval-data (old conditions) and --eval-new (new conditions) are scored before and after. With "
         "--names instead of --data, the classes are added by name alone: their concepts come from the text model "
         "and they are predicted at once, with no image and no training. The new checkpoint is written beside the "
         "old one (NAME-learnedN.ckpt, or --out); the old one is never overwritten.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     learn.add_argument("--checkpoint", type=Path, required=True)
-    learn.add_argument("--data", type=Path, default=None, help="folder with train/<class>/ and test/<class>/")
+    learn.add_argument("--data", type=Path, default=None, help="folder of the update's images: train/<class>/<image> "
+                       "with an optional test/<class>/<image>, or <class>/<image> (all for training)")
     learn.add_argument(
         "--names", type=_names, default=None, metavar="A,B,...",
         help="classes known by name only, without images: added at once from the text model (instead of --data)",
@@ -215,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         "more of the old conditions in an update of known classes",
     )
     learn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="batch size of --method finetune")
+    learn.add_argument("--seed", type=int, default=DEFAULT_LEARN_SEED,
+                       help="seeds the update's shuffling and memory sampling: the same update gives the same model")
     learn.add_argument("--shots", type=int, default=None, metavar="K",
                        help="learn each new class from its first K training images only (few-shot)")
     learn.add_argument("--out", type=Path, default=None, help="the new checkpoint (default: NAME-learnedN.ckpt beside "
@@ -224,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict = sub.add_parser(
         "predict",
         help="name the class of image files with an exported model or a checkpoint",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     predict.add_argument("--model", type=Path, required=True, help=".ckpt, TorchScript .pt or .onnx file")
     predict.add_argument("paths", type=Path, nargs="+", help="image files or folders (searched recursively)")
@@ -287,8 +304,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if rank_zero_only.rank > 0:  # DDP's extra processes join the run that rank 0 holds the folder for
         return _run_in(config, out)
-    with folder_lock(out, flag="--resume" if args.resume is not None else "--out"):
-        return _run_in(config, out)
+    try:
+        with folder_lock(out, flag="--resume" if args.resume is not None else "--out"):
+            return _run_in(config, out)
+    except Interrupted as stop:
+        if (out / "run_config.json").is_file():  # the run has claimed the folder: it goes on from there
+            stop.next_step = f"continue with cvm run --resume {out}"
+        raise
 
 
 def _run_in(config, out: Path) -> int:
@@ -362,8 +384,8 @@ def _learn(args: argparse.Namespace) -> int:
         print(f"Added {', '.join(args.names)} by name; wrote {out} ({args.checkpoint} is unchanged). "
               "They are predicted from now on; teach them with images later through --data.")
         return 0
-    check_input_folder(args.data, "folder of images to learn", fix="It needs train/<class>/<image> and "
-                                                               "test/<class>/<image>.")
+    check_input_folder(args.data, "folder of images to learn", fix="It holds train/<class>/<image> (and optionally "
+                                                               "test/<class>/<image>), or <class>/<image>.")
     if args.names_file is not None:
         check_input_file(args.names_file, "class-names file", fix="It holds folder<TAB>name[<TAB>description] lines.")
     if args.eval_data is not None:
@@ -378,11 +400,14 @@ def _learn(args: argparse.Namespace) -> int:
     report = learn_images(
         args.checkpoint, args.data, names_file=args.names_file, eval_data=args.eval_data, eval_new=args.eval_new,
         epochs=args.epochs, batch_size=args.batch_size, shots=args.shots, method=args.method, lr=args.learn_lr,
-        without_memory=args.without_memory, out=args.out,
+        without_memory=args.without_memory, out=args.out, seed=args.seed,
     )
     learned = [f"{', '.join(report.new_classes)} (new)"] if report.new_classes else []
     learned += [f"{', '.join(report.known_classes)} (new images of known classes)"] if report.known_classes else []
     print(f"Learned {' and '.join(learned)}; wrote {report.checkpoint} ({args.checkpoint} is unchanged)")
+    if not report.scores:
+        print("(nothing scored: add DATA/test/<class>/, --eval-data or --eval-new to see accuracy before and after)")
+        return 0
     width = max(map(len, report.scores))
     print(f"{'accuracy'.ljust(width)}  before   after")
     for label, (before, after) in report.scores.items():
@@ -422,6 +447,8 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"Wrote {len(report.rows)} predictions to {args.output}")
     for line in report.drift_lines():
         print(line)
+    for bad in report.unreadable:  # on the line one bad frame must not stop the others: named and skipped
+        print(f"cvm: skipped an unreadable image: {bad}", file=sys.stderr)
     return 0
 
 
@@ -481,16 +508,21 @@ def main(argv: list[str] | None = None) -> int:
     # say nothing about a CPU run of this tool; its warnings still show.
     logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
     try:
-        if lightning:
-            from cvm_lightning.app.lightning_cli import run_lightning_cli
+        with interruptible():
+            if lightning:
+                from cvm_lightning.app.lightning_cli import run_lightning_cli
 
-            try:
-                run_lightning_cli(argv, from_sys_argv)
-            except SystemExit as done:  # --help and --print_config end here
-                return int(done.code or 0)
-            return 0
-        check_settings(vars(args))
-        return COMMANDS[args.command](args)
+                try:
+                    run_lightning_cli(argv, from_sys_argv)
+                except SystemExit as done:  # --help and --print_config end here
+                    return int(done.code or 0)
+                return 0
+            check_settings(vars(args))
+            return COMMANDS[args.command](args)
+    except (Interrupted, KeyboardInterrupt) as stop:  # KeyboardInterrupt: a Ctrl-C before the handler was set
+        line, code = interrupted_line(stop)
+        print(line, file=sys.stderr)
+        return code
     except CVMError as err:
         print(f"cvm: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 
+from cvm_lightning.app.interrupts import Interrupted
 from cvm_lightning.data import ClassIncrementalDataModule
 from cvm_lightning.errors import ConfigError
 from cvm_lightning.metrics import ContinualMetricsCallback
@@ -35,6 +36,15 @@ class CVMLightningCLI(LightningCLI):
         parser.add_lightning_class_args(TaskFreeEvaluation, "task_free")  # idle unless data.mini_experience_size
         for source, target in (("class_names", "class_names"), ("in_chans", "in_chans"), ("templates", "templates")):
             parser.link_arguments(f"data.{source}", f"model.{target}", apply_on="instantiate")
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except Interrupted as stop:  # name the checkpoint Lightning wrote last, if any, to go on from
+            saved = getattr(self.trainer.checkpoint_callback, "best_model_path", "")
+            if subcommand == "fit" and saved:
+                stop.next_step = f"continue with the same `cvm fit` command and --ckpt_path {saved}"
+            raise
 
 
 def run_lightning_cli(args: list[str], from_sys_argv: bool = False) -> None:

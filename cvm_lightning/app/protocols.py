@@ -81,10 +81,11 @@ def get_protocol(name: str) -> Protocol:
 
 
 # Where a run's data lives, how it shares the machine and which strategies and seeds it runs: none of
-# them changes what a strategy under the protocol computes, so none of them modifies it. A memory layout
+# them changes what a strategy under the protocol computes, so none of them modifies it (another seed is
+# another run of the same protocol, as the published tables average several). A memory layout
 # (channels_last) is the same arithmetic in another order, as a thread count is; a GPU is other hardware, as
 # another CPU is (the published runs trained on GPUs).
-NOT_PROTOCOL_SETTINGS = ("protocol", "strategies", "seeds", "data_root", "download", "progress", "threads",
+NOT_PROTOCOL_SETTINGS = ("protocol", "strategies", "seed", "seeds", "data_root", "download", "progress", "threads",
                          "channels_last", "accelerator",
                          "anytime_every")  # scored in eval mode, apart from training's random numbers
 

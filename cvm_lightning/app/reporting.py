@@ -66,11 +66,11 @@ def _columns(results: dict) -> list[str]:
 def _reference_cells(results: dict, strategy: str, accuracies: list[float]) -> list[str]:
     """The published reference of ``strategy`` and whether every accuracy is within its tolerance (or blanks).
 
-    No cells at all when the run's protocol publishes no references.
+    No cells at all where :func:`_reference_columns` has no columns.
     """
-    protocol = results.get("protocol") or {}
-    if not protocol.get("references"):
+    if not _reference_columns(results):
         return []
+    protocol = results["protocol"]
     reference = protocol["references"].get(strategy)
     if reference is None:
         return ["", ""]
@@ -79,8 +79,10 @@ def _reference_cells(results: dict, strategy: str, accuracies: list[float]) -> l
 
 
 def _reference_columns(results: dict) -> list[str]:
+    """A published protocol's reference columns; a modified one is not comparable to them, so it has none."""
     protocol = results.get("protocol") or {}
-    return ["reference", f"within {protocol['tolerance']:g}"] if protocol.get("references") else []
+    comparable = protocol.get("references") and not protocol.get("modified")
+    return ["reference", f"within {protocol['tolerance']:g}"] if comparable else []
 
 
 def protocol_line(results: dict) -> str:

@@ -182,8 +182,16 @@ class ClassIncrementalDataModule(pl.LightningDataModule):
 
     @classmethod
     def from_benchmark(cls, benchmark: Benchmark, **kwargs: Any) -> "ClassIncrementalDataModule":
-        """A data module over an already built :class:`~cvm_lightning.streams.Benchmark` (any Avalanche scenario)."""
+        """A data module over an already built :class:`~cvm_lightning.streams.Benchmark` (any Avalanche scenario).
+
+        Every float image of its experiences must be finite: the first that is not is named here.
+        """
+        from cvm_lightning.streams.datasets import check_finite
+
         module = cls(benchmark.name, **kwargs)
+        for stream, what in (("train", "training"), ("test", "test")):
+            for index, experience in enumerate(getattr(benchmark, f"{stream}_stream")):
+                check_finite(experience.dataset, f"{what} experience {index}")
         module._check(benchmark)
         module._benchmark = benchmark
         return module

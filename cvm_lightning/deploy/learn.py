@@ -16,8 +16,15 @@ from cvm_lightning.deploy.predict import load_checkpoint
 from cvm_lightning.errors import ConceptError, DataError
 from cvm_lightning.model import CVMModule
 from cvm_lightning.paths import check_output_file
-from cvm_lightning.settings import DEFAULT_BATCH_SIZE, DEFAULT_LEARN_EPOCHS, check_class_names, check_settings
-from cvm_lightning.streams.images import list_class_folders, load_image_folder, read_class_names
+from cvm_lightning.settings import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_LEARN_EPOCHS,
+    DEFAULT_LEARN_SEED,
+    check_class_names,
+    check_settings,
+)
+from cvm_lightning.streams.images import list_class_folders, load_update_folder, read_class_names
+from cvm_lightning.training import fit_to_end
 
 
 @dataclass
@@ -121,8 +128,13 @@ def learn_images(
     without_memory: bool = False,
     out: Path | None = None,
     overwrite: bool = False,
+    seed: int = DEFAULT_LEARN_SEED,
 ) -> LearnReport:
-    """Continue ``checkpoint`` on one more experience: the images in ``data`` (``train/<class>/``, ``test/<class>/``).
+    """Continue ``checkpoint`` on one more experience: the images in ``data``.
+
+    ``data`` holds ``train/<class>/<image>``, optionally with
+    ``test/<class>/<image>`` (scored before and after), or the class
+    folders ``<class>/<image>`` themselves, all for training.
 
     Each class folder is a new class or one the model knows already (fresh
     images of it, under new conditions, say). Only the new classes' concepts
@@ -132,7 +144,8 @@ def learn_images(
     is written to ``out`` (default: a new ``NAME-learnedN.ckpt`` beside the
     checkpoint); the old checkpoint is never touched. Every input is checked
     before training starts. With ``shots``, only the first ``shots`` training
-    images of each class (in file-name order) are used.
+    images of each class (in file-name order) are used. ``seed`` fixes the
+    shuffling and the memory's sampling: the same update gives the same model.
 
     ``method`` is how the images are learned: ``finetune`` trains the model
     ``epochs`` epochs with the memory replayed, at learning rate ``lr``
@@ -142,13 +155,13 @@ def learn_images(
     (:meth:`~cvm_lightning.model.CVMModule.fit_prototypes`); the new images
     join the memory.
 
-    The update's test images, ``eval_data`` (old conditions) and ``eval_new``
+    The update's test images (where ``data`` has them), ``eval_data`` (old conditions) and ``eval_new``
     (new conditions), both ``<class name>/<image>``, are scored before and
     after. A checkpoint without a memory is refused unless ``without_memory``:
     an update without replay forgets what the model knew.
     """
     check_settings({"epochs": epochs, "batch_size": batch_size, "shots": shots, "learn_method": method,
-                    "learn_lr": lr})
+                    "learn_lr": lr, "seed": seed})
     out = _output_path(Path(checkpoint), out, overwrite)
     module = load_checkpoint(checkpoint)
     if not len(module.replay) and not without_memory:
@@ -157,16 +170,15 @@ def learn_images(
             "it learned before. Train with --buffer N next time, or pass --without-memory to update it anyway."
         )
     image_size = _image_size(module)
-    folders = list_class_folders(Path(data) / "train")
+    folders, train, test = load_update_folder(Path(data), image_size=image_size)
     names, descriptions = read_class_names(Path(data), folders, names_file)
     check_class_names(names, what="class names of --data")
     new = [name for name in names if name not in module.class_names]
     known = [name for name in names if name in module.class_names]
-    train, test, _, _ = load_image_folder(Path(data), image_size=image_size, class_names=folders)
     if shots is not None:
         train = first_shots(train, shots)
     after_names = [*module.class_names, *new]
-    evaluated = {"this update's test images": test}
+    evaluated = {"this update's test images": test} if test is not None else {}
     for label, root in (("--eval-data", eval_data), ("--eval-new", eval_new)):
         if root is not None:
             evaluated[label] = _eval_data(Path(root), after_names, image_size, label)
@@ -175,8 +187,9 @@ def learn_images(
     if without_memory and not len(module.replay):
         warnings.warn("Updating without a replay memory: the model will forget much of what it knew.", stacklevel=2)
     ids = [after_names.index(name) for name in names]
-    _relabel(train, ids)
-    _relabel(test, ids)
+    for dataset in (train, test) if test is not None else (train,):
+        _relabel(dataset, ids)
+    pl.seed_everything(seed, verbose=False)
     # Before the update the model has no output for the classes it adds, so their images count as wrong.
     before = {label: accuracy(module, dataset) for label, dataset in evaluated.items()}
     if method == "prototypes":
@@ -208,8 +221,9 @@ def learn_images(
         module.train()  # scoring put it in eval mode, which Lightning keeps: it would train on frozen statistics
         trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
                              enable_progress_bar=False, accelerator="cpu")
-        # The update's test images are the validation set: Lightning reports them after each epoch.
-        trainer.fit(module, DataLoader(train, batch_size=batch_size, shuffle=True), DataLoader(test, batch_size=256))
+        # The update's test images, where there are some, are the validation set: scored after each epoch.
+        fit_to_end(trainer, module, DataLoader(train, batch_size=batch_size, shuffle=True),
+                   DataLoader(test, batch_size=256) if test is not None else None)
         with atomic_path(out, suffix=".ckpt") as tmp:
             trainer.save_checkpoint(tmp, weights_only=False)  # optimiser state kept: learning can go on from it
     scores = {label: (before[label], accuracy(module, dataset)) for label, dataset in evaluated.items()}

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import UnidentifiedImageError
 
 from cvm_lightning.atomic import atomic_write_text
 from cvm_lightning.errors import CVMError, DataError
-from cvm_lightning.image_files import IMAGE_SUFFIXES, read_image, unit_pixels
+from cvm_lightning.image_files import IMAGE_SUFFIXES, UnreadableImageError, read_image, unit_pixels
 from cvm_lightning.paths import check_input_file
 from cvm_lightning.settings import (
     DEFAULT_BATCH_SIZE,
@@ -143,15 +142,24 @@ class Predictor:
         return [self.class_ids[i] for i in index], [self.class_names[i] for i in index], sims.max(axis=1)
 
     def load_images(self, paths: Sequence[Path]) -> np.ndarray:
-        """Decode image files into the uint8 batch the model expects (as training read them)."""
+        """Decode image files into the uint8 batch the model expects (as training read them).
+
+        A file that cannot be decoded raises :class:`~cvm_lightning.image_files.UnreadableImageError`.
+        """
         mode = "L" if self.meta["in_chans"] == 1 else "RGB"
-        batch = []
+        return np.stack([read_image(path, self.meta["image_size"], mode) for path in paths])
+
+    def load_readable(self, paths: Sequence[Path]) -> tuple[np.ndarray | None, list[Path], list[UnreadableImageError]]:
+        """:meth:`load_images` of the files that decode: their batch (``None`` if none does), their paths, and
+        what was wrong with each of the others."""
+        pixels, readable, unreadable = [], [], []
         for path in paths:
             try:
-                batch.append(read_image(path, self.meta["image_size"], mode))
-            except (UnidentifiedImageError, OSError) as err:
-                raise DataError(f"Cannot read image {path}: {err}. Remove it or convert it to PNG/JPEG.") from err
-        return np.stack(batch)
+                pixels.append(self.load_images([path])[0])
+                readable.append(path)
+            except UnreadableImageError as err:
+                unreadable.append(err)
+        return (np.stack(pixels) if pixels else None), readable, unreadable
 
 
 def _torch_runner(model):
@@ -177,6 +185,8 @@ class PredictionReport:
     flagged: list[int] = field(default_factory=list)
     reference_folder: Path | None = None
     model: Path | None = None
+    spans: list[tuple[int, int]] = field(default_factory=list)  # the rows of each batch (bad files leave them short)
+    unreadable: list[UnreadableImageError] = field(default_factory=list)  # files named and skipped
 
     def write(self, path: Path) -> None:
         """The rows as ``.json`` or ``.csv``, written atomically."""
@@ -191,8 +201,7 @@ class PredictionReport:
 
     def drifted_folders(self) -> list[str]:
         """The folders of the drifted images: those of the batches that drifted on their own, else of every image."""
-        rows = [self.rows[i] for b in self.flagged
-                for i in range(b * self.batch_size, min((b + 1) * self.batch_size, len(self.rows)))]
+        rows = [self.rows[i] for b in self.flagged for i in range(*self.spans[b])]
         return sorted({str(Path(row["path"]).parent) for row in rows or self.rows})
 
     def update_lines(self) -> list[str]:
@@ -233,9 +242,7 @@ class PredictionReport:
         else:
             lines.append("drift monitor: no drift: these images look like the reference ones.")
         if self.flagged:
-            spans = ", ".join(
-                f"{b * self.batch_size + 1}-{min((b + 1) * self.batch_size, len(self.rows))}" for b in self.flagged
-            )
+            spans = ", ".join(f"{self.spans[b][0] + 1}-{self.spans[b][1]}" for b in self.flagged)
             lines.append(f"drift monitor: on their own, {len(self.flagged)} batch(es) of --batch-size "
                          f"{self.batch_size} "
                          f"images drifted: images {spans} in the order listed.")
@@ -253,7 +260,9 @@ def predict_files(
 ) -> PredictionReport:
     """Predict every image file with ``model``; with ``reference``, also test the images for concept drift.
 
-    ``classes`` limits the candidates to those learned classes.
+    ``classes`` limits the candidates to those learned classes. A file that
+    cannot be decoded (here or among the reference images) is skipped and
+    kept in the report's ``unreadable``; none readable at all is an error.
     """
     from tqdm import tqdm
 
@@ -262,6 +271,7 @@ def predict_files(
     if classes is not None:
         predictor.restrict(classes)
     monitor = reference_stats = None
+    skipped: list[UnreadableImageError] = []  # named and left out, as a broken file would be on the line
     if reference is not None:
         import torch  # the drift monitor is a torchmetrics Metric
 
@@ -269,13 +279,23 @@ def predict_files(
 
         monitor = ConceptDriftMonitor(z_threshold)
         for batch in batched(image_files([reference]), batch_size):
-            monitor.update(torch.from_numpy(predictor.similarities(predictor.load_images(batch))))
+            pixels, _, bad = predictor.load_readable(batch)
+            skipped += bad
+            if pixels is not None:
+                monitor.update(torch.from_numpy(predictor.similarities(pixels)))
+        if not monitor.count:
+            raise DataError(f"No image in --reference {reference} could be read; it needs readable held-out images.")
         reference_stats = monitor.set_reference()
-    report = PredictionReport([], batch_size, z_threshold, reference=reference_stats,
+    report = PredictionReport([], batch_size, z_threshold, reference=reference_stats, unreadable=skipped,
                               reference_folder=Path(reference) if reference is not None else None, model=Path(model))
     batches = list(batched(files, batch_size))
     for number, batch in enumerate(tqdm(batches, desc="predict", unit="batch", disable=len(batches) < 2)):
-        sims_all = predictor.similarities(predictor.load_images(batch))
+        pixels, batch, bad = predictor.load_readable(batch)
+        report.unreadable += bad
+        report.spans.append((len(report.rows), len(report.rows) + len(batch)))
+        if pixels is None:
+            continue
+        sims_all = predictor.similarities(pixels)
         index, sims = sims_all.argmax(axis=1).tolist(), sims_all.max(axis=1)
         report.rows += [{"path": str(p), "class_id": predictor.class_ids[i], "class_name": predictor.class_names[i],
                          "similarity": round(float(s), 4)} for p, i, s in zip(batch, index, sims)]
@@ -286,6 +306,10 @@ def predict_files(
             if batch_monitor.compute()["drifted"]:
                 report.flagged.append(number)
             monitor.update(torch.from_numpy(sims_all))
+    if not report.rows:
+        named = "; ".join(map(str, report.unreadable[:3]))
+        raise DataError(f"None of the {len(files)} image files could be read: {named}. Pass readable PNG or JPEG "
+                        "files.")
     if monitor is not None:
         report.drift = monitor.compute()
     return report

@@ -114,10 +114,11 @@ def from_datasets(train, test, class_names, config: StreamConfig, name: str = "d
     tensors in [0, 1] or uint8. The class order, per-class subsampling and
     experiences follow ``config`` as for the registered benchmarks. Every
     class needs training images, and every image of the stream the same
-    channel count (the first image of each class and split is checked).
+    channel count (the first image of each class and split is checked), and
+    no float image a NaN or infinite pixel (every image is checked).
     """
     from cvm_lightning.settings import check_class_names
-    from cvm_lightning.streams.datasets import image_shape, labelled
+    from cvm_lightning.streams.datasets import check_finite, image_shape, labelled
 
     class_names = check_class_names(class_names)
     if config.n_experiences is None:
@@ -125,6 +126,7 @@ def from_datasets(train, test, class_names, config: StreamConfig, name: str = "d
     splits = {"training": labelled(train, "training"), "test": labelled(test, "test")}
     shapes = {}
     for what, data in splits.items():
+        check_finite(data, f"{what} set")
         outside = sorted({t for t in data.targets if not 0 <= t < len(class_names)})
         if outside:
             raise DataError(f"The {what} set has labels {outside[:10]} outside the {len(class_names)} class_names "

@@ -107,6 +107,28 @@ def image_shape(dataset: LabelledDataset, index: int, what: str) -> tuple[int, i
     return tuple(image.shape)
 
 
+def check_finite(dataset, what: str) -> None:
+    """Every float image of ``dataset`` (pairs or Avalanche triples) must hold finite pixels: the first that does
+    not is named, by index, before any training."""
+    tensors = getattr(getattr(dataset, "dataset", dataset), "tensors", None)
+    if tensors is not None and len(dataset) == len(tensors[0]):  # a TensorDataset: one vectorised pass
+        images = tensors[0]
+        if images.is_floating_point():
+            bad = (~torch.isfinite(images.flatten(1))).any(dim=1).nonzero().flatten()
+            if len(bad):
+                raise _nonfinite(what, int(bad[0]))
+        return
+    for index in range(len(dataset)):
+        image = dataset[index][0]
+        if isinstance(image, torch.Tensor) and image.is_floating_point() and not bool(torch.isfinite(image).all()):
+            raise _nonfinite(what, index)
+
+
+def _nonfinite(what: str, index: int) -> DataError:
+    return DataError(f"{what[0].upper()}{what[1:]} image {index} holds NaN or infinite pixels; the model cannot "
+                     "learn from it. Fix the decoding or transform that made it, or leave that image out.")
+
+
 def stacked_pixels(dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of ``dataset`` as one uint8 N x C x H x W tensor, and its labels (a map-style dataset of pairs)."""
     images, labels = [], []

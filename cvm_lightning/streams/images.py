@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from PIL import UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from cvm_lightning.errors import DataError
-from cvm_lightning.image_files import IMAGE_SUFFIXES, read_image
+from cvm_lightning.image_files import IMAGE_SUFFIXES, UnreadableImageError, read_image
 
 # Decoded images are kept in memory up to this many bytes per dataset; beyond it they are only checked.
 DECODED_CACHE_BYTES = 1 << 30
@@ -58,8 +57,8 @@ class ImageFileDataset(Dataset):
         for path in self.paths:
             try:
                 pixels = self._decode(path)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-                bad.append(f"{path} ({str(err).splitlines()[0] if str(err) else type(err).__name__})")
+            except UnreadableImageError as err:
+                bad.append(str(err))
                 continue
             if keep:
                 decoded.append(pixels)
@@ -67,7 +66,7 @@ class ImageFileDataset(Dataset):
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             raise DataError(
                 f"{len(bad)} image file(s) cannot be read: {'; '.join(bad[:3])}{more}. "
-                "Remove or replace them (empty, truncated or not an image), then run again."
+                "Remove or replace them (empty, truncated, too large or not an image), then run again."
             )
         if keep:
             self.decoded = decoded
@@ -138,6 +137,17 @@ def _disambiguate(names: list[str], folders: Sequence[str]) -> list[str]:
     return [f"{name} ({folder})" if counts[name] > 1 else name for name, folder in zip(names, folders)]
 
 
+def _split(split_dir: Path, folders: Sequence[str], image_size: int | None, layout_help: str) -> ImageFileDataset:
+    """The images of ``split_dir/<folder>/`` for each of ``folders``, labelled by position; a folder without one
+    is an error."""
+    paths, targets = scan_split(split_dir, folders)
+    empty = [folders[c] for c in range(len(folders)) if c not in set(targets)]
+    if empty:
+        raise DataError(f"Class folders {empty[:5]} in {split_dir} hold no images "
+                        f"({', '.join(sorted(IMAGE_SUFFIXES))}). {layout_help}")
+    return ImageFileDataset(paths, targets, image_size)
+
+
 def load_image_folder(
     root: Path, image_size: int | None = None, class_names: Sequence[str] | None = None
 ) -> tuple[ImageFileDataset, ImageFileDataset, list[str], dict[str, str]]:
@@ -157,15 +167,37 @@ def load_image_folder(
     missing = [f for f in folders if f not in test_folders or not (root / "train" / f).is_dir()]
     if missing:
         raise DataError(f"Class folders {missing[:5]} are missing from train/ or test/. {layout_help}")
-    train_paths, train_targets = scan_split(root / "train", folders)
-    test_paths, test_targets = scan_split(root / "test", folders)
-    empty = [folders[c] for c in range(len(folders)) if c not in set(train_targets) or c not in set(test_targets)]
-    if empty:
-        raise DataError(f"Class folders {empty[:5]} hold no images in train/ or test/. {layout_help}")
     names, descriptions = read_class_names(root, folders)
-    return (
-        ImageFileDataset(train_paths, train_targets, image_size),
-        ImageFileDataset(test_paths, test_targets, image_size),
-        names,
-        descriptions,
-    )
+    return (_split(root / "train", folders, image_size, layout_help), _split(root / "test", folders, image_size,
+                                                                             layout_help), names, descriptions)
+
+
+def update_folders(root: Path) -> tuple[Path, Path | None]:
+    """Where an update's training and (optional) test class folders are: ``root/train`` and ``root/test``, or
+    the class folders in ``root`` itself (training images only)."""
+    if (root / "train").is_dir():
+        return root / "train", root / "test" if (root / "test").is_dir() else None
+    return root, None
+
+
+def load_update_folder(
+    root: Path, image_size: int | None = None
+) -> tuple[list[str], ImageFileDataset, ImageFileDataset | None]:
+    """An update's class folders and images: ``root/train/<class>/*`` with an optional ``root/test/<class>/*``,
+    or ``root/<class>/*``. Every class folder must hold an image; the test set may leave classes out."""
+    train_root, test_root = update_folders(root)
+    layout_help = ("An update folder holds train/<class>/<image>, optionally with test/<class>/<image> to score it, "
+                   "or <class>/<image> directly.")
+    folders = list_class_folders(train_root)
+    if not folders:
+        raise DataError(f"{train_root} holds no class folders. {layout_help}")
+    train = _split(train_root, folders, image_size, layout_help)
+    if test_root is None:
+        return folders, train, None
+    unknown = [f for f in list_class_folders(test_root) if f not in folders]
+    if unknown:
+        raise DataError(f"Test class folders {unknown[:5]} have no training folder in {train_root}. {layout_help}")
+    tested = [f for f in folders if (test_root / f).is_dir()]
+    test = _split(test_root, tested, image_size, layout_help)
+    test.targets = [folders.index(tested[t]) for t in test.targets]  # labelled as the training folders are
+    return folders, train, test

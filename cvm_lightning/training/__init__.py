@@ -13,6 +13,7 @@ from cvm_lightning.training.checkpoints import (
     RunState,
     experience_checkpoints,
     fit_resumable,
+    fit_to_end,
     random_state_kept,
 )
 from cvm_lightning.training.divergence import NonFiniteLossPlugin
@@ -31,5 +32,6 @@ __all__ = [
     "build_baseline",
     "experience_checkpoints",
     "fit_resumable",
+    "fit_to_end",
     "random_state_kept",
 ]

@@ -158,6 +158,23 @@ def _first_mismatch(err: RuntimeError) -> str:
     return lines[1] if len(lines) > 1 else lines[0]
 
 
+def fit_to_end(trainer: pl.Trainer, *args: Any, **kwargs: Any) -> None:
+    """``trainer.fit(*args, **kwargs)``, raising ``KeyboardInterrupt`` where Ctrl-C stopped it.
+
+    On Ctrl-C Lightning ends ``fit`` early, by ``sys.exit(1)`` or by returning
+    as if it had finished; the code after a fit (saving a model, recording an
+    experience) must not take either for the end of training.
+    """
+    try:
+        trainer.fit(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+
+
 def fit_resumable(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl.LightningDataModule,
                   checkpoint_dir: str | Path) -> Path | None:
     """``trainer.fit(model, datamodule=...)``, resumed from the newest readable checkpoint of ``checkpoint_dir``.
@@ -167,7 +184,7 @@ def fit_resumable(trainer: pl.Trainer, model: pl.LightningModule, datamodule: pl
     """
     resume = latest_checkpoint(checkpoint_dir)
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resume)
+        fit_to_end(trainer, model, datamodule=datamodule, ckpt_path=resume)
     except RuntimeError as err:
         if resume is None or "Error(s) in loading state_dict" not in str(err):
             raise
