@@ -49,3 +49,21 @@ def expect_error(args: list[str], fix: str, capsys, root: Path) -> str:
     assert fix in err[0], err[0]
     assert checksums(root) == before, "a rejected command changed files"
     return err[0]
+
+
+def write_decompression_bomb(path: Path, side: int = 20_000) -> Path:
+    """A PNG whose header declares ``side`` x ``side`` pixels (400 million by default), a few hundred bytes on disk.
+
+    Pillow refuses to open it (``DecompressionBombError``), as it does a real one.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path

@@ -1,8 +1,14 @@
-"""Crash-safe resume: a run killed with SIGKILL and resumed ends with the same numbers."""
+"""Crash-safe resume: a run stopped at any point (SIGKILL, Ctrl-C, SIGTERM) and resumed ends with the same numbers.
+
+Each stop is placed by ``tests/pause_at.py``, which pauses a chosen call of a
+method until the signal arrives, so the matrix hits the same points on any
+machine; one more case stops the run at a seeded random moment.
+"""
 
 from __future__ import annotations
 
 import json
+import random
 import signal
 import subprocess
 import sys
@@ -12,9 +18,10 @@ from pathlib import Path
 import pytest
 
 RUN = [
-    sys.executable, "-m", "cvm_lightning", "run", "--strategies", "cvm,replay", "--epochs", "1", "--buffer", "50",
+    sys.executable, "-m", "cvm_lightning", "run", "--strategies", "cvm,replay", "--epochs", "2", "--buffer", "50",
     "--backbone", "reduced_resnet18", "--input-size", "8", "--train-per-class", "60", "--seed", "3", "--no-progress",
 ]
+PAUSE_AT = Path(__file__).with_name("pause_at.py")
 
 
 def accuracies(out: Path) -> dict:
@@ -29,18 +36,28 @@ def run_to_end(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def kill_when(out: Path, marker: str, delay: float = 0.0) -> None:
-    """Start a run into ``out`` and SIGKILL it once ``out/marker`` exists (plus ``delay`` seconds)."""
-    process = subprocess.Popen([*RUN, "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def finish(out: Path) -> None:
+    """What a user does after a stop: resume the run where it claimed its folder, else run the command again."""
+    run_to_end("--resume", str(out)) if (out / "run_config.json").is_file() else run_to_end("--out", str(out))
+
+
+def stop_at(out: Path, signum: int, target: str = "-", call: int = 0, delay: float = 0.0) -> subprocess.Popen:
+    """Start ``RUN --out out`` and send ``signum`` inside the ``call``-th call of ``target`` (``-``: after
+    ``delay`` seconds); returns the ended process."""
+    marker = out.with_name(out.name + ".paused")
+    command = [sys.executable, str(PAUSE_AT), target, str(call), str(marker), "--", *RUN[3:], "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not (out / marker).exists():
-        assert process.poll() is None, f"the run ended before {marker} appeared"
+    if target == "-":
+        time.sleep(delay)
+    while target != "-" and not marker.exists():
+        assert process.poll() is None, f"the run ended before {target} call {call}: {process.stderr.read()[-2000:]}"
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    time.sleep(delay)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.send_signal(signum)
+    process.wait(timeout=120)
     assert not (out / "results.json").exists()
+    return process
 
 
 @pytest.fixture(scope="module")
@@ -50,26 +67,50 @@ def reference(tmp_path_factory) -> dict:
     return accuracies(out)
 
 
+SCHEDULE = "cvm_lightning.training.schedule:ExperienceSchedule.on_train_epoch_start"
+# Two experiences' epochs a class pair, two batches an epoch.
+POINTS = {
+    "SIGKILL between experiences": (signal.SIGKILL, SCHEDULE, 5),
+    "Ctrl-C between experiences": (signal.SIGINT, SCHEDULE, 3),
+    "Ctrl-C mid-experience": (signal.SIGINT, "cvm_lightning.model.module:CVMModule.training_step", 7),
+    "Ctrl-C during an evaluation": (signal.SIGINT, "cvm_lightning.metrics.callback:ContinualMetricsCallback."
+                                                   "on_validation_epoch_start", 3),
+    "SIGTERM during a baseline": (signal.SIGTERM, "cvm_lightning.training.baselines:ClassifierNet.forward", 15),
+    "Ctrl-C during the imports": (signal.SIGINT, "-", 0),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("marker", "delay"),
-    [
-        ("checkpoints/cvm/experience-1.ckpt", 0.0),  # at an experience boundary
-        ("checkpoints/cvm/experience-2.ckpt", 0.1),  # during experience 3
-        ("state/cvm.json", 0.2),  # while a baseline trains
-    ],
-)
-def test_killed_run_resumes_to_identical_results(tmp_path, reference, marker, delay):
+@pytest.mark.parametrize("point", list(POINTS))
+def test_a_run_stopped_at_any_point_resumes_to_identical_results(tmp_path, reference, point):
+    signum, target, call = POINTS[point]
     out = tmp_path / "run"
-    kill_when(out, marker, delay)
-    run_to_end("--resume", str(out))
-    assert accuracies(out) == reference
+    process = stop_at(out, signum, target, call, delay=0.8)
+    if signum != signal.SIGKILL:
+        lines = process.stderr.read().strip().splitlines()
+        assert process.returncode == 128 + signum, lines[-5:]
+        assert "Traceback" not in "\n".join(lines)
+        resume = f"continue with cvm run --resume {out}"
+        expected = resume if (out / "run_config.json").is_file() else "run the same command again"
+        assert lines[-1].startswith("cvm: interrupted; ") and lines[-1].endswith(expected), lines[-1]
+    finish(out)
+    assert accuracies(out) == reference, point
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_ctrl_c_at_a_seeded_random_moment_resumes_to_identical_results(tmp_path, reference):
+    out = tmp_path / "run"
+    moment = random.Random(46).uniform(1.0, 8.0)  # anywhere from the imports to the baseline
+    process = stop_at(out, signal.SIGINT, delay=moment)
+    assert process.returncode == 130
+    finish(out)
+    assert accuracies(out) == reference, f"stopped {moment:.1f} s in"
 
 
 @pytest.mark.slow
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, reference):
     out = tmp_path / "run"
-    kill_when(out, "checkpoints/cvm/experience-2.ckpt")
+    stop_at(out, signal.SIGKILL, SCHEDULE, 7)  # as experience 3 begins, experience-2.ckpt just written
     newest = out / "checkpoints" / "cvm" / "experience-2.ckpt"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
     result = run_to_end("--resume", str(out))

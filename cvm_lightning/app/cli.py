@@ -68,8 +68,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         if names[0] != "--" + setting.name.replace("_", "-"):
             names.append("--" + setting.name.replace("_", "-"))
         default = ",".join(setting.default) if isinstance(setting.default, tuple) else setting.default
+        shown = f" (default: {default})" if default is not None else ""  # None: off, or as the help says
         options: dict = {"dest": setting.name, "default": argparse.SUPPRESS,
-                         "help": f"[{applies_to(setting.name)}] {setting.help} (default: {default})"}
+                         "help": f"[{applies_to(setting.name)}] {setting.help}{shown}"}
         if setting.kind == "bool":
             options["action"] = argparse.BooleanOptionalAction
         else:
