@@ -42,9 +42,10 @@ def finish(out: Path) -> None:
 
 
 def stop_at(out: Path, signum: int, target: str = "-", call: int = 0, delay: float = 0.0) -> subprocess.Popen:
-    """Start ``RUN --out out`` and send ``signum`` inside the ``call``-th call of ``target`` (``-``: after
-    ``delay`` seconds); returns the ended process."""
-    marker = out.with_name(out.name + ".paused")
+    """Run ``RUN --out out`` (a new run, or the one in ``out`` continued) and send ``signum`` inside the
+    ``call``-th call of ``target`` in that process (``-``: after ``delay`` seconds); returns the ended process."""
+    marker = out.with_name(f"{out.name}.paused-{target}-{call}")
+    marker.unlink(missing_ok=True)
     command = [sys.executable, str(PAUSE_AT), target, str(call), str(marker), "--", *RUN[3:], "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
@@ -60,6 +61,16 @@ def stop_at(out: Path, signum: int, target: str = "-", call: int = 0, delay: flo
     return process
 
 
+def assert_stopped_with_one_line(process: subprocess.Popen, signum: int, out: Path) -> None:
+    """Exit 128 + signal, no traceback, and the last line says how to go on."""
+    lines = process.stderr.read().strip().splitlines()
+    assert process.returncode == 128 + signum, lines[-5:]
+    assert "Traceback" not in "\n".join(lines)
+    resume = f"continue with cvm run --resume {out}"
+    expected = resume if (out / "run_config.json").is_file() else "run the same command again"
+    assert lines[-1].startswith("cvm: interrupted; ") and lines[-1].endswith(expected), lines[-1]
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("uninterrupted")
@@ -68,41 +79,35 @@ def reference(tmp_path_factory) -> dict:
 
 
 SCHEDULE = "cvm_lightning.training.schedule:ExperienceSchedule.on_train_epoch_start"
-# Two experiences' epochs a class pair, two batches an epoch.
-POINTS = {
-    "SIGKILL between experiences": (signal.SIGKILL, SCHEDULE, 5),
-    "Ctrl-C between experiences": (signal.SIGINT, SCHEDULE, 3),
-    "Ctrl-C mid-experience": (signal.SIGINT, "cvm_lightning.model.module:CVMModule.training_step", 7),
-    "Ctrl-C during an evaluation": (signal.SIGINT, "cvm_lightning.metrics.callback:ContinualMetricsCallback."
-                                                   "on_validation_epoch_start", 3),
-    "SIGTERM during a baseline": (signal.SIGTERM, "cvm_lightning.training.baselines:ClassifierNet.forward", 15),
-    "Ctrl-C during the imports": (signal.SIGINT, "-", 0),
-}
+# One run stopped again and again, each time continued: every stop is counted in the process it hits. The
+# stream trains 5 experiences of 2 epochs, 2 batches an epoch, then the replay baseline.
+STOPS = [
+    ("during the imports", signal.SIGINT, "-", 0),
+    ("as experience 1 begins", signal.SIGKILL, SCHEDULE, 3),
+    ("during the evaluation after experience 2", signal.SIGINT,
+     "cvm_lightning.metrics.callback:ContinualMetricsCallback.on_validation_epoch_start", 2),
+    ("in the middle of experience 2", signal.SIGINT, "cvm_lightning.model.module:CVMModule.training_step", 3),
+    ("while the baseline trains", signal.SIGTERM, "cvm_lightning.training.baselines:ClassifierNet.forward", 15),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", list(POINTS))
-def test_a_run_stopped_at_any_point_resumes_to_identical_results(tmp_path, reference, point):
-    signum, target, call = POINTS[point]
+def test_a_run_stopped_at_each_point_in_turn_resumes_to_identical_results(tmp_path, reference):
     out = tmp_path / "run"
-    process = stop_at(out, signum, target, call, delay=0.8)
-    if signum != signal.SIGKILL:
-        lines = process.stderr.read().strip().splitlines()
-        assert process.returncode == 128 + signum, lines[-5:]
-        assert "Traceback" not in "\n".join(lines)
-        resume = f"continue with cvm run --resume {out}"
-        expected = resume if (out / "run_config.json").is_file() else "run the same command again"
-        assert lines[-1].startswith("cvm: interrupted; ") and lines[-1].endswith(expected), lines[-1]
+    for where, signum, target, call in STOPS:
+        process = stop_at(out, signum, target, call, delay=0.8)
+        if signum != signal.SIGKILL:
+            assert_stopped_with_one_line(process, signum, out)
+        assert not (out / "state" / "replay.json").exists(), f"stopped {where}, yet the baseline finished"
     finish(out)
-    assert accuracies(out) == reference, point
+    assert accuracies(out) == reference
 
 
 @pytest.mark.slow
 def test_a_run_stopped_by_ctrl_c_at_a_seeded_random_moment_resumes_to_identical_results(tmp_path, reference):
     out = tmp_path / "run"
     moment = random.Random(46).uniform(1.0, 8.0)  # anywhere from the imports to the baseline
-    process = stop_at(out, signal.SIGINT, delay=moment)
-    assert process.returncode == 130
+    assert_stopped_with_one_line(stop_at(out, signal.SIGINT, delay=moment), signal.SIGINT, out)
     finish(out)
     assert accuracies(out) == reference, f"stopped {moment:.1f} s in"
 
