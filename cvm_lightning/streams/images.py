@@ -141,7 +141,8 @@ def _split(split_dir: Path, folders: Sequence[str], image_size: int | None, layo
     """The images of ``split_dir/<folder>/`` for each of ``folders``, labelled by position; a folder without one
     is an error."""
     paths, targets = scan_split(split_dir, folders)
-    empty = [folders[c] for c in range(len(folders)) if c not in set(targets)]
+    present = set(targets)
+    empty = [folders[c] for c in range(len(folders)) if c not in present]
     if empty:
         raise DataError(f"Class folders {empty[:5]} in {split_dir} hold no images "
                         f"({', '.join(sorted(IMAGE_SUFFIXES))}). {layout_help}")
@@ -172,20 +173,14 @@ def load_image_folder(
                                                                              layout_help), names, descriptions)
 
 
-def update_folders(root: Path) -> tuple[Path, Path | None]:
-    """Where an update's training and (optional) test class folders are: ``root/train`` and ``root/test``, or
-    the class folders in ``root`` itself (training images only)."""
-    if (root / "train").is_dir():
-        return root / "train", root / "test" if (root / "test").is_dir() else None
-    return root, None
-
-
 def load_update_folder(
     root: Path, image_size: int | None = None
 ) -> tuple[list[str], ImageFileDataset, ImageFileDataset | None]:
     """An update's class folders and images: ``root/train/<class>/*`` with an optional ``root/test/<class>/*``,
     or ``root/<class>/*``. Every class folder must hold an image; the test set may leave classes out."""
-    train_root, test_root = update_folders(root)
+    nested = (root / "train").is_dir()
+    train_root = root / "train" if nested else root
+    test_root = root / "test" if nested and (root / "test").is_dir() else None
     layout_help = ("An update folder holds train/<class>/<image>, optionally with test/<class>/<image> to score it, "
                    "or <class>/<image> directly.")
     folders = list_class_folders(train_root)
