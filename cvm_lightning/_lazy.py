@@ -10,12 +10,14 @@ from typing import Callable
 
 
 def lazy_exports(package: str, exports: dict[str, str]) -> tuple[Callable[[str], object], Callable[[], list[str]]]:
-    """``__getattr__`` and ``__dir__`` for a package whose names ``exports`` maps to their submodules."""
+    """``__getattr__`` and ``__dir__`` for a package whose names ``exports`` maps to their submodules (a name that
+    is its submodule's own, ``{"functional": ".functional"}``, is the submodule)."""
 
     def __getattr__(name: str) -> object:
         if name not in exports:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        return getattr(import_module(exports[name], package), name)
+        module = import_module(exports[name], package)
+        return module if exports[name].lstrip(".") == name else getattr(module, name)  # a submodule itself
 
     def __dir__() -> list[str]:
         return sorted(exports)

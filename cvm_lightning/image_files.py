@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -33,27 +34,35 @@ class UnreadableImageError(DataError):
 RANGE_TOLERANCE = 1e-3
 
 
-def read_image(path: Path, image_size: int | None = None, mode: str = "RGB") -> np.ndarray:
-    """The pixels of image file ``path`` as a uint8 C x H x W array.
+def read_image(path: Path | BinaryIO, image_size: int | None = None, mode: str = "RGB", *,
+               max_pixels: int | None = None) -> np.ndarray:
+    """The pixels of image file ``path`` (or an open binary file, such as a request body) as a uint8 C x H x W array.
 
     The image is converted to ``mode`` (``"RGB"``, or ``"L"`` for one
     channel) and, when ``image_size`` is given and differs, resized to
     ``image_size`` x ``image_size`` with Pillow's antialiased bilinear filter.
     A file Pillow cannot decode (not an image, empty, truncated, a
     decompression bomb) raises :class:`UnreadableImageError`: every reader
-    of the package names it the same way.
+    of the package names it the same way. ``max_pixels`` lowers Pillow's
+    own bomb limit; the header's size is checked before anything is decoded.
     """
     try:
         with Image.open(path) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise Image.DecompressionBombError(f"decompression bomb: {image.width} x {image.height} pixels, "
+                                                   f"more than the {max_pixels} allowed")
             image = image.convert(mode)
             if image_size is not None and image.size != (image_size, image_size):
                 image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
             pixels = np.array(image)
     except _DECODE_ERRORS as err:
-        if isinstance(err, OSError) and not Path(path).is_file():  # gone or never there: not a bad image
+        named = isinstance(path, (str, Path))
+        if isinstance(err, OSError) and named and not Path(path).is_file():  # gone or never there: not a bad image
             raise DataError(f"{path} does not exist.") from None
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UnreadableImageError(Path(path), first[:160]) from None
+        if not named:  # Pillow names an open file by its repr: say "the data" instead
+            first = first.replace(repr(path), "the data")
+        raise UnreadableImageError(Path(path) if named else Path("image"), first[:160]) from None
     return pixels[None] if pixels.ndim == 2 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 

@@ -125,6 +125,16 @@ RANGES: dict[str, Range] = {
     "threads": Range(int, 1, optional=True),
     "shots": Range(int, 1, optional=True),
     "z_threshold": Range(float, 0, strict=True, example="for example 3"),
+    # cvm serve (LitServe takes ports from 1024 on)
+    "port": Range(int, 1024, below=65536, example="for example 8000"),
+    "workers": Range(int, 1),
+    "max_batch_size": Range(int, 1),
+    "batch_timeout": Range(float, 0, example="seconds, for example 0.005"),
+    "top_k": Range(int, 1),
+    "max_request_bytes": Range(int, 1),
+    "max_image_pixels": Range(int, 1),
+    "drift_window": Range(int, 2),
+    "watch_interval": Range(float, 0, strict=True, example="seconds, for example 1"),
 }
 
 # The strategies that learn a task-free stream: nothing of theirs waits for an experience to end.

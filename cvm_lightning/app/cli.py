@@ -89,6 +89,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 _PARSERS = {"int": int, "float": float, "path": Path, "str": str}
 
 
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
 def config_from_args(args: argparse.Namespace):
     """The :class:`RunConfig` of parsed :func:`add_run_arguments` flags: a protocol's values, then the flags given."""
     from cvm_lightning.app.run_config import SETTINGS, RunConfig
@@ -258,7 +264,39 @@ def build_parser() -> argparse.ArgumentParser:
                                                                                         "this many standard errors "
                                                                                         "away from the reference")
     _add_overwrite(predict)
+
+    serve = sub.add_parser(
+        "serve",
+        help="serve a model over HTTP (LitServe): batched predictions, live drift, metrics, model swaps",
+        description="POST /predict takes one image (raw body or multipart) and answers its class, score, top k and "
+        "the model's version; GET /drift reports each class's drift against --reference; GET /metrics is "
+        "Prometheus'; GET / is a status page; --watch or POST /model swaps in an updated model without stopping. "
+        "Ctrl-C or SIGTERM answer the requests in flight, then stop. Needs the serve extra.",
+        formatter_class=DefaultsHelpFormatter,
+    )
+    add_serve_arguments(serve)
     return parser
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per :class:`~cvm_lightning.deploy.serving.config.ServeConfig` field, with its default and help."""
+    from dataclasses import MISSING, fields
+
+    from cvm_lightning.deploy.serving.config import ServeConfig
+
+    for setting in fields(ServeConfig):
+        options: dict = {"dest": setting.name, "help": setting.metadata["help"]}
+        if setting.metadata.get("metavar"):
+            options["metavar"] = setting.metadata["metavar"]
+        if setting.default is MISSING:
+            options["required"] = True
+        else:
+            options["default"] = setting.default
+        if setting.type == "bool":
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = _PARSERS[setting.type.split(" |")[0].lower()]
+        parser.add_argument(flag(setting.name), **options)
 
 
 LIGHTNING_COMMANDS = {
@@ -453,6 +491,27 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from cvm_lightning.deploy.serving.config import ServeConfig
+    from cvm_lightning.deploy.serving.server import serve
+
+    config = ServeConfig(**{setting.name: getattr(args, setting.name) for setting in fields(ServeConfig)})
+
+    def ready(url: str, model) -> None:
+        names = model.predictor.class_names
+        print(f"cvm serve: {model.name} (version {model.version[:12]}, {len(names)} classes: "
+              f"{', '.join(names[:8])}{' ...' if len(names) > 8 else ''}) on {url} with {config.workers} "
+              f"worker(s); status page {url}/, Ctrl-C stops", flush=True)
+
+    try:
+        serve(config, on_ready=ready)
+    except Interrupted as stop:  # the normal way to stop a server: requests in flight were answered
+        print(f"cvm serve: stopped ({signal_name(stop.signum)}) after answering the requests in flight", flush=True)
+    return 0
+
+
 def _benchmarks(args: argparse.Namespace) -> int:
     from cvm_lightning.streams.registry import BENCHMARKS
 
@@ -492,6 +551,7 @@ COMMANDS = {
     "export": _export,
     "predict": _predict,
     "learn": _learn,
+    "serve": _serve,
     "benchmarks": _benchmarks,
     "protocols": _protocols,
 }

@@ -1,15 +1,6 @@
 """Continual-learning metrics: functional forms, torchmetrics classes, a Lightning callback."""
 
-from cvm_lightning.metrics import functional
-from cvm_lightning.metrics.callback import ContinualMetricsCallback
-from cvm_lightning.metrics.continual import (
-    AccuracyMatrix,
-    AverageAccuracy,
-    BackwardTransfer,
-    Forgetting,
-    ForwardTransfer,
-)
-from cvm_lightning.metrics.drift import ConceptDriftCallback, ConceptDriftMonitor
+from cvm_lightning._lazy import lazy_exports
 
 __all__ = [
     "AccuracyMatrix",
@@ -22,3 +13,10 @@ __all__ = [
     "ForwardTransfer",
     "functional",
 ]
+# Lazy, so the NumPy drift statistic (``metrics.drift_statistic``) loads without torch for `cvm serve`.
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "functional": ".functional", "ContinualMetricsCallback": ".callback",
+    **dict.fromkeys(["AccuracyMatrix", "AverageAccuracy", "BackwardTransfer", "Forgetting", "ForwardTransfer"],
+                    ".continual"),
+    "ConceptDriftCallback": ".drift", "ConceptDriftMonitor": ".drift",
+})

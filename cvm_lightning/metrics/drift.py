@@ -10,18 +10,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from torchmetrics import Metric
 
+from cvm_lightning.metrics.drift_statistic import SIGNALS, drift_report, nearest_and_margin
 from cvm_lightning.settings import DEFAULT_Z_THRESHOLD
-
-SIGNALS = ("nearest", "margin")
-
-
-def nearest_and_margin(similarities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per image: similarity to the nearest concept, and its margin over the second nearest."""
-    if similarities.shape[1] < 2:
-        top = similarities.max(dim=1).values
-        return top, torch.zeros_like(top)
-    top2 = similarities.topk(2, dim=1).values
-    return top2[:, 0], top2[:, 0] - top2[:, 1]
 
 
 class ConceptDriftMonitor(Metric):
@@ -60,7 +50,8 @@ class ConceptDriftMonitor(Metric):
         self.reference: dict[str, tuple[float, float]] | None = None
 
     def update(self, similarities: torch.Tensor) -> None:
-        values = dict(zip(SIGNALS, nearest_and_margin(similarities.double())))
+        signals = nearest_and_margin(similarities.detach().cpu().double().numpy())
+        values = {signal: torch.from_numpy(value) for signal, value in zip(SIGNALS, signals)}
         self.count += similarities.shape[0]
         for signal, value in values.items():
             setattr(self, f"{signal}_sum", getattr(self, f"{signal}_sum") + value.sum())
@@ -84,14 +75,8 @@ class ConceptDriftMonitor(Metric):
     def compute(self) -> dict[str, float | bool]:
         if self.reference is None:
             raise ValueError("No reference yet: update on held-out data and call set_reference() first.")
-        stats, n = self._stats(), max(float(self.count), 1.0)
-        report: dict[str, float | bool] = {}
-        for signal in SIGNALS:
-            mean, (ref_mean, ref_std) = stats[signal][0], self.reference[signal]
-            report[signal] = mean
-            report[f"z_{signal}"] = (mean - ref_mean) / (max(ref_std, 1e-6) / math.sqrt(n))
-        report["drifted"] = any(abs(report[f"z_{s}"]) > self.z_threshold for s in SIGNALS)
-        return report
+        means = {signal: mean for signal, (mean, _) in self._stats().items()}
+        return drift_report(means, float(self.count), self.reference, self.z_threshold)
 
 
 class ConceptDriftCallback(pl.Callback):
