@@ -118,6 +118,7 @@ def line(models, workspace):
     """An ONNX model served off loopback (so with an API key), with a drift reference, in batches of up to 8."""
     with serving(["--model", models["onnx"], "--reference", workspace["data"] / "test", "--host", "0.0.0.0",
                   "--max-batch-size", "8", "--batch-timeout", "0.05"], models["root"], key=KEY) as server:
+        server.model = models["onnx"]
         yield server
 
 
@@ -435,3 +436,18 @@ def test_image_pixels_decoded_from_a_body_match_those_of_the_file(workspace):
 
     path = held_out(workspace)[0]
     assert np.array_equal(read_image(io.BytesIO(png(path)), 24), read_image(path, 24))
+
+
+def test_the_example_client_prints_each_class_and_the_drift(line, workspace):
+    script = Path(__file__).resolve().parents[1] / "examples" / "serve_client.py"
+    folder = workspace["data"] / "test" / "cat"
+    result = subprocess.run([sys.executable, str(script), str(folder), "--url", line.url], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "CVM_API_KEY": KEY})
+    assert result.returncode == 0, result.stderr
+    rows = [row.split("\t") for row in result.stdout.splitlines() if "\t" in row]
+    expected = expected_rows(line.model, sorted(folder.glob("*.png")))
+    assert [r[1] for r in rows] == [e["class_name"] for e in expected]
+    assert "drift over the latest 256 images" in result.stdout
+    no_server = subprocess.run([sys.executable, str(script), str(folder), "--url", f"http://127.0.0.1:{free_port()}"],
+                               capture_output=True, text=True, timeout=60)
+    assert no_server.returncode == 2 and "no server at" in no_server.stderr

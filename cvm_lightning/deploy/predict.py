@@ -64,11 +64,15 @@ class Predictor:
     ``similarities(images)`` gives cosine similarities to the learned classes
     (a B x K NumPy array); ``predict(images)`` gives class ids, names and the
     similarity of the nearest concept. Images are uint8 or float in [0, 1],
-    as NumPy arrays or CPU tensors.
+    as NumPy arrays or CPU tensors. ``threads`` caps the runtime's threads
+    (default: the runtime's own choice); with it, onnxruntime's idle threads
+    sleep instead of spinning, so a process beside it (a server's HTTP side)
+    keeps its core.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int | None = None) -> None:
         self.path = Path(path)
+        self.threads = threads
         if not self.path.is_file():
             raise DataError(f"No model file at {self.path}: pass a .ckpt checkpoint, a TorchScript (.pt) or an .onnx "
                             "export.")
@@ -98,7 +102,7 @@ class Predictor:
 
         module = load_checkpoint(self.path)
         self.meta = deployment_metadata(module)
-        self._run = _torch_runner(DeployedCVM(module).eval())
+        self._run = _torch_runner(DeployedCVM(module).eval(), self.threads)
 
     def _load_torchscript(self) -> None:
         import torch
@@ -108,7 +112,7 @@ class Predictor:
             warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*")
             model = torch.jit.load(str(self.path), map_location="cpu", _extra_files=files)
         self.meta = json.loads(files[META_FILE])
-        self._run = _torch_runner(model)
+        self._run = _torch_runner(model, self.threads)
 
     def _load_onnx(self) -> None:
         try:
@@ -116,7 +120,11 @@ class Predictor:
         except ImportError as err:
             raise DataError("Running an .onnx model needs onnxruntime: pip install onnxruntime.") from err
 
-        session = onnxruntime.InferenceSession(str(self.path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        if self.threads is not None:
+            options.intra_op_num_threads = self.threads
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        session = onnxruntime.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         self.meta = json.loads(session.get_modelmeta().custom_metadata_map[META_FILE])
         self._run = lambda x: session.run(None, {"images": x})[0]
 
@@ -162,9 +170,12 @@ class Predictor:
         return (np.stack(pixels) if pixels else None), readable, unreadable
 
 
-def _torch_runner(model):
-    """A NumPy-in, NumPy-out call of a torch model, without gradients."""
+def _torch_runner(model, threads: int | None = None):
+    """A NumPy-in, NumPy-out call of a torch model, without gradients (on ``threads`` threads, where given)."""
     import torch
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():

@@ -51,16 +51,17 @@ class CVMServeAPI(ls.LitAPI):
             raise HTTPException(401, KEY_ERROR)
 
     def setup(self, device) -> None:
-        # Ctrl-C reaches every process of the terminal's group: the server stops the workers once requests in
-        # flight are answered.
+        # A stop signal may reach every process of the server: its main process stops the workers once the
+        # requests in flight are answered.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         configure_logging()
         worker = int(os.environ.get("LITSERVE_WORKER_ID", "0"))
-        model = load_served_model(self.config.model, self.folder / "models")
+        model = load_served_model(self.config.model, self.folder / "models", threads=self.config.worker_threads())
         reference = load_reference(self.config.reference, model) if self.config.reference else None
         self.swapper = ModelSwapper(model, reference, folder=self.folder / "swaps", worker=worker,
                                     watch=self.config.watch, interval=self.config.watch_interval,
-                                    on_change=self._changed)
+                                    threads=self.config.worker_threads(), on_change=self._changed)
         self._changed({"event": "loaded", "worker": worker, "path": str(model.source), "time": model.loaded_at,
                        "model": model.describe(), "classes": model.predictor.class_names})
         self.swapper.start()

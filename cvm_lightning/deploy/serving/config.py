@@ -38,8 +38,11 @@ class ServeConfig:
     host: str = _setting(LOOPBACK, f"address to listen on ({', '.join(HOSTS)}); any but {LOOPBACK} needs an API key")
     port: int = _setting(8000, "TCP port")
     workers: int = _setting(1, "inference worker processes (each holds the model)")
+    threads: int | None = _setting(None, "threads of each worker's runtime (default: cores / workers, at least 1); "
+                                         "idle ones sleep, leaving the HTTP side its share", "N")
     max_batch_size: int = _setting(16, "requests an inference batch gathers at most")
-    batch_timeout: float = _setting(0.005, "seconds a batch waits for more requests")
+    batch_timeout: float = _setting(0.001, "seconds a batch waits for more requests (under load they queue up "
+                                           "anyway: a longer wait only delays a lone request)")
     top_k: int = _setting(3, "classes each answer lists, best first")
     max_request_bytes: int = _setting(10 * 2**20, "largest request body accepted (bigger: 413)")
     max_image_pixels: int = _setting(50_000_000, "largest image (width x height) decoded; bigger is refused as a "
@@ -53,6 +56,10 @@ class ServeConfig:
     api_key_file: Path | None = _setting(None, f"file holding the API key clients send (X-API-Key or Authorization: "
                                                f"Bearer); default: ${API_KEY_VARIABLE}. Needed off {LOOPBACK} and "
                                                "for POST /model", "FILE")
+
+    def worker_threads(self) -> int:
+        """``threads``, or its default for this machine."""
+        return self.threads or max(1, (os.cpu_count() or 1) // self.workers)
 
     def numbers(self) -> dict:
         """The settings that have a rule in :data:`~cvm_lightning.settings.RANGES`."""

@@ -45,8 +45,8 @@ class ModelSwapper:
     ``on_change(event)`` hears of each swap and refusal (``{"event": "swapped" | "refused", ...}``)."""
 
     def __init__(self, model: ServedModel, reference: np.ndarray | None, *, folder: Path, worker: int, watch: bool,
-                 interval: float, on_change: Callable[[dict], None]) -> None:
-        self.current, self.reference = model, reference
+                 interval: float, on_change: Callable[[dict], None], threads: int | None = None) -> None:
+        self.current, self.reference, self.threads = model, reference, threads
         self.folder, self.worker, self.watch, self.interval = folder, worker, watch, interval
         self.on_change = on_change
         self.watched = model.source  # --model, even after a POST /model swapped in another file
@@ -96,7 +96,7 @@ class ModelSwapper:
         given); returns the outcome (and tells ``on_change``)."""
         old = self.current
         try:
-            new = load_served_model(path, self.folder.parent / "models", like=old)
+            new = load_served_model(path, self.folder.parent / "models", like=old, threads=self.threads)
             pixels = self.reference if reference is None else load_reference(reference, new)
         except CVMError as err:
             event = {"event": "refused", "worker": self.worker, "path": str(path), "reason": str(err),

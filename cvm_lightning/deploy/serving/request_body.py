@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from fastapi import HTTPException, Request
+from starlette.requests import ClientDisconnect
 
 from cvm_lightning.image_files import UnreadableImageError, read_image
 
@@ -41,11 +42,14 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody is left to answer, but the log stays one line
+        raise HTTPException(400, "The client disconnected before the body was complete.") from None
     return b"".join(chunks)
 
 

@@ -67,8 +67,10 @@ def _snapshot(source: Path, folder: Path) -> tuple[Path, str]:
     return target, digest.hexdigest()
 
 
-def load_served_model(source: Path, snapshots: Path, like: ServedModel | None = None) -> ServedModel:
-    """Load ``source``, check it and return it; ``like``: the model it replaces, whose input it must take.
+def load_served_model(source: Path, snapshots: Path, like: ServedModel | None = None,
+                      threads: int | None = None) -> ServedModel:
+    """Load ``source`` (its runtime on ``threads`` threads), check it and return it; ``like``: the model it
+    replaces, whose input it must take.
 
     The checks: it loads, its input (channels and image size) is ``like``'s,
     and a smoke prediction gives one finite similarity per class. A failure
@@ -80,7 +82,7 @@ def load_served_model(source: Path, snapshots: Path, like: ServedModel | None = 
     except OSError as err:
         raise ModelRefused(f"{source} cannot be read ({err.strerror or err}).") from None
     try:
-        predictor = Predictor(copy)
+        predictor = Predictor(copy, threads)
     except CVMError as err:
         raise ModelRefused(str(err).replace(str(copy), str(source))) from None
     model = ServedModel(predictor, source, version, time.time())

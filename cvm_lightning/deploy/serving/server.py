@@ -16,6 +16,8 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cvm_lightning.deploy.serving.config import LOOPBACK, ServeConfig, check_config
@@ -44,31 +46,34 @@ def build_server(config: ServeConfig, folder: Path, api_key: str | None, first):
     from cvm_lightning.deploy.serving.telemetry import HTTPMetrics, ServeLogger
 
     class CVMServer(ls.LitServer):
+        # Only this process acts on Ctrl-C and SIGTERM, which may reach every process of the server at once (a
+        # terminal's Ctrl-C, `pkill`, systemd's stop): it lets the HTTP servers drain, then stops the rest.
+
+        def _init_manager(self, num_api_servers):
+            with _signals_ignored():  # the queues' manager is forked, and the logger spawned, from here
+                return super()._init_manager(num_api_servers)
+
+        def _start_server(self, *args, **kwargs):
+            # The HTTP servers are forked: they inherit ignored signals, which uvicorn replaces with its own while
+            # it serves (a stop makes it finish the requests it holds) and raises again on its way out, ignored.
+            with _signals_ignored():
+                return super()._start_server(*args, **kwargs)
+
         def _perform_graceful_shutdown(self, manager, uvicorn_workers, shutdown_reason="normal"):
             # LitServe closes its queues before it stops the HTTP servers; drain those first, so every request in
-            # flight is answered, then stop the logger, which LitServe leaves running.
+            # flight is answered. Then nothing is left to answer: the workers and LitServe's logger process (which
+            # it starts but does not track) ignore stop signals, so they are killed.
             for server in uvicorn_workers.values():
                 if server.is_alive():
                     server.terminate()  # uvicorn: stop accepting, finish what it holds
             for server in uvicorn_workers.values():
                 server.join(DRAIN_SECONDS)
-            known = {*self.inference_workers, *uvicorn_workers.values(), manager._process}
             for child in mp.active_children():
-                if child not in known:  # LitServe's logger process, which it starts but does not track
-                    child.terminate()
+                if child is not manager._process and child not in uvicorn_workers.values():
+                    child.kill()
                     child.join(5)
-            # The workers are stopped as on Ctrl-C: a farewell message through the queues can block on the manager.
+            # As after a Ctrl-C: a farewell message through the queues would only wait on the dead workers.
             super()._perform_graceful_shutdown(manager, {}, "keyboard_interrupt")
-
-        def _start_server(self, *args, **kwargs):
-            # The HTTP servers are forked: they inherit ignored signals, which uvicorn replaces with its own while
-            # it serves and raises again on its way out (ignored then, rather than this process's handlers).
-            previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
-            try:
-                return super()._start_server(*args, **kwargs)
-            finally:
-                for signum, handler in previous.items():
-                    signal.signal(signum, handler)
 
     api = CVMServeAPI(config, folder, api_key)
     server = CVMServer(api, accelerator="cpu", workers_per_device=config.workers,
@@ -110,6 +115,17 @@ def serve(config: ServeConfig, *, on_ready=None) -> None:
                    num_api_servers=config.workers)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """Ctrl-C and SIGTERM ignored within the block (and by the processes it starts), then as they were."""
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _then(call, after):

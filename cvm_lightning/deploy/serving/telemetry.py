@@ -116,10 +116,11 @@ class ServeLogger(ls.Logger):
         return state
 
     def __setstate__(self, state: dict) -> None:
-        # Unpickled in the logger process LitServe spawns, before it reads its queue: Ctrl-C reaches every process
-        # of the terminal's group, and the server stops this one itself once the HTTP servers have drained.
+        # Unpickled in the logger process LitServe spawns, before it reads its queue: a stop signal may reach every
+        # process of the server, whose main process stops this one once the HTTP servers have drained.
         self.__dict__.update(state)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         configure_logging()
 
     def process(self, key: str, value: dict) -> None:
