@@ -31,7 +31,7 @@ import pytorch_lightning as pl
 from _report import table, write_json
 from long_updates import _side, images_of, write_condition
 
-from cvm_lightning.app.reporting import mean_std, mean_std_text
+from cvm_lightning.app.tables import mean_std, mean_std_text
 from cvm_lightning.deploy.learn import accuracy, learn_images
 from cvm_lightning.deploy.predict import load_checkpoint
 from cvm_lightning.streams.images import ImageFileDataset

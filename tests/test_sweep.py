@@ -49,7 +49,7 @@ def test_run_seeds_gives_the_mean_and_std_of_separate_single_seed_runs(tmp_path,
     import json
 
     from cvm_lightning.app.cli import main
-    from cvm_lightning.app.reporting import mean_std
+    from cvm_lightning.app.tables import mean_std
 
     tiny = ["--strategies", "cvm,naive", "--epochs", "1", "--input-size", "8", "--train-per-class", "20",
             "--test-per-class", "10", "--no-progress"]

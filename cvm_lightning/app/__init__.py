@@ -6,8 +6,9 @@
   :mod:`~cvm_lightning.app.run_config`, :mod:`~cvm_lightning.app.signatures`,
   :mod:`~cvm_lightning.app.strategies`;
 - the comparison harness: :mod:`~cvm_lightning.app.runner`,
-  :mod:`~cvm_lightning.app.sweep`, :mod:`~cvm_lightning.app.reporting`,
-  :mod:`~cvm_lightning.app.resources`.
+  :mod:`~cvm_lightning.app.sweep`, :mod:`~cvm_lightning.app.reporting`
+  (with :mod:`~cvm_lightning.app.tables` and, for lifetime streams,
+  :mod:`~cvm_lightning.app.lifetime_report`), :mod:`~cvm_lightning.app.resources`.
 
 Nothing in the library imports this package.
 """

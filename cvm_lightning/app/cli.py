@@ -356,20 +356,20 @@ def _run_in(config, out: Path) -> int:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     if config.seeds is not None:
-        from cvm_lightning.app.reporting import conditions_section, protocol_line, seed_table, write_seed_results
+        from cvm_lightning.app.reporting import protocol_line, seed_table, stream_sections, write_seed_results
         from cvm_lightning.app.sweep import run_seeds
 
         results = run_seeds(config, out)
         paths = write_seed_results(results, out)
         print(f"\n{protocol_line(results)}\nMean ± std over seeds {', '.join(map(str, config.seeds))}:\n"
-              f"{seed_table(results)}{conditions_section(results)}")
+              f"{seed_table(results)}{stream_sections(results)}")
         print(f"\nWrote {', '.join(str(p) for p in paths)}; each seed's run is in {out / 'runs'}")
         return 0
 
     from cvm_lightning.app.reporting import (
-        conditions_section,
         divergence_section,
         protocol_line,
+        stream_sections,
         text_table,
         write_results,
     )
@@ -381,7 +381,7 @@ def _run_in(config, out: Path) -> int:
     paths = write_results(results, out)
     print()
     print(protocol_line(results))
-    print(text_table(results) + divergence_section(results) + conditions_section(results))
+    print(text_table(results) + divergence_section(results) + stream_sections(results))
     print(f"\nWrote {', '.join(str(p) for p in paths)}")
     if "cvm" in results["strategies"]:
         final = out / "final.ckpt"

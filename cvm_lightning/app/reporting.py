@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import math
-import statistics
 from pathlib import Path
-from typing import Sequence
 
+from cvm_lightning.app.lifetime_report import lifetime_section, plot_first_classes
+from cvm_lightning.app.tables import mean_std, mean_std_text, number_or_na, render_table
 from cvm_lightning.atomic import atomic_write_text
 
 # The metrics of a multi-seed table, by key in a strategy's results, with their column titles.
@@ -18,23 +17,6 @@ COLUMNS = ("strategy", "final avg acc", "forgetting", "BWT", "zero-shot (chance)
            "peak RSS MB")
 
 
-def _number(value: float | None, spec: str) -> str:
-    """``value`` formatted, or "n/a" where it was not measured (joint training has no zero-shot rows)."""
-    return "n/a" if value is None or value != value else format(value, spec)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (0 for one value); NaN for both where a value was not measured."""
-    if any(math.isnan(v) for v in values):
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0
-
-
-def mean_std_text(mean: float, std: float) -> str:
-    """``mean ± std`` to 3 decimals, or "n/a" where nothing was measured."""
-    return "n/a" if _number(mean, ".3f") == "n/a" else f"{mean:.3f} ± {std:.3f}"
-
-
 def table_rows(results: dict) -> list[list[str]]:
     return [
         [
@@ -42,12 +24,12 @@ def table_rows(results: dict) -> list[list[str]]:
             f"{r['final_avg_accuracy']:.3f}",
             f"{r['forgetting']:.3f}",
             f"{r['bwt']:+.3f}",
-            f"{_number(r.get('zero_shot_accuracy'), '.3f')} ({_number(r.get('zero_shot_chance'), '.3f')})",
-            _number(r.get("fwt"), "+.3f"),
+            f"{number_or_na(r.get('zero_shot_accuracy'), '.3f')} ({number_or_na(r.get('zero_shot_chance'), '.3f')})",
+            number_or_na(r.get("fwt"), "+.3f"),
             f"{r['train_seconds']:.1f}",
             f"{r['params']:,}",
             f"{r['peak_rss_mb']:.0f}",
-            *([_number(r.get("anytime_accuracy"), ".3f")] if _has_anytime(results) else []),
+            *([number_or_na(r.get("anytime_accuracy"), ".3f")] if _has_anytime(results) else []),
             *_reference_cells(results, name, [r["final_avg_accuracy"]]),
         ]
         for name, r in results["strategies"].items()
@@ -100,24 +82,14 @@ def protocol_line(results: dict) -> str:
             "references.")
 
 
-def _render(head: list[str], rows: list[list[str]], markdown: bool) -> str:
-    """Rows under a header: a Markdown table, or plain text aligned for the terminal."""
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-    return "\n".join("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-                     for row in [head, *rows])
-
-
 def markdown_table(results: dict) -> str:
     """The results as a Markdown table, one row per strategy."""
-    return _render(_columns(results), table_rows(results), markdown=True)
+    return render_table(_columns(results), table_rows(results), markdown=True)
 
 
 def text_table(results: dict) -> str:
     """The results as an aligned plain-text table for the terminal."""
-    return _render(_columns(results), table_rows(results), markdown=False)
+    return render_table(_columns(results), table_rows(results), markdown=False)
 
 
 def condition_table(results: dict, markdown: bool = False) -> str:
@@ -141,10 +113,13 @@ def condition_table(results: dict, markdown: bool = False) -> str:
             cells.append(f"{mean_std_text(*acc)} ({mean_std_text(*fgt)})" if len(matrices) > 1
                          else f"{acc[0]:.3f} ({fgt[0]:.3f})")
         rows.append([name, *cells])
-    return _render(["strategy", *results["conditions"]], rows, markdown)
+    return render_table(["strategy", *results["conditions"]], rows, markdown)
 
 
 def _stream_line(results: dict) -> str:
+    if results.get("lifetime"):
+        return (f"Lifetime on site: {results['lifetime'][0]['label']}, then {len(results['lifetime']) - 1} small "
+                "updates, new conditions and new classes in turn; test experience k holds what update k brought.")
     if results.get("conditions"):
         return (f"Domain-incremental: every experience holds the same {results['classes_per_experience'][0]} classes, "
                 f"under the conditions {', '.join(results['conditions'])} in turn.")
@@ -160,6 +135,11 @@ def conditions_section(results: dict, markdown: bool = False) -> str:
         return f"\n\nEach condition: final accuracy (forgetting)\n{condition_table(results)}"
     return ("\n## Each condition\n\nFinal accuracy on each condition's test images, and (in brackets) its "
             f"forgetting.\n\n{condition_table(results, markdown=True)}\n")
+
+
+def stream_sections(results: dict, markdown: bool = False) -> str:
+    """What the kind of stream adds to the main table: each condition's table, or a lifetime's tables."""
+    return conditions_section(results, markdown) + lifetime_section(results, markdown)
 
 
 def divergence_note(strategy: str, step: int) -> str:
@@ -180,7 +160,7 @@ def seed_table(results: dict, markdown: bool = False) -> str:
     rows = [[name, *(mean_std_text(*r[m]) for m in METRICS),
              *_reference_cells(results, name, [cell["final_avg_accuracy"] for cell in r["per_seed"]])]
             for name, r in results["strategies"].items()]
-    return _render(head, rows, markdown)
+    return render_table(head, rows, markdown)
 
 
 def write_seed_results(results: dict, out_dir: Path) -> list[Path]:
@@ -192,8 +172,8 @@ def write_seed_results(results: dict, out_dir: Path) -> list[Path]:
               f"{protocol_line(results)}\n\n"
               "Accuracies in [0, 1]; forgetting in max mode (Chaudhry et al. 2018); std over seeds (population).\n\n")
     table = seed_table(results, markdown=True)
-    atomic_write_text(md_path, header + table + "\n" + conditions_section(results, markdown=True))
-    return [json_path, md_path, plot_accuracy_against_forgetting(results, out_dir)]
+    atomic_write_text(md_path, header + table + "\n" + stream_sections(results, markdown=True))
+    return [json_path, md_path, plot_accuracy_against_forgetting(results, out_dir), *stream_plots(results, out_dir)]
 
 
 def plot_accuracy_against_forgetting(results: dict, out_dir: Path) -> Path:
@@ -228,8 +208,15 @@ def write_results(results: dict, out_dir: Path) -> list[Path]:
         "Accuracies in [0, 1]; forgetting in max mode (Chaudhry et al. 2018).\n\n"
     )
     atomic_write_text(md_path, header + markdown_table(results) + divergence_section(results) + "\n"
-                      + conditions_section(results, markdown=True))
-    return [json_path, md_path, *plot_results(results, out_dir)]
+                      + stream_sections(results, markdown=True))
+    return [json_path, md_path, *plot_results(results, out_dir), *stream_plots(results, out_dir)]
+
+
+def stream_plots(results: dict, out_dir: Path) -> list[Path]:
+    """A lifetime stream's plot of the first classes over the updates (none for another kind of stream)."""
+    if not results.get("lifetime"):
+        return []
+    return [plot_first_classes(results, out_dir / "first_classes.png")]
 
 
 def _as_floats(matrix: list[list[float | None]]) -> list[list[float]]:

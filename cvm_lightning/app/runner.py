@@ -15,7 +15,7 @@ from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from cvm_lightning.app.reporting import divergence_note
-from cvm_lightning.app.resources import PeakRSS
+from cvm_lightning.app.resources import ExperienceCost, ExperienceCostCallback, PeakRSS
 from cvm_lightning.app.run_config import RunConfig
 from cvm_lightning.app.strategies import STRATEGIES
 from cvm_lightning.atomic import atomic_write_text
@@ -67,11 +67,13 @@ class StrategyResult:
     anytime_accuracy: float = math.nan
     anytime: list = field(default_factory=list)
     nonfinite_loss_step: int | None = None  # a baseline's first training step with a NaN or inf loss: it diverged
+    experience_seconds: list = field(default_factory=list)  # each experience's training seconds
+    experience_peak_rss_mb: list = field(default_factory=list)  # the process's peak resident memory during each
 
 
 def _result(R: torch.Tensor, train_seconds: float, model: torch.nn.Module, peak_mb: float,
             zero_shot: ZeroShotRecorder | None = None, anytime: TaskFreeEvaluator | None = None,
-            nonfinite_loss_step: int | None = None) -> StrategyResult:
+            nonfinite_loss_step: int | None = None, cost: ExperienceCost | None = None) -> StrategyResult:
     """The numbers of a finished strategy; a task-free run has no zero-shot rows, a boundary-aware one no anytime."""
     summary = summarize(R)
     transfer = zero_shot.summary() if zero_shot is not None else {}
@@ -93,6 +95,8 @@ def _result(R: torch.Tensor, train_seconds: float, model: torch.nn.Module, peak_
         anytime_accuracy=points.get("anytime_accuracy", math.nan),
         anytime=points.get("anytime", []),
         nonfinite_loss_step=nonfinite_loss_step,
+        experience_seconds=cost.seconds if cost is not None else [],
+        experience_peak_rss_mb=cost.peak_mb if cost is not None else [],
     )
 
 
@@ -134,7 +138,8 @@ def run_cvm(
             callbacks = [task_free, state]
         else:
             metrics, zero_shot = ContinualMetricsCallback(), ZeroShotCallback()
-            callbacks = [ExperienceSchedule(), metrics, zero_shot, state,
+            cost = ExperienceCostCallback(data.epochs_per_experience)
+            callbacks = [ExperienceSchedule(), metrics, zero_shot, state, cost,
                          experience_checkpoints(checkpoints, data.epochs_per_experience)]
         trainer = pl.Trainer(
             callbacks=callbacks,
@@ -156,7 +161,8 @@ def run_cvm(
         evaluator = task_free.evaluator
         return _result(evaluator.matrix.compute(), state.train_seconds - evaluator.seconds, module, peak.peak_mb,
                        anytime=evaluator)
-    return _result(metrics.matrix.compute(), state.train_seconds, module, peak.peak_mb, zero_shot=zero_shot.recorder)
+    return _result(metrics.matrix.compute(), state.train_seconds, module, peak.peak_mb, zero_shot=zero_shot.recorder,
+                   cost=cost.cost)
 
 
 def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
@@ -207,17 +213,19 @@ def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
             # A growing head has no output for a class before its experience: nothing to score zero-shot (n/a).
             plugins = [recorder, nonfinite] if growing else [recorder, zero_shot, nonfinite]
             strategy = build_baseline(name, model, optimizer, settings, plugins)
-            train_seconds = _train_experiences(name, strategy, data, settings, report)
+            cost = ExperienceCost()
+            train_seconds = _train_experiences(name, strategy, data, settings, report, cost)
     if data.task_free:
         return _result(evaluator.matrix.compute(), train_seconds, model, peak.peak_mb, anytime=evaluator,
                        nonfinite_loss_step=nonfinite.first)
     return _result(recorder.matrix.compute(), train_seconds, model, peak.peak_mb,
-                   zero_shot=None if growing else zero_shot.recorder, nonfinite_loss_step=nonfinite.first)
+                   zero_shot=None if growing else zero_shot.recorder, nonfinite_loss_step=nonfinite.first, cost=cost)
 
 
 def _train_experiences(name: str, strategy, data: ClassIncrementalDataModule, settings: BaselineSettings,
-                       report: Callable[[str], None]) -> float:
-    """Train ``strategy`` on each experience in Avalanche's loop, evaluating where the stream says; training seconds."""
+                       report: Callable[[str], None], cost: ExperienceCost) -> float:
+    """Train ``strategy`` on each experience in Avalanche's loop, evaluating where the stream says; training seconds
+    (in all, and each experience's in ``cost``)."""
     benchmark = data.benchmark
     train_seconds = 0.0
     steps = list(enumerate(benchmark.train_stream))
@@ -225,7 +233,9 @@ def _train_experiences(name: str, strategy, data: ClassIncrementalDataModule, se
         steps = [(benchmark.n_experiences - 1, [experience for _, experience in steps])]
     for index, experience in steps:
         start = time.perf_counter()
+        cost.start(index)
         strategy.train(experience, num_workers=0, drop_last=settings.drop_last)
+        cost.stop()
         train_seconds += time.perf_counter() - start
         if data.evaluates_after(index):
             # Avalanche's evaluation loaders draw their seeds from the global generator: kept apart, the
@@ -303,6 +313,7 @@ def run(config: RunConfig, out_dir: Path, report: Callable[[str], None] = print)
         "kind": benchmark.kind,
         "classes_per_experience": benchmark.classes_per_experience,
         "conditions": list(benchmark.conditions),
+        "lifetime": [asdict(step) for step in benchmark.lifetime],
         "protocol": config.protocol_report(),
         "config": config.to_json(),
         "strategies": {},

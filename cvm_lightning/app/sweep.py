@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from cvm_lightning.app.reporting import METRICS, mean_std, mean_std_text
+from cvm_lightning.app.reporting import METRICS
 from cvm_lightning.app.run_config import DEFAULT_VALUES, RunConfig
 from cvm_lightning.app.runner import claim_out_dir, prepare, run
+from cvm_lightning.app.tables import mean_std, mean_std_text
 from cvm_lightning.atomic import atomic_write_text
 
 # Each CVM option off (or swapped for its alternative), one at a time.
@@ -56,6 +57,10 @@ def _variant_config(base: RunConfig, overrides: dict, seed: int) -> RunConfig:
     return replace(base, seed=seed, progress=False, **overrides)
 
 
+# What each seed's cell keeps beyond the metrics: the cost of each experience, which a lifetime's report shows.
+PER_EXPERIENCE = ("experience_seconds", "experience_peak_rss_mb")
+
+
 def run_cells(
     base: RunConfig,
     seeds: Sequence[int],
@@ -77,7 +82,7 @@ def run_cells(
                 result = run_cell(config, strategy, out_dir, report, label=f"{variant}, seed {seed}")
                 table.setdefault(variant, {}).setdefault(strategy, []).append(
                     {"seed": seed, **{m: result.get(m, math.nan) for m in METRICS},
-                     "accuracy_matrix": result["accuracy_matrix"]}
+                     **{k: result.get(k) for k in PER_EXPERIENCE}, "accuracy_matrix": result["accuracy_matrix"]}
                 )
     return table
 
@@ -129,6 +134,7 @@ def run_seeds(config: RunConfig, out_dir: Path, report: Callable[[str], None] = 
         "kind": data.benchmark.kind,
         "classes_per_experience": data.benchmark.classes_per_experience,
         "conditions": list(data.benchmark.conditions),
+        "lifetime": [asdict(step) for step in data.benchmark.lifetime],
         "seeds": list(config.seeds),
         "protocol": config.protocol_report(),
         "config": config.to_json(),

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from cvm_lightning.concepts.defaults import DEFAULT_TEMPLATES
 from cvm_lightning.errors import ConfigError, DataError
+from cvm_lightning.streams.lifetime import LifetimeSpec, lifetime_stream
 from cvm_lightning.streams.registry import (
     DOMAIN_INCREMENTAL,
+    LIFETIME,
     Benchmark,
     StreamConfig,
     register_benchmark,
@@ -81,7 +83,7 @@ def domain_incremental(
     always gives the same pixels.
     """
     from cvm_lightning.streams.corruptions import check_conditions, corrupt
-    from cvm_lightning.streams.datasets import TensorImageDataset, stacked_pixels
+    from cvm_lightning.streams.datasets import TensorImageDataset, stacked_pixels, uint8_to_unit
 
     check_conditions(conditions)
     n = config.n_experiences or len(conditions)
@@ -99,9 +101,9 @@ def domain_incremental(
         raise DataError(f"Classes {short[:5]} have fewer training images than the {n} conditions: every condition "
                         "needs every class; keep more images a class or fewer --n-experiences.")
     seed = config.seed * 100_003  # each condition and split draws its own noise
-    train_sets = [TensorImageDataset(corrupt(train_pixels[part], c, seed + 2 * k), train_targets[part], _uint8_to_unit)
+    train_sets = [TensorImageDataset(corrupt(train_pixels[part], c, seed + 2 * k), train_targets[part], uint8_to_unit)
                   for k, (c, part) in enumerate(zip(conditions, parts))]
-    test_sets = [TensorImageDataset(corrupt(test_pixels, c, seed + 2 * k + 1), test_targets, _uint8_to_unit)
+    test_sets = [TensorImageDataset(corrupt(test_pixels, c, seed + 2 * k + 1), test_targets, uint8_to_unit)
                  for k, c in enumerate(conditions)]
     return Benchmark(name, split_by_condition(train_sets, test_sets), class_names, in_chans, image_size, templates,
                      conditions=conditions)
@@ -167,16 +169,11 @@ def require_root(config: StreamConfig, name: str, layout: str) -> Path:
     return root
 
 
-def _uint8_to_unit(image):
-    """uint8 pixels as floats in [0, 1], the range every model of this package takes."""
-    return image.float() / 255.0
-
-
 def _torchvision_cifar(kind: str, root: Path, download: bool, layout: str):
     import torch
     from torchvision.datasets import CIFAR10, CIFAR100
 
-    from cvm_lightning.streams.datasets import TensorImageDataset
+    from cvm_lightning.streams.datasets import TensorImageDataset, uint8_to_unit
 
     cls = CIFAR10 if kind == "cifar10" else CIFAR100
     try:
@@ -185,7 +182,7 @@ def _torchvision_cifar(kind: str, root: Path, download: bool, layout: str):
         raise DataError(f"No {kind.upper()} data found in {root}. Put there {layout}") from err
     return [
         TensorImageDataset(
-            torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), _uint8_to_unit
+            torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets), uint8_to_unit
         )
         for ds in splits
     ]
@@ -245,6 +242,28 @@ def domain_digits(config: StreamConfig) -> Benchmark:
     )
 
 
+# The lifetimes on site: a deployed model of four classes, then small updates (see cvm_lightning.streams.lifetime).
+SITE_DIGITS = LifetimeSpec(first_classes=4, first_per_class=60, update_per_class=15, updates=8,
+                           conditions=GREY_CONDITIONS[1:])
+SITE_CIFAR10 = LifetimeSpec(first_classes=4, first_per_class=1000, update_per_class=20, updates=10,
+                            conditions=RGB_CONDITIONS[1:])
+
+
+def _lifetime_description(data: str, spec: LifetimeSpec, where: str) -> str:
+    return (f"{data}: a model of {spec.first_classes} classes ({spec.first_per_class} images each), then "
+            f"{spec.updates} updates of {spec.update_per_class} new images a class, new conditions and new classes "
+            f"in turn ({where})")
+
+
+@register_benchmark("site-digits", _lifetime_description("sklearn's 8x8 digits", SITE_DIGITS, "embedded"),
+                    augment="none", kind=LIFETIME)
+def site_digits(config: StreamConfig) -> Benchmark:
+    from cvm_lightning.streams.datasets import DIGIT_NAMES, load_digits_split
+
+    return lifetime_stream("site-digits", config, *load_digits_split(), list(DIGIT_NAMES), SITE_DIGITS, in_chans=1,
+                           image_size=8, templates=DIGIT_TEMPLATES)
+
+
 FASHION_MNIST_NAMES = (
     "t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
 )
@@ -274,7 +293,7 @@ def _read_idx(path: Path):
     augment="none",
 )
 def split_fashion_mnist(config: StreamConfig) -> Benchmark:
-    from cvm_lightning.streams.datasets import TensorImageDataset
+    from cvm_lightning.streams.datasets import TensorImageDataset, uint8_to_unit
 
     layout = (
         f"the four Fashion-MNIST files ({', '.join(sum(FASHION_MNIST_FILES.values(), ()))}), "
@@ -289,7 +308,7 @@ def split_fashion_mnist(config: StreamConfig) -> Benchmark:
         if missing:
             raise DataError(f"Fashion-MNIST files missing: {', '.join(missing)}. split-fashion-mnist needs {layout}")
         images, labels = (_read_idx(p) for p in found)
-        splits.append(TensorImageDataset(images.unsqueeze(1), labels.long(), _uint8_to_unit))
+        splits.append(TensorImageDataset(images.unsqueeze(1), labels.long(), uint8_to_unit))
     return class_incremental(
         "split-fashion-mnist",
         config,
@@ -319,6 +338,13 @@ def split_cifar10(config: StreamConfig) -> Benchmark:
 def domain_cifar10(config: StreamConfig) -> Benchmark:
     return domain_incremental("domain-cifar10", config, *_cifar_splits("cifar10", "domain-cifar10", config),
                               RGB_CONDITIONS)
+
+
+@register_benchmark("site-cifar10", _lifetime_description("CIFAR-10", SITE_CIFAR10, "--data-root"), kind=LIFETIME)
+def site_cifar10(config: StreamConfig) -> Benchmark:
+    train, test, names = _cifar_splits("cifar10", "site-cifar10", config)
+    return lifetime_stream("site-cifar10", config, train, test, names, SITE_CIFAR10, in_chans=3, image_size=32,
+                           templates=DEFAULT_TEMPLATES)
 
 
 @register_benchmark(

@@ -37,6 +37,11 @@ class TensorImageDataset(Dataset):
         return image, self.targets[index]
 
 
+def uint8_to_unit(image: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels as floats in [0, 1], the range every model of this package takes."""
+    return image.float() / 255.0
+
+
 def load_digits_split(test_fraction: float = 0.2) -> tuple[TensorImageDataset, TensorImageDataset]:
     """sklearn's 8x8 digits (1,797 images, shipped with scikit-learn), a fixed stratified split.
 

@@ -41,10 +41,14 @@ class Benchmark:
     templates: tuple[str, ...] = DEFAULT_TEMPLATES
     descriptions: dict[str, str] = field(default_factory=dict)
     conditions: tuple[str, ...] = ()  # domain-incremental: the condition of each experience
+    lifetime: tuple = ()  # a lifetime stream: what each experience brings (streams.lifetime.LifetimeStep)
 
     @property
     def kind(self) -> str:
-        """``"domain-incremental"`` (the same classes, a new condition each experience) or ``"class-incremental"``."""
+        """``"domain-incremental"`` (the same classes, a new condition each experience), ``"lifetime"`` (new
+        conditions and new classes in turn, :mod:`cvm_lightning.streams.lifetime`) or ``"class-incremental"``."""
+        if self.lifetime:
+            return LIFETIME
         return DOMAIN_INCREMENTAL if self.conditions else CLASS_INCREMENTAL
 
     @property
@@ -65,7 +69,7 @@ class Benchmark:
 
 
 BenchmarkBuilder = Callable[[StreamConfig], Benchmark]
-CLASS_INCREMENTAL, DOMAIN_INCREMENTAL = "class-incremental", "domain-incremental"
+CLASS_INCREMENTAL, DOMAIN_INCREMENTAL, LIFETIME = "class-incremental", "domain-incremental", "lifetime"
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,8 @@ def register_benchmark(
     ``augment`` is the training augmentation runs on it use unless told
     otherwise (see :mod:`cvm_lightning.model.augment`); ``kind`` says what
     changes from one experience to the next: the classes
-    (``"class-incremental"``) or the conditions (``"domain-incremental"``).
+    (``"class-incremental"``), the conditions (``"domain-incremental"``) or
+    either in turn (``"lifetime"``).
     """
 
     def wrap(builder: BenchmarkBuilder) -> BenchmarkBuilder:
