@@ -30,6 +30,7 @@ from cvm_lightning.app.cli import add_run_arguments, config_from_args
 from cvm_lightning.app.reporting import plot_accuracy_forgetting, protocol_line
 from cvm_lightning.app.sweep import ABLATIONS, markdown, run_cells, summary_rows
 from cvm_lightning.atomic import atomic_write_text
+from cvm_lightning.streams.registry import BENCHMARKS, LIFETIME
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,10 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         ablation_rows = summary_rows(run_cells(cvm_only, seeds, {"CVM defaults": {}, **chosen}, args.out))
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(base).items() if k != "seed"}
+    lifetime = BENCHMARKS[base.benchmark].kind == LIFETIME  # its first classes get a column of their own
     report = (f"# Quality: {base.benchmark}, seeds {seeds}\n\n{protocol_line({'protocol': base.protocol_report()})}\n\n"
-              + markdown(rows, "strategy") + "\n")
+              + markdown(rows, "strategy", lifetime) + "\n")
     if ablation_rows:
-        report += "\n## CVM ablations (one option changed at a time)\n\n" + markdown(ablation_rows, "variant") + "\n"
+        ablation_table = markdown(ablation_rows, "variant", lifetime)
+        report += f"\n## CVM ablations (one option changed at a time)\n\n{ablation_table}\n"
     report += f"\nCommand: `python benchmarks/quality.py {shlex.join(sys.argv[1:] if argv is None else argv)}`\n"
     atomic_write_text(args.out / "quality.md", report)
     control = [{**row, "strategy": "cvm, random concepts", "label": "cvm, random concepts"}

@@ -357,6 +357,21 @@ def test_normalize_picks_the_pixel_statistics_a_backbone_trained_here_uses():
         VisualEncoder("reduced_resnet18", normalize="imagenet")
 
 
+def test_replay_shares_give_each_class_in_the_memory_a_share_of_the_batch(digit_bank):
+    """With replay_shares a batch of one new class replays as many samples of each class in the memory as it brings
+    of its own; without, only as many in all."""
+    sizes = {}
+    for shares in (False, True):
+        module = small_module(digit_bank, negatives="seen", buffer_size=200, replay_shares=shares)
+        module.start_experience([0, 1, 2, 3], experience=0)
+        module.replay.add(torch.rand(80, 1, 8, 8), torch.tensor([0, 1, 2, 3] * 20), torch.rand(80, digit_bank.dim))
+        module.start_experience([4], experience=1)
+        _, y, _ = module.mix_replay(torch.rand(15, 1, 8, 8), torch.full((15,), 4))
+        sizes[shares] = len(y) - 15
+        assert 4 not in y[15:].tolist()
+    assert sizes == {False: 15, True: 60}
+
+
 def test_replay_keeps_known_classes_older_samples_when_they_come_back(digit_bank):
     """Under negatives="seen" the classes an experience brings new stay out of replay, but classes that come
     back (a domain-incremental stream, an update on site) are replayed: their stored samples are the old conditions."""

@@ -81,5 +81,9 @@ def test_accuracy_forgetting_plot_and_tables_show_what_was_not_measured(tmp_path
     assert rows[0]["final_avg_accuracy"] == pytest.approx((0.85, 0.05))
     table = markdown(rows, "strategy")
     assert "| joint | 2 | 0.950 ± 0.000 | 0.000 ± 0.000 | 0.000 ± 0.000 | n/a | n/a |" in table
+    # A lifetime's first classes: column 0 at the end against right after the first experience.
+    lifetime = summary_rows({"default": {"cvm": [{**cells["cvm"][0], "accuracy_matrix": [[0.9, None], [0.7, 0.8]]}]}})
+    assert markdown(lifetime, "strategy", first_classes=True).splitlines()[-1].endswith("| -0.200 ± 0.000 |")
+    assert "first classes" not in table
     path = plot_accuracy_forgetting(rows, tmp_path / "plot.png", "two strategies")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -29,7 +29,7 @@ def _text(values: list[float | None], spec: str = ".3f") -> str:
     if not values or any(v is None for v in values):
         return "n/a"
     mean, std = mean_std(values)
-    return format(mean, spec) if len(values) == 1 else f"{format(mean, spec)} ± {format(std, spec)}"
+    return format(mean, spec) if len(values) == 1 else f"{format(mean, spec)} ± {format(std, spec.lstrip('+'))}"
 
 
 def first_classes(matrix: list[list[float | None]]) -> list[float | None]:

@@ -118,8 +118,11 @@ def condition_table(results: dict, markdown: bool = False) -> str:
 
 def _stream_line(results: dict) -> str:
     if results.get("lifetime"):
-        return (f"Lifetime on site: {results['lifetime'][0]['label']}, then {len(results['lifetime']) - 1} small "
-                "updates, new conditions and new classes in turn; test experience k holds what update k brought.")
+        first = results["lifetime"][0]
+        # Over several seeds the first classes differ, each seed drawing its own.
+        named = f"{len(first['classes'])} first classes" if "seeds" in results else first["label"]
+        return (f"Lifetime on site: {named}, then {len(results['lifetime']) - 1} small updates, new conditions and "
+                "new classes in turn; test experience k holds what update k brought.")
     if results.get("conditions"):
         return (f"Domain-incremental: every experience holds the same {results['classes_per_experience'][0]} classes, "
                 f"under the conditions {', '.join(results['conditions'])} in turn.")

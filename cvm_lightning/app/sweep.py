@@ -36,6 +36,11 @@ ABLATIONS: dict[str, dict] = {
     "symmetric loss (--negatives seen)": {"negatives": "seen"},
     "all concepts as negatives (--negatives all)": {"negatives": "all"},
     "no drift penalty (--distill 0)": {"distill": 0.0},
+    "one replay share per class (--replay-shares)": {"replay_shares": True},
+    "symmetric loss and replay shares, as cvm learn adds classes (--negatives seen --replay-shares)": {
+        "negatives": "seen",
+        "replay_shares": True,
+    },
     "temperature x2": {"temperature_scale": 2.0},
     "triplet loss (--loss triplet)": {"loss": "triplet"},
     "hardest-negative triplet (--loss triplet-hard)": {"loss": "triplet-hard"},
@@ -151,18 +156,33 @@ def summary_rows(table: dict[str, dict[str, list[dict]]]) -> list[dict]:
             row = {"variant": variant, "strategy": strategy, "seeds": [c["seed"] for c in cells]}
             for metric in METRICS:
                 row[metric] = mean_std([c[metric] for c in cells])
+            # The first experience's accuracy at the end against right after it: a lifetime's first classes.
+            row["first_classes_change"] = mean_std([_first_change(c.get("accuracy_matrix")) for c in cells])
             rows.append(row)
     return rows
 
 
-def markdown(rows: list[dict], label: str) -> str:
-    """A Markdown table of :func:`summary_rows` (mean ± std over the seeds)."""
+def _first_change(matrix: list[list[float | None]] | None) -> float:
+    """Column 0 at the end minus right after experience 0 (NaN where either was not evaluated or kept)."""
+    if not matrix:
+        return math.nan
+    start, end = matrix[0][0], matrix[-1][0]
+    return math.nan if start is None or end is None else end - start
+
+
+def markdown(rows: list[dict], label: str, first_classes: bool = False) -> str:
+    """A Markdown table of :func:`summary_rows` (mean ± std over the seeds); ``first_classes`` adds the first
+    experience's change from right after it to the end (a lifetime stream's first classes)."""
+    extra = ["first classes, end - start"] if first_classes else []
     lines = [
-        f"| {label} | seeds | " + " | ".join(METRICS.values()) + " |",
-        "|---|---|" + "---|" * len(METRICS),
+        f"| {label} | seeds | " + " | ".join([*METRICS.values(), *extra]) + " |",
+        "|---|---|" + "---|" * (len(METRICS) + len(extra)),
     ]
     for row in rows:
         name = row["strategy"] if label == "strategy" else row["variant"]
         cells = [mean_std_text(*row[m]) for m in METRICS]
+        if first_classes:
+            mean, std = row["first_classes_change"]
+            cells.append("n/a" if math.isnan(mean) else f"{mean:+.3f} ± {std:.3f}")
         lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

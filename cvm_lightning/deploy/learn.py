@@ -212,8 +212,7 @@ def learn_images(
             module.add_classes(new, descriptions)
             # One share of each batch per class: replaying only as many samples as the update brings would give
             # a new class half of every batch, and the model would then name it too often.
-            batch = min(batch_size, len(train))
-            module.hparams["replay_batch_size"] = max(1, round(batch * len(module.replay.classes) / len(names)))
+            module.hparams["replay_shares"] = True
         if lr is not None:  # recorded with the checkpoint: what its last experience trained at
             module.hparams["lr"] = lr
         experience = (module.current_experience if module.current_experience is not None else 0) + 1

@@ -113,6 +113,11 @@ class CVMModule(pl.LightningModule):
         scheduler: ``"none"`` or ``"cosine"`` (annealed over each ``fit``).
         buffer_size: replay memory size in samples (0 turns replay off).
         replay_batch_size: replayed samples per batch (default: the batch size).
+        replay_shares: replay one share of each batch per class instead: a
+            batch of B samples of k classes draws about B x m / k stored
+            samples when m classes can be replayed, so a small update of one
+            new class does not fill half of every batch (``cvm learn`` adds
+            classes this way).
         seed: seed of the replay memory's sampling.
         recalibrate_bn: after each ``fit``, re-estimate BatchNorm statistics
             over the training data (and replayed samples); see
@@ -170,6 +175,7 @@ class CVMModule(pl.LightningModule):
         scheduler: str = "none",
         buffer_size: int = 100,
         replay_batch_size: int | None = None,
+        replay_shares: bool = False,
         seed: int = 0,
         recalibrate_bn: bool = True,
         distill: float = 1.0,
@@ -407,7 +413,11 @@ class CVMModule(pl.LightningModule):
         """
         # The asymmetric loss needs current classes in the replayed part too: it is where they meet old ones.
         exclude = () if self.hparams["negatives"] == "asymmetric" else self._fit_classes
-        replayed = self.replay.sample(self.hparams["replay_batch_size"] or len(x), exclude=exclude)
+        count = self.hparams["replay_batch_size"] or len(x)
+        if self.hparams.get("replay_shares"):  # saved before the setting existed: off
+            replayable = sum(c not in exclude for c in self.replay.classes)
+            count = max(1, round(len(x) * replayable / len(y.unique())))
+        replayed = self.replay.sample(count, exclude=exclude)
         if replayed is None:
             return x, y, None
         return torch.cat([x, replayed[0].to(x)]), torch.cat([y, replayed[1].to(y)]), replayed[2].to(x)

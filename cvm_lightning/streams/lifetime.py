@@ -58,8 +58,6 @@ class LifetimeStep:
 
 def plan_lifetime(spec: LifetimeSpec, order: list[int], class_names: list[str], updates: int) -> list[LifetimeStep]:
     """The experiences of a lifetime of ``updates`` updates over the classes in ``order`` (first ones first)."""
-    if updates < 0:
-        raise ConfigError(f"--n-experiences must be at least 1 (the deployed model's training set), got {updates + 1}.")
     needed_conditions = (updates + 1) // 2
     needed_classes = spec.first_classes + updates // 2
     if needed_conditions > len(spec.conditions) or needed_classes > len(order):
