@@ -387,7 +387,7 @@ def test_a_stop_answers_the_requests_in_flight_then_exits_0(models, workspace, t
     code = server.stop(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT, group=how == "Ctrl-C")
     asker.join()
     assert code == 0, server.log()
-    assert answers and answers[0].status_code == 200, answers
+    assert answers and answers[0].status_code == 200, (answers and answers[0].text, server.log())
     assert "stopped" in server.output() and "Traceback" not in server.log(), server.log()
 
 
