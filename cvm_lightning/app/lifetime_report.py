@@ -13,16 +13,19 @@ from pathlib import Path
 from cvm_lightning.app.tables import mean_std, render_table
 
 
+def _runs(strategy: dict) -> list[dict]:
+    """A strategy's runs: itself, or one per seed of ``--seeds``."""
+    return strategy["per_seed"] if "per_seed" in strategy else [strategy]
+
+
 def _matrices(strategy: dict) -> list[list[list[float | None]]]:
-    """A strategy's accuracy matrices: one, or one per seed of ``--seeds``."""
-    return [strategy["accuracy_matrix"]] if "accuracy_matrix" in strategy else [
-        cell["accuracy_matrix"] for cell in strategy["per_seed"]]
+    """A strategy's accuracy matrices, one per run."""
+    return [run["accuracy_matrix"] for run in _runs(strategy)]
 
 
 def _cells(strategy: dict, key: str) -> list[list[float]]:
-    """A per-experience list of a strategy's results (one list per seed); empty lists where it was not kept."""
-    cells = [strategy] if "per_seed" not in strategy else strategy["per_seed"]
-    return [cell.get(key) or [] for cell in cells]
+    """A per-experience list of a strategy's results, one per run; empty lists where it was not kept."""
+    return [run.get(key) or [] for run in _runs(strategy)]
 
 
 def _text(values: list[float | None], spec: str = ".3f") -> str:
@@ -47,11 +50,10 @@ def first_classes_table(results: dict, markdown: bool = False) -> str:
     rows = []
     for name, r in results["strategies"].items():
         columns = [first_classes(m) for m in _matrices(r)]
-        finals = [c["final_avg_accuracy"] for c in ([r] if "per_seed" not in r else r["per_seed"])]
+        finals = [run["final_avg_accuracy"] for run in _runs(r)]
         row = [name, _text(finals)]
         if cumulative:
-            bound = [c["final_avg_accuracy"] for c in ([cumulative] if "per_seed" not in cumulative
-                                                        else cumulative["per_seed"])]
+            bound = [run["final_avg_accuracy"] for run in _runs(cumulative)]
             row.append(_text([a / b for a, b in zip(finals, bound)], ".2f"))
         row += [_text([c[k] for c in columns]) for k in range(steps)]
         row.append(_text([c[-1] - c[0] for c in columns], "+.3f"))

@@ -55,7 +55,9 @@ class ExperienceCost:
         while len(self.seconds) <= experience:
             self.seconds.append(0.0)
             self.peak_mb.append(0.0)
-        self._running = (experience, time.perf_counter(), PeakRSS().__enter__())
+        peak = PeakRSS()
+        peak.__enter__()  # closed by stop(), which may come from another hook
+        self._running = (experience, time.perf_counter(), peak)
 
     def stop(self) -> None:
         if self._running is None:
