@@ -34,6 +34,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision": ("32-true", "bf16-mixed"),  # Lightning's names; hardware.py says where bf16 pays
     "accelerator": ("cpu", "gpu"),  # Lightning's names; hardware.TORCH_DEVICES maps them to torch's
     "quantize": ("none", "int8"),
+    "replay_balance": ("class", "class-experience"),
     "learn_method": (
         "finetune",
         "prototypes",
@@ -112,6 +113,8 @@ RANGES: dict[str, Range] = {
     "temperature": Range(float, 0, strict=True, example="for example 0.05"),
     "margin": Range(float, 0),
     "distill": Range(float, 0),
+    "lwf": Range(float, 0),
+    "average_previous": Range(float, 0, below=1, example="for example 0.5"),
     "semantic": Range(float, 0),
     "seed": Range(int, 0),
     "input_size": Range(int, 1, optional=True, example="for example 32"),

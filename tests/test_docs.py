@@ -56,3 +56,19 @@ def test_readme_own_datasets_snippet_runs_as_written(tmp_path, monkeypatch):
     dm = namespace["dm"]
     assert dm.class_names == ["cat", "dog"] and dm.in_chans == 3 and dm.n_experiences == 2
     assert sum(len(dm.benchmark.train_stream[i].dataset) for i in range(2)) == 6
+
+
+def _modules_with_examples() -> list[str]:
+    package = Path(__file__).resolve().parent.parent / "cvm_lightning"
+    return sorted(".".join(path.relative_to(package.parent).with_suffix("").parts)
+                  for path in package.rglob("*.py") if ">>> " in path.read_text())
+
+
+@pytest.mark.parametrize("name", _modules_with_examples())
+def test_docstring_examples_run_as_written(name):
+    """The examples in the API's docstrings (torchmetrics' style) give what they show."""
+    import doctest
+    import importlib
+
+    failures, tried = doctest.testmod(importlib.import_module(name), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert tried and not failures

@@ -60,6 +60,33 @@ def semantic_distance(z, concepts, target, temperature):
     return F.kl_div(F.log_softmax(z @ concepts.T / temperature, dim=-1), target_distribution, reduction="batchmean")
 
 
+# Hinton's and LwF's distillation temperature, on top of the model's own: softer targets than the sharp
+# similarities the alignment loss trains (temperature 0.05), so the other classes' ranks are kept too.
+DISTILLATION_TEMPERATURE = 2.0
+
+
+def similarity_distillation(z, z_previous, concepts, temperature, scale=DISTILLATION_TEMPERATURE):
+    """``KL(softmax(z_prev @ C.T / tT) || softmax(z @ C.T / tT)) * t^2``: answer as the model before the update did.
+
+    Learning without Forgetting (Li and Hoiem, 2016) on concept similarities:
+    the previous model's similarities of the same images to the concepts it
+    knew (``concepts``) are the soft targets, at temperature ``t = scale``
+    times the model's (the ``t^2`` keeps the gradient's size, as in
+    Hinton et al.). Zero when the two models embed alike.
+
+    >>> import torch
+    >>> c = torch.eye(3)
+    >>> z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.2, 0.0]]), dim=-1)
+    >>> abs(float(similarity_distillation(z, z, c, 0.05))) < 1e-6
+    True
+    >>> float(similarity_distillation(z, c[1:2], c, 0.05)) > 0
+    True
+    """
+    target = F.softmax(z_previous @ concepts.T / (temperature * scale), dim=-1)
+    log_p = F.log_softmax(z @ concepts.T / (temperature * scale), dim=-1)
+    return F.kl_div(log_p, target, reduction="batchmean") * scale**2
+
+
 LOSSES: dict[str, AlignmentLoss] = {
     "ce": concept_cross_entropy,
     "cosine": cosine_regression,

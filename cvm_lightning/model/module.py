@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -19,8 +19,9 @@ from cvm_lightning.model.batchnorm import recalibrate_on_batches
 from cvm_lightning.model.concept_space import ConceptSpace
 from cvm_lightning.model.encoder import VisualEncoder
 from cvm_lightning.model.heads import ConceptAlignmentHead
-from cvm_lightning.model.losses import LOSSES, semantic_distance
+from cvm_lightning.model.losses import LOSSES, semantic_distance, similarity_distillation
 from cvm_lightning.model.optimizers import create_optimizer
+from cvm_lightning.model.previous import PreviousModel
 from cvm_lightning.model.prototypes import ClassPrototypes
 from cvm_lightning.model.replay import ReplayBuffer
 from cvm_lightning.settings import DEFAULT_HEAD, check_class_names, check_settings
@@ -118,6 +119,11 @@ class CVMModule(pl.LightningModule):
             samples when m classes can be replayed, so a small update of one
             new class does not fill half of every batch (``cvm learn`` adds
             classes this way).
+        replay_balance: how the memory shares its budget: ``"class"``, evenly
+            over the classes; ``"class-experience"``, each class's share
+            evenly over the experiences that brought its samples (on site, the
+            conditions it was seen in), so a class seen again under a new
+            condition keeps samples of the old ones.
         seed: seed of the replay memory's sampling.
         recalibrate_bn: after each ``fit``, re-estimate BatchNorm statistics
             over the training data (and replayed samples); see
@@ -126,6 +132,17 @@ class CVMModule(pl.LightningModule):
             ``mean(1 - cos(z_now, z_stored))``, where ``z_stored`` is the
             embedding the sample had when it entered the memory. The concept
             space is fixed, so stored embeddings stay comparable (0 turns it off).
+        lwf: weight of distillation from the model as it was before the
+            experience (Learning without Forgetting on concept similarities,
+            :func:`~cvm_lightning.model.losses.similarity_distillation`): every
+            training image, new and replayed, keeps the similarities to the
+            earlier classes' concepts that the previous model gave it (0 turns
+            it off; the first experience has no previous model).
+        average_previous: after each experience but the first, set every
+            trained weight to ``a * before + (1 - a) * after`` with this ``a``:
+            a weight-space ensemble of the model before and after the update,
+            as WiSE-FT does after fine-tuning (0 keeps the trained weights).
+            BatchNorm statistics are then re-estimated for the merged weights.
         semantic: weight of the semantic-distance term added to ``loss``
             (:func:`~cvm_lightning.model.losses.semantic_distance`): each
             image's similarities to the competing concepts should follow its
@@ -176,9 +193,12 @@ class CVMModule(pl.LightningModule):
         buffer_size: int = 100,
         replay_batch_size: int | None = None,
         replay_shares: bool = False,
+        replay_balance: str = "class",
         seed: int = 0,
         recalibrate_bn: bool = True,
         distill: float = 1.0,
+        lwf: float = 0.0,
+        average_previous: float = 0.0,
         semantic: float = 0.0,
         center_concepts: bool = True,
         prototypes: bool = False,
@@ -225,8 +245,11 @@ class CVMModule(pl.LightningModule):
         self.replay = ReplayBuffer(buffer_size, seed=seed)
         self.current_experience: int | None = None
         self._fit_classes: set[int] = set()  # classes the current experience brings new: never replayed
+        self.previous: PreviousModel | None = None  # the model before this experience, for lwf and average_previous
         self._experience_started = False
         self._first_epoch = 0
+        self.experiences_trained = 0  # experiences ended, not interrupted; from the second on, one has a previous model
+        self._ended_at_step = -1
         self._recalibrated_at_step = -1
         self._prototypes_at_step = -1
 
@@ -257,11 +280,28 @@ class CVMModule(pl.LightningModule):
     def start_experience(self, classes: Sequence[int], experience: int | None = None) -> None:
         """Mark ``classes`` as seen before training on a new experience."""
         self._fit_classes = set()
+        if self.experiences_trained:
+            self._keep_previous()
         self._mark_seen([int(c) for c in classes])
         self._experience_started = True
         self._first_epoch = self.current_epoch  # replay stores samples in an experience's first epoch
         if experience is not None:
             self.current_experience = experience
+
+    @property
+    def uses_previous(self) -> bool:
+        """Whether a setting reads the model before the experience (``lwf`` or ``average_previous``)."""
+        return self.hparams.get("lwf", 0) > 0 or self.hparams.get("average_previous", 0) > 0
+
+    def _keep_previous(self) -> None:
+        self.previous = PreviousModel(self.encoder, self.head, self.seen) if self.uses_previous else None
+
+    def merge_previous(self) -> None:
+        """At an experience's end: merge the weights with the previous model's (``average_previous``), then drop it."""
+        weight = self.hparams.get("average_previous", 0)
+        if self.previous is not None and weight > 0:
+            self.previous.merge_into(self.encoder, self.head, weight)
+        self.previous = None
 
     def _mark_seen(self, classes: list[int]) -> None:
         # Only classes new to the model are the experience's own (kept out of replay under negatives="seen"):
@@ -353,12 +393,21 @@ class CVMModule(pl.LightningModule):
         self.prototypes.update(torch.cat(reference) if reference else None)
         self._prototypes_at_step = self.global_step if self._trainer is not None else -1
 
-    def end_experience(self) -> None:
-        """After an experience's last batch: BatchNorm recalibration and prototypes, where they are on."""
-        if self.hparams["recalibrate_bn"]:
+    def end_experience(self, batches: Iterable | None = None) -> None:
+        """After an experience's last batch: weight merge, BatchNorm recalibration and prototypes, where they are on.
+
+        BatchNorm statistics are re-estimated over ``batches`` (default: the
+        Trainer's training loader, averaged across processes).
+        """
+        self.merge_previous()
+        if self.hparams["recalibrate_bn"] and batches is not None:
+            recalibrate_on_batches(self, batches, self.device)
+        elif self.hparams["recalibrate_bn"]:
             self.recalibrate_batchnorm()
         if self.keeps_prototypes:
             self.update_prototypes()
+        self.experiences_trained += 1
+        self._ended_at_step = self.global_step
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -441,9 +490,18 @@ class CVMModule(pl.LightningModule):
             loss = self.batch_loss(z, mixed_y, n)
         if stored is not None and self.hparams["distill"] > 0:
             loss = loss + self.hparams["distill"] * (1.0 - (z[n:] * stored).sum(dim=-1)).mean()
+        if self.previous is not None and self.hparams.get("lwf", 0) > 0:
+            loss = loss + self.hparams["lwf"] * self.distillation_loss(mixed_x, z)
         if offer:
-            self.replay.add(x, y, z[:n].detach())
+            by_experience = self.hparams.get("replay_balance") == "class-experience"
+            group = (self.current_experience or 0) if by_experience else 0
+            self.replay.add(x, y, z[:n].detach(), group=group)
         return loss, z
+
+    def distillation_loss(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``lwf``'s term: how far embeddings ``z`` of images ``x`` answer from the previous model, on its classes."""
+        known = self.previous.seen.nonzero().flatten()
+        return similarity_distillation(z.float(), self.previous.embed(x), self.concepts[known], self.temperature)
 
     def batch_loss(self, z: torch.Tensor, y: torch.Tensor, n_new: int) -> torch.Tensor:
         """The alignment loss of a batch whose first ``n_new`` samples are new and the rest replayed.
@@ -492,11 +550,16 @@ class CVMModule(pl.LightningModule):
         # Without start_experience, each fit is one experience of the classes it sees.
         if not self._experience_started:
             self._fit_classes = set()
+            if self.experiences_trained:
+                self._keep_previous()
         self._experience_started = False
         self._first_epoch = self.current_epoch
 
     def on_train_end(self) -> None:
-        # A stream trained in one fit recalibrated at the end of each experience already.
+        # A stream trained in one fit ended each experience already; an interrupted fit has not ended its own.
+        if self._ended_at_step != self.global_step and not self.trainer.interrupted:
+            self.merge_previous()
+            self.experiences_trained += 1
         if self.hparams["recalibrate_bn"] and self._recalibrated_at_step != self.global_step:
             self.recalibrate_batchnorm()
         if self.keeps_prototypes and self._prototypes_at_step != self.global_step:
@@ -585,8 +648,10 @@ class CVMModule(pl.LightningModule):
     # -------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cvm_replay"] = self.replay.state_dict()
+        if self.previous is not None:  # saved inside an experience: the rest of it needs the model before it
+            checkpoint["cvm_previous"] = self.previous.state_dict()
         checkpoint["cvm_state"] = {"current_experience": self.current_experience, "class_names": self.class_names,
-                                   "image_size": self.image_size}
+                                   "image_size": self.image_size, "experiences_trained": self.experiences_trained}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
@@ -613,7 +678,11 @@ class CVMModule(pl.LightningModule):
             )
         if "cvm_replay" in checkpoint:
             self.replay.load_state_dict(checkpoint["cvm_replay"])
+        if "cvm_previous" in checkpoint:
+            self.previous = PreviousModel.from_state_dict(checkpoint["cvm_previous"], self.encoder, self.head)
         self.current_experience = saved.get("current_experience")
+        # Saved before the count existed: a checkpoint of a model that trained has ended an experience.
+        self.experiences_trained = saved.get("experiences_trained", int(checkpoint.get("global_step", 0) > 0))
 
 
 def _rename_flat_keys(state: dict[str, Any]) -> None:

@@ -9,7 +9,6 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
 from cvm_lightning.model import CVMModule
-from cvm_lightning.model.batchnorm import recalibrate_on_batches
 
 
 class CVMStrategy(SupervisedTemplate):
@@ -39,8 +38,7 @@ class CVMStrategy(SupervisedTemplate):
         super()._before_training_exp(**kwargs)
 
     def _after_training_exp(self, **kwargs: Any) -> None:
-        if self.model.hparams["recalibrate_bn"]:
-            recalibrate_on_batches(self.model, self.dataloader, self.device)
+        self.model.end_experience(self.dataloader)
         super()._after_training_exp(**kwargs)
 
     def make_optimizer(self, **kwargs: Any) -> None:
