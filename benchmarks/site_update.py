@@ -27,14 +27,35 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from _report import table, write_json
-from long_updates import _side, images_of, write_condition
+from PIL import Image
 
 from cvm_lightning.app.tables import mean_std, mean_std_text
+from cvm_lightning.deploy.export import trained_image_size
 from cvm_lightning.deploy.learn import accuracy, learn_images
 from cvm_lightning.deploy.predict import load_checkpoint
+from cvm_lightning.image_files import IMAGE_SUFFIXES
+from cvm_lightning.streams.corruptions import corrupt
 from cvm_lightning.streams.images import ImageFileDataset
+
+
+def images_of(root: Path, name: str) -> list[Path]:
+    return sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def write_condition(files: list[Path], target: Path, condition: str | None, seed: int) -> None:
+    """``files`` under ``condition`` (``None``: as they are), as PNGs in ``target``."""
+    target.mkdir(parents=True, exist_ok=True)
+    for index, path in enumerate(files):
+        image = Image.open(path).convert("RGB")
+        if condition is not None:  # the noise seeded per image
+            pixels = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None]
+            pixels = corrupt(pixels, condition, seed * 100_003 + index)[0]
+            image = Image.fromarray(pixels.permute(1, 2, 0).numpy())
+        image.save(target / f"{path.stem}.png")
 
 
 def scored(module, root: Path, known: list[str]) -> float:
@@ -44,7 +65,7 @@ def scored(module, root: Path, known: list[str]) -> float:
         files = images_of(root, name)
         paths += files
         targets += [module.class_names.index(name)] * len(files)
-    return accuracy(module, ImageFileDataset(paths, targets, _side(module)))
+    return accuracy(module, ImageFileDataset(paths, targets, trained_image_size(module)))
 
 
 def main() -> None:

@@ -129,26 +129,6 @@ def test_a_checkpoint_without_memory_says_how_to_proceed(memoryless, tmp_path, c
     assert (tmp_path / "anyway.ckpt").is_file()
 
 
-def test_the_long_updates_benchmark_runs_on_a_small_folder(workspace, tmp_path):
-    """``benchmarks/long_updates.py`` at tiny scale: a new condition, then a new class, scored after each."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    data = make_image_folder(tmp_path / "data", classes=("cat", "dog", "frog", "ship", "horse"), train=12, test=4)
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "long_updates.py"
-    done = subprocess.run([sys.executable, str(script), "--checkpoint", str(workspace["ckpt"]), "--data-root",
-                           str(data), "--updates", "2", "--per-class", "4", "--test-per-class", "3", "--epochs", "1",
-                           "--json", str(tmp_path / "out.json")], capture_output=True, text=True, timeout=300,
-                          cwd=script.parent)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads((tmp_path / "out.json").read_text())
-    assert [h["what"] for h in result["history"]] == ["trained", "dark: 4 known classes", "new class horse"]
-    assert set(result["history"][-1]) >= {"first classes", "original", "dark"}
-    assert all(row["memory"] <= 16 for row in result["rows"]), "the memory stays within its budget (--buffer 16)"
-
-
 def test_the_site_update_benchmark_scores_both_conditions_before_and_after(workspace, tmp_path):
     """``benchmarks/site_update.py`` at tiny scale: one condition, two seeds, each an update from the same model."""
     import json
@@ -170,3 +150,33 @@ def test_the_site_update_benchmark_scores_both_conditions_before_and_after(works
         assert cell["before"] == result["cells"][0]["before"], "every seed starts from the same model and images"
     assert "share won back" in done.stdout and len(result["rows"]) == 1
     assert workspace["ckpt"].is_file() and not list(workspace["ckpt"].parent.glob("*learned*")), "input untouched"
+
+
+def test_an_update_applies_the_checkpoints_weight_merge_and_memory_balance(workspace, tmp_path):
+    """A model trained with average_previous and replay_balance="class-experience" keeps them: cvm learn merges the
+    weights it trains with the checkpoint's by the declared amount, and files the update's images under it."""
+    from cvm_lightning.deploy.learn import learn_images
+    from cvm_lightning.deploy.predict import load_checkpoint
+
+    drifted = drifted_copy(workspace["data"], tmp_path / "drifted")
+    checkpoint = torch.load(workspace["ckpt"], map_location="cpu", weights_only=True)
+    start = load_checkpoint(workspace["ckpt"])
+    trained = {}
+    for weight in (0.0, 0.4):
+        checkpoint["hyper_parameters"].update(average_previous=weight, replay_balance="class-experience")
+        source = tmp_path / f"source-{weight}.ckpt"
+        torch.save(checkpoint, source)
+        report = learn_images(source, drifted, epochs=2, out=tmp_path / f"learned-{weight}.ckpt")
+        trained[weight] = load_checkpoint(report.checkpoint)
+    old = dict(start.named_parameters())
+    moved = 0.0
+    for name, merged in trained[0.4].named_parameters():
+        if merged.requires_grad:
+            plain = dict(trained[0.0].named_parameters())[name]
+            torch.testing.assert_close(merged, 0.4 * old[name] + 0.6 * plain, rtol=1e-4, atol=1e-5)
+            moved = max(moved, float((plain - old[name]).detach().abs().max()))
+    assert moved > 1e-4, "the update trained the weights, so the merge is not a no-op"
+    update = trained[0.4].current_experience
+    assert all(trained[0.4].replay.groups_of(c)[-1] == update for c in trained[0.4].replay.classes), \
+        "each class keeps samples of the update under its own experience"
+    assert len(trained[0.4].replay) <= trained[0.4].replay.capacity
