@@ -41,6 +41,11 @@ ABLATIONS: dict[str, dict] = {
         "negatives": "seen",
         "replay_shares": True,
     },
+    "distillation from the model before each experience (--lwf 1)": {"lwf": 1.0},
+    "weights merged with the model before each experience (--average-previous 0.5)": {"average_previous": 0.5},
+    "memory balanced over classes and experiences (--replay-balance class-experience)": {
+        "replay_balance": "class-experience",
+    },
     "temperature x2": {"temperature_scale": 2.0},
     "triplet loss (--loss triplet)": {"loss": "triplet"},
     "hardest-negative triplet (--loss triplet-hard)": {"loss": "triplet-hard"},
