@@ -20,6 +20,13 @@ class PreviousModel:
     its features are the same in both. ``seen`` is the mask of the classes
     the copy knew, the ones distillation covers.
 
+    Lightning's ``WeightAveraging`` callbacks do not fit this merge: their
+    average is made afresh at each ``fit``'s setup, so an update run in a
+    new process (``cvm learn``) would start it over, and they copy every
+    buffer back, CVM's seen mask and concepts included, whose shapes grow
+    when a class is added. The model before an update is the checkpoint
+    the update starts from, so nothing more needs keeping between updates.
+
     It is a plain object, not a submodule, so the module's parameters,
     ``state_dict`` and exports never include it; checkpoints saved inside an
     experience keep it apart (:meth:`state_dict`).
