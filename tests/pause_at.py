@@ -3,8 +3,11 @@
 ``python tests/pause_at.py MODULE:CLASS.METHOD N MARKER -- ARGS``: the N-th
 call of the method touches the file MARKER, then sleeps; the test waits for
 MARKER and sends its signal, which lands inside that call. ``-`` as the
-method runs the command without a pause. SIGINT starts at its default
-disposition, as in a terminal (a shell's background job would ignore it).
+method touches MARKER as the command starts, with its interpreter up, and
+pauses nothing: a test times its signal from there, not from the spawn,
+which a loaded machine can make slower than any fixed delay. SIGINT starts
+at its default disposition, as in a terminal (a shell's background job
+would ignore it).
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     target, call, marker, separator, *args = sys.argv[1:]
     assert separator == "--"
-    if target != "-":
+    if target == "-":
+        Path(marker).touch()
+    else:
         pause_at(target, int(call), Path(marker))
     from cvm_lightning.app.cli import main
 

@@ -43,18 +43,19 @@ def finish(out: Path) -> None:
 
 def stop_at(out: Path, signum: int, target: str = "-", call: int = 0, delay: float = 0.0) -> subprocess.Popen:
     """Run ``RUN --out out`` (a new run, or the one in ``out`` continued) and send ``signum`` inside the
-    ``call``-th call of ``target`` in that process (``-``: after ``delay`` seconds); returns the ended process."""
+    ``call``-th call of ``target`` in that process (``-``: ``delay`` seconds after the command starts); returns the
+    ended process."""
     marker = out.with_name(f"{out.name}.paused-{target}-{call}")
     marker.unlink(missing_ok=True)
     command = [sys.executable, str(PAUSE_AT), target, str(call), str(marker), "--", *RUN[3:], "--out", str(out)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    if target == "-":
-        time.sleep(delay)
-    while target != "-" and not marker.exists():
+    while not marker.exists():
         assert process.poll() is None, f"the run ended before {target} call {call}: {process.stderr.read()[-2000:]}"
         assert time.monotonic() < deadline
         time.sleep(0.02)
+    if target == "-":
+        time.sleep(delay)
     process.send_signal(signum)
     process.wait(timeout=120)
     assert not (out / "results.json").exists()
