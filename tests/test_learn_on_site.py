@@ -180,3 +180,33 @@ def test_an_update_applies_the_checkpoints_weight_merge_and_memory_balance(works
     assert all(trained[0.4].replay.groups_of(c)[-1] == update for c in trained[0.4].replay.classes), \
         "each class keeps samples of the update under its own experience"
     assert len(trained[0.4].replay) <= trained[0.4].replay.capacity
+
+
+def test_learn_on_the_streams_next_images_ends_with_the_streams_model(tmp_path):
+    """``cvm learn`` is one experience of a stream: from the run's checkpoint after experience 0, an update on
+    experience 1's images with the run's seed and budget gives the weights, memory and statistics the run trained."""
+    import shutil
+
+    from cvm_lightning.deploy.predict import load_checkpoint
+
+    data = make_image_folder(tmp_path / "data")
+    budget = ["--epochs", "2", "--batch-size", "8", "--seed", "3"]
+    levers = ["--replay-shares", "--average-previous", "0.5", "--lwf", "0.5"]
+    assert main(["run", *TINY_RUN, *budget, *levers, "--data-root", str(data), "--out", str(tmp_path / "run")]) == 0
+    first = tmp_path / "run" / "checkpoints" / "cvm" / "experience-0.ckpt"
+    deployed = load_checkpoint(first)
+    update = tmp_path / "update"
+    for name, seen in zip(deployed.class_names, deployed.seen.tolist()):
+        if not seen:  # experience 1's classes: named by the stream from the start, never trained
+            shutil.copytree(data / "train" / name, update / "train" / name)
+    assert len(list(update.glob("train/*"))) == 2
+    assert main(["learn", "--checkpoint", str(first), "--data", str(update), *budget, "--out",
+                 str(tmp_path / "learned.ckpt")]) == 0
+    streamed, learned = (load_checkpoint(path) for path in (first.with_name("experience-1.ckpt"),
+                                                             tmp_path / "learned.ckpt"))
+    assert streamed.state_dict().keys() == learned.state_dict().keys()
+    for key, value in streamed.state_dict().items():
+        torch.testing.assert_close(learned.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
+    memory = streamed.replay.classes
+    assert learned.replay.classes == memory
+    assert all(torch.equal(streamed.replay.samples_of(c), learned.replay.samples_of(c)) for c in memory)

@@ -238,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     learn.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="batch size of --method finetune")
     learn.add_argument("--seed", type=int, default=DEFAULT_LEARN_SEED,
-                       help="seeds the update's shuffling and memory sampling: the same update gives the same model")
+                       help="seeds the update's shuffling, as a `cvm run` of this seed shuffles its next "
+                            "experience: the same update gives the same model")
     learn.add_argument("--shots", type=int, default=None, metavar="K",
                        help="learn each new class from its first K training images only (few-shot)")
     learn.add_argument("--out", type=Path, default=None, help="the new checkpoint (default: NAME-learnedN.ckpt beside "

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cvm_lightning.atomic import atomic_path
+from cvm_lightning.data.datamodule import experience_loader
 from cvm_lightning.deploy.export import trained_image_size
 from cvm_lightning.deploy.predict import load_checkpoint
 from cvm_lightning.errors import ConceptError, DataError
@@ -24,7 +25,7 @@ from cvm_lightning.settings import (
     check_settings,
 )
 from cvm_lightning.streams.images import list_class_folders, load_update_folder, read_class_names
-from cvm_lightning.training import fit_to_end
+from cvm_lightning.training import RunState, fit_to_end
 
 
 @dataclass
@@ -145,7 +146,13 @@ def learn_images(
     checkpoint); the old checkpoint is never touched. Every input is checked
     before training starts. With ``shots``, only the first ``shots`` training
     images of each class (in file-name order) are used. ``seed`` fixes the
-    shuffling and the memory's sampling: the same update gives the same model.
+    shuffling, as a stream of that seed shuffles its next experience; the
+    memory's sampling and the augmentation go on from the generators the
+    checkpoint saved. The same update gives the same model, and an update on
+    the next experience's images of a ``cvm run`` stream, from that run's
+    checkpoint with its seed, epochs and batch size, gives the model the run
+    trained (for classes the checkpoint names already: adding classes also
+    switches the loss, as below).
 
     ``method`` is how the images are learned: ``finetune`` trains the model
     ``epochs`` epochs with the memory replayed, at learning rate ``lr``
@@ -218,11 +225,16 @@ def learn_images(
         experience = (module.current_experience if module.current_experience is not None else 0) + 1
         module.start_experience(sorted(ids), experience=experience)
         module.train()  # scoring put it in eval mode, which Lightning keeps: it would train on frozen statistics
+        # The generators (the augmentation's draws) go on from where the checkpoint saved them, as a stream goes
+        # on from one experience to the next; the new checkpoint saves them for the next update.
         trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                             enable_progress_bar=False, accelerator="cpu")
+                             enable_progress_bar=False, accelerator="cpu",
+                             callbacks=[RunState.from_checkpoint(checkpoint)])
         # The update's test images, where there are some, are the validation set: scored after each epoch.
-        fit_to_end(trainer, module, DataLoader(train, batch_size=batch_size, shuffle=True),
-                   DataLoader(test, batch_size=256) if test is not None else None)
+        # Shuffled as the stream shuffles its experience `experience` in a run of seed `seed`: an update of the
+        # stream's images gives the stream's model.
+        loader = experience_loader(train, batch_size=batch_size, train=True, seed=seed, experience=experience)
+        fit_to_end(trainer, module, loader, DataLoader(test, batch_size=256) if test is not None else None)
         with atomic_path(out, suffix=".ckpt") as tmp:
             trainer.save_checkpoint(tmp, weights_only=False)  # optimiser state kept: learning can go on from it
     scores = {label: (before[label], accuracy(module, dataset)) for label, dataset in evaluated.items()}

@@ -89,6 +89,18 @@ class RunState(pl.Callback):
         self._saved_rng: dict[str, Any] | None = None
         self._epoch_start: float | None = None
 
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "RunState":
+        """A ``RunState`` that goes on with the generators and training time that checkpoint ``path`` saved.
+
+        A checkpoint saved without one gives a fresh ``RunState``: the generators stay as they are.
+        """
+        state = cls()
+        saved = torch.load(path, map_location="cpu", weights_only=True).get("callbacks", {}).get(cls.__name__)
+        if saved is not None:
+            state.load_state_dict(saved)
+        return state
+
     def state_dict(self) -> dict[str, Any]:
         return {"train_seconds": self.train_seconds, "rng": rng_state()}
 
