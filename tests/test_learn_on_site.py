@@ -204,9 +204,10 @@ def test_learn_on_the_streams_next_images_ends_with_the_streams_model(tmp_path):
                  str(tmp_path / "learned.ckpt")]) == 0
     streamed, learned = (load_checkpoint(path) for path in (first.with_name("experience-1.ckpt"),
                                                              tmp_path / "learned.ckpt"))
-    assert streamed.state_dict().keys() == learned.state_dict().keys()
-    for key, value in streamed.state_dict().items():
-        torch.testing.assert_close(learned.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
+    expected, got = streamed.state_dict(), learned.state_dict()
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=0, atol=1e-6, msg=key)
     memory = streamed.replay.classes
     assert learned.replay.classes == memory
     assert all(torch.equal(streamed.replay.samples_of(c), learned.replay.samples_of(c)) for c in memory)
