@@ -1,7 +1,7 @@
 """The architecture, held: each module's imports, read from its syntax tree, follow the package's layers.
 
 - the core (``errors``, ``settings``, ``atomic``, ``paths``, ``hardware``,
-  ``image_files``) imports only the standard library, NumPy, Pillow and itself;
+  ``heap``, ``image_files``) imports only the standard library, NumPy, Pillow and itself;
 - no library subpackage imports the ``cvm`` program (``app``);
 - within the library the graph runs one way: concepts, then streams and
   model, then data and training, then metrics, then deploy;
@@ -25,7 +25,7 @@ import pytest
 import cvm_lightning
 
 PACKAGE = Path(cvm_lightning.__file__).resolve().parent
-CORE = {"", "_lazy", "errors", "settings", "atomic", "paths", "hardware", "image_files"}
+CORE = {"", "_lazy", "errors", "settings", "atomic", "paths", "hardware", "heap", "image_files"}
 # The library's subpackages by layer: a module may import its own subpackage, the core and lower layers only.
 LAYERS = {"concepts": 1, "streams": 2, "model": 2, "data": 3, "training": 3, "metrics": 4, "deploy": 5, "app": 6,
           "__main__": 7}

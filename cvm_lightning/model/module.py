@@ -15,6 +15,7 @@ from cvm_lightning.concepts import ConceptBank
 from cvm_lightning.concepts.defaults import DEFAULT_TEMPLATES, DEFAULT_TEXT_MODEL
 from cvm_lightning.concepts.fixed_targets import FIXED_TARGETS
 from cvm_lightning.errors import ConceptError, ConfigError, DataError, TrainingDivergedError
+from cvm_lightning.heap import release_freed_memory
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
 from cvm_lightning.model.concept_space import ConceptSpace
 from cvm_lightning.model.encoder import VisualEncoder
@@ -397,7 +398,9 @@ class CVMModule(pl.LightningModule):
         """After an experience's last batch: weight merge, BatchNorm recalibration and prototypes, where they are on.
 
         BatchNorm statistics are re-estimated over ``batches`` (default: the
-        Trainer's training loader, averaged across processes).
+        Trainer's training loader, averaged across processes). Then the pages
+        freed during the experience go back to the operating system
+        (:func:`cvm_lightning.heap.release_freed_memory`).
         """
         self.merge_previous()
         if self.hparams["recalibrate_bn"] and batches is not None:
@@ -408,6 +411,8 @@ class CVMModule(pl.LightningModule):
             self.update_prototypes()
         self.experiences_trained += 1
         self._ended_at_step = self.global_step
+        # Without it, a process that updates again and again keeps each update's freed pages and grows.
+        release_freed_memory()
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
