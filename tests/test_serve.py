@@ -276,8 +276,15 @@ def fresh_images(root: Path, count: int, seed: int) -> Path:
     return root
 
 
-def drift_of(server: Server) -> dict:
-    return server.client.get("/drift").json()
+def drift_of(server: Server, served: int) -> dict:
+    """``/drift`` once the logger process, which reads its queue on its own time, has counted ``served`` images."""
+    deadline = time.monotonic() + 120
+    while True:
+        answer = server.client.get("/drift")
+        if answer.status_code == 200 and answer.json()["served"] >= served:
+            return answer.json()
+        assert time.monotonic() < deadline, f"the drift report never counted {served} images: {answer.text}"
+        time.sleep(0.1)
 
 
 def test_dark_images_raise_drift_once_and_an_update_clears_it(models, workspace, tmp_path):
@@ -288,13 +295,16 @@ def test_dark_images_raise_drift_once_and_an_update_clears_it(models, workspace,
     frames = list(shuffled(sorted((darkened / "train").rglob("*.png"))))
     with serving(["--model", served, "--reference", workspace["data"] / "test", "--drift-window", "32"], tmp_path,
                  key=KEY) as server:
+        served = 0
         for path in held_out(workspace):
             server.predict(png(path))
-        assert drift_of(server)["drifted"] == [], "the reference images' own kind does not drift"
+            served += 1
+        assert drift_of(server, served)["drifted"] == [], "the reference images' own kind does not drift"
         for _ in range(3):
             for path in frames:
                 assert server.predict(png(path)).status_code == 200
-        report = drift_of(server)
+                served += 1
+        report = drift_of(server, served)
         assert report["all"]["state"] == "drift" and "all images" in report["drifted"], report
         assert "cvm learn" in report["next_step"]
         assert report["all"]["z_nearest"] > 3 or report["all"]["z_margin"] > 3 or report["all"]["z_nearest"] < -3
@@ -315,7 +325,8 @@ def test_dark_images_raise_drift_once_and_an_update_clears_it(models, workspace,
         for _ in range(2):
             for path in shuffled(sorted(later.rglob("*.png"))):
                 assert server.predict(png(path)).json()["model"]["version"] == sha256(new)
-        report = drift_of(server)
+                served += 1
+        report = drift_of(server, served)
         assert report["drifted"] == [], report
         assert report["all"]["state"] == "ok" and report["model"]["version"] == sha256(new)
 
