@@ -199,6 +199,35 @@ def test_ctrl_c_in_fit_names_the_checkpoint_to_go_on_from(tmp_path):
     assert main([*command, "--ckpt_path", str(saved)]) == 0
 
 
+IMPORT_THEN_WAIT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from cvm_lightning.app.interrupts import Interrupted, interruptible
+try:
+    with interruptible():
+        import slow_module
+        time.sleep(30)
+except Interrupted:
+    print("interrupted after the import:", sys.modules["slow_module"].DONE)
+"""
+
+
+def test_a_signal_during_an_import_stops_the_command_once_the_import_is_done(tmp_path):
+    # A module left half-run by an exception breaks every later import of it (numpy's C core cannot load twice).
+    marker = tmp_path / "importing"
+    (tmp_path / "slow_module.py").write_text(f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
+                                             "time.sleep(1.0)\nDONE = True\n")
+    process = subprocess.Popen([sys.executable, "-c", IMPORT_THEN_WAIT, str(tmp_path)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert out.strip() == "interrupted after the import: True", err[-2000:]
+
+
 def _help_texts() -> dict[str, str]:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.choices and "run" in a.choices)

@@ -6,16 +6,21 @@ Lightning turns a ``KeyboardInterrupt`` inside ``fit`` into ``sys.exit(1)``
 experience. Any other exception goes through Lightning's teardown and on
 up, as it does through Avalanche's loop, to the command line, which prints
 one line. Every file is written atomically, so what an interrupted command
-leaves is what it had finished.
+leaves is what it had finished. A signal that arrives while a module is
+imported waits until that import is done.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# How soon a signal that arrived during an import is sent again.
+RESEND_SECONDS = 0.05
 
 
 class Interrupted(BaseException):
@@ -32,7 +37,23 @@ class Interrupted(BaseException):
         return 128 + self.signum
 
 
+def _importing(frame) -> bool:
+    """Whether ``frame`` runs inside an import (a module's body, or the import system itself)."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _raise(signum: int, frame) -> None:
+    if _importing(frame):
+        # An exception that leaves a module half-run breaks every later import of it (numpy's C core cannot load
+        # twice), and libraries that catch it import again; so the signal comes back once the import is done.
+        later = threading.Timer(RESEND_SECONDS, os.kill, (os.getpid(), signum))
+        later.daemon = True
+        later.start()
+        return
     for other in SIGNALS:  # a second Ctrl-C must not break the cleanup (a lock's release, Lightning's teardown)
         signal.signal(other, signal.SIG_IGN)
     raise Interrupted(signum)
