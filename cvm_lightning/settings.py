@@ -115,6 +115,7 @@ RANGES: dict[str, Range] = {
     "distill": Range(float, 0),
     "lwf": Range(float, 0),
     "average_previous": Range(float, 0, below=1, example="for example 0.5"),
+    "ema": Range(float, 0, below=1, example="for example 0.99"),
     "semantic": Range(float, 0),
     "seed": Range(int, 0),
     "input_size": Range(int, 1, optional=True, example="for example 32"),

@@ -1,7 +1,9 @@
 """The settings that make CVM keep what it knew across updates: distillation from the previous model (lwf), the
-weights merged with the previous model's (average_previous), and a memory balanced over classes and experiences."""
+weights merged with the previous model's (average_previous), an average of the weights over steps (ema), and a memory
+balanced over classes and experiences."""
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from test_model import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
@@ -143,3 +145,89 @@ def test_the_module_groups_its_memory_by_experience_with_class_experience(digit_
         fit_experience(module, [0, 1], 1, seed=1)
         assert module.replay.groups_of(0) == groups
         assert len(module.replay) <= 40
+
+
+class RecordSteps(pl.Callback):
+    """After each batch (the module holds the average then): the average and the raw weights."""
+
+    def __init__(self):
+        self.average, self.raw = [], []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.average.append({k: v.detach().clone() for k, v in module.state_dict().items()
+                             if k.startswith(("encoder.", "head."))})
+        self.raw.append({k: v for k, v in module.weight_average.raw_state_dict().items()})
+
+
+def test_ema_averages_the_raw_weights_by_the_declared_decay(digit_bank):
+    """With ema d, after step t the model holds d_t x its weights before + (1 - d_t) x the raw weights the optimiser
+    gave, d_t = min(d, (t - 1) / t); every hook outside the step sees the average; the raw weights go on training."""
+    x, y = images([0, 1])
+    module = tiny(digit_bank, ema=0.6, recalibrate_bn=False)
+    module.start_experience([0, 1], experience=0)
+    record = RecordSteps()
+    torch.manual_seed(0)
+    trainer = pl.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, callbacks=[record])
+    trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True))
+    assert module.weight_average.steps == len(record.average) == 6
+    to_raw = {f"{'0' if k.startswith('encoder.') else '1'}.{k.split('.', 1)[1]}": k for k in record.average[0]}
+    float_keys = [k for k in to_raw if record.raw[0][k].is_floating_point()]
+    for t in range(len(record.average)):
+        decay = min(0.6, t / (t + 1))  # t is 0-based here
+        for key in float_keys:
+            before = record.average[t - 1][to_raw[key]] if t else torch.zeros(())
+            expected = decay * before + (1 - decay) * record.raw[t][key]
+            torch.testing.assert_close(record.average[t][to_raw[key]], expected, rtol=1e-5, atol=1e-6, msg=key)
+    apart = max(float((record.average[-1][to_raw[k]] - record.raw[-1][k]).abs().max()) for k in float_keys)
+    assert apart > 1e-3, "the average lags the raw weights"
+    walked = max(float((record.raw[-1][k] - record.raw[0][k]).abs().max()) for k in float_keys)
+    assert walked > apart / 10, "the optimiser trains the raw weights, not the average"
+    predicted = {k: v for k, v in module.state_dict().items() if k.startswith(("encoder.", "head."))}
+    for key, value in record.average[-1].items():
+        torch.testing.assert_close(predicted[key], value, rtol=0, atol=0)
+
+
+def test_without_ema_no_average_is_kept(digit_bank):
+    module = fit_experience(tiny(digit_bank), [0, 1], 0)
+    assert module.weight_average is None
+
+
+def test_the_raw_weights_and_the_step_count_survive_a_checkpoint(digit_bank, tmp_path):
+    module = fit_experience(tiny(digit_bank, ema=0.9), [0, 1], 0)
+    trainer = quiet_trainer()
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(tmp_path / "ema.ckpt")
+    loaded = CVMModule.load_from_checkpoint(tmp_path / "ema.ckpt")
+    x, _ = images([0, 1])
+    module.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(x), module(x), msg="the checkpoint predicts with the average")
+    assert loaded.weight_average.steps == module.weight_average.steps == 4
+    for key, value in module.weight_average.raw_state_dict().items():
+        torch.testing.assert_close(loaded.weight_average.raw_state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_ema_refuses_gradient_accumulation(digit_bank):
+    from cvm_lightning.errors import ConfigError
+
+    x, y = images([0, 1])
+    module = tiny(digit_bank, ema=0.9)
+    trainer = quiet_trainer(accumulate_grad_batches=2)
+    with pytest.raises(ConfigError, match="accumulate_grad_batches"):
+        trainer.fit(module, DataLoader(TensorDataset(x, y), batch_size=8))
+
+
+def test_the_avalanche_strategy_trains_the_raw_weights_and_evaluates_the_average(digit_bank):
+    from cvm_lightning.streams import StreamConfig, build_benchmark
+    from cvm_lightning.training import CVMStrategy
+
+    experience = build_benchmark("split-digits", StreamConfig(seed=0)).train_stream[0]
+    module = CVMModule(digit_bank, backbone="mobilenetv3_small_050", in_chans=1, input_size=16, buffer_size=20,
+                       ema=0.9)
+    strategy = CVMStrategy(model=module, train_mb_size=32, train_epochs=1, evaluator=None)
+    strategy.train(experience)
+    assert module.weight_average.steps == -(-len(experience.dataset) // 32), "one update a minibatch"
+    assert module.weight_average.holds_average
+    raw = module.weight_average.raw_state_dict()
+    average = {k: v for k, v in module.state_dict().items() if k.startswith("head.")}
+    assert any(not torch.allclose(raw["1." + k.split(".", 1)[1]], v) for k, v in average.items())

@@ -191,7 +191,7 @@ def test_learn_on_the_streams_next_images_ends_with_the_streams_model(tmp_path):
 
     data = make_image_folder(tmp_path / "data")
     budget = ["--epochs", "2", "--batch-size", "8", "--seed", "3"]
-    levers = ["--replay-shares", "--average-previous", "0.5", "--lwf", "0.5"]
+    levers = ["--replay-shares", "--average-previous", "0.5", "--lwf", "0.5", "--ema", "0.9"]
     assert main(["run", *TINY_RUN, *budget, *levers, "--data-root", str(data), "--out", str(tmp_path / "run")]) == 0
     first = tmp_path / "run" / "checkpoints" / "cvm" / "experience-0.ckpt"
     deployed = load_checkpoint(first)

@@ -43,6 +43,7 @@ ABLATIONS: dict[str, dict] = {
     },
     "distillation from the model before each experience (--lwf 1)": {"lwf": 1.0},
     "weights merged with the model before each experience (--average-previous 0.5)": {"average_previous": 0.5},
+    "an average of the weights over steps (--ema 0.99)": {"ema": 0.99},
     "memory balanced over classes and experiences (--replay-balance class-experience)": {
         "replay_balance": "class-experience",
     },

@@ -25,6 +25,7 @@ from cvm_lightning.model.optimizers import create_optimizer
 from cvm_lightning.model.previous import PreviousModel
 from cvm_lightning.model.prototypes import ClassPrototypes
 from cvm_lightning.model.replay import ReplayBuffer
+from cvm_lightning.model.weight_average import WeightAverage
 from cvm_lightning.settings import DEFAULT_HEAD, check_class_names, check_settings
 
 
@@ -144,6 +145,14 @@ class CVMModule(pl.LightningModule):
             a weight-space ensemble of the model before and after the update,
             as WiSE-FT does after fine-tuning (0 keeps the trained weights).
             BatchNorm statistics are then re-estimated for the merged weights.
+        ema: decay of an exponential moving average of the trained weights,
+            folded in after every optimiser step
+            (:class:`~cvm_lightning.model.weight_average.WeightAverage`): the
+            model validates, predicts, exports and starts each update with the
+            average, while the optimiser goes on training the raw weights, as
+            in Soutif-Cormerais et al. (2023) for online continual learning.
+            It is a running mean for its first ``1 / (1 - ema)`` steps (0 turns
+            it off; for example 0.99).
         semantic: weight of the semantic-distance term added to ``loss``
             (:func:`~cvm_lightning.model.losses.semantic_distance`): each
             image's similarities to the competing concepts should follow its
@@ -200,6 +209,7 @@ class CVMModule(pl.LightningModule):
         distill: float = 1.0,
         lwf: float = 0.0,
         average_previous: float = 0.0,
+        ema: float = 0.0,
         semantic: float = 0.0,
         center_concepts: bool = True,
         prototypes: bool = False,
@@ -247,6 +257,7 @@ class CVMModule(pl.LightningModule):
         self.current_experience: int | None = None
         self._fit_classes: set[int] = set()  # classes the current experience brings new: never replayed
         self.previous: PreviousModel | None = None  # the model before this experience, for lwf and average_previous
+        self.weight_average: WeightAverage | None = None  # with ema: the raw weights, while the module holds the mean
         self._experience_started = False
         self._first_epoch = 0
         self.experiences_trained = 0  # experiences ended, not interrupted; from the second on, one has a previous model
@@ -545,6 +556,9 @@ class CVMModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- training
     def on_fit_start(self) -> None:
+        if self.hparams.get("ema", 0) > 0 and self.trainer.accumulate_grad_batches > 1:
+            # The batches between two steps would run their forward and backward on the average.
+            raise ConfigError("ema needs one optimiser step per batch: drop accumulate_grad_batches or ema.")
         if self.encoder.frozen:
             # Lightning warns about modules left in eval mode; a frozen backbone is, by design.
             warnings.filterwarnings(
@@ -585,6 +599,29 @@ class CVMModule(pl.LightningModule):
                 for name in ("running_mean", "running_var"):
                     buffer = getattr(module, name)
                     buffer.copy_(self.trainer.strategy.reduce(buffer.clone(), reduce_op="mean"))
+
+    def hold_training_weights(self) -> None:
+        """With ``ema``: take the raw weights for a training step (the average is kept aside)."""
+        if self.hparams.get("ema", 0) > 0:
+            if self.weight_average is None:
+                self.weight_average = WeightAverage(self.encoder, self.head, self.hparams["ema"])
+            self.weight_average.hold_training()
+
+    def hold_averaged_weights(self, stepped: bool = True) -> None:
+        """With ``ema``: after a step, fold the raw weights into the average (if ``stepped``) and take the average."""
+        if self.weight_average is not None:
+            self.weight_average.hold_average(update=stepped)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        # The closure runs training_step and backward: both, and the step, see the raw weights; outside it, every
+        # hook, callback and checkpoint sees the average.
+        self.hold_training_weights()
+        stepped = False
+        try:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            stepped = True
+        finally:
+            self.hold_averaged_weights(stepped)
 
     def training_step(self, batch: Sequence[Any], batch_idx: int) -> torch.Tensor:
         x, y = split_batch(batch)
@@ -655,6 +692,8 @@ class CVMModule(pl.LightningModule):
         checkpoint["cvm_replay"] = self.replay.state_dict()
         if self.previous is not None:  # saved inside an experience: the rest of it needs the model before it
             checkpoint["cvm_previous"] = self.previous.state_dict()
+        if self.weight_average is not None:  # state_dict holds the average; training goes on from the raw weights
+            checkpoint["cvm_weight_average"] = self.weight_average.state_dict()
         checkpoint["cvm_state"] = {"current_experience": self.current_experience, "class_names": self.class_names,
                                    "image_size": self.image_size, "experiences_trained": self.experiences_trained}
 
@@ -685,6 +724,9 @@ class CVMModule(pl.LightningModule):
             self.replay.load_state_dict(checkpoint["cvm_replay"])
         if "cvm_previous" in checkpoint:
             self.previous = PreviousModel.from_state_dict(checkpoint["cvm_previous"], self.encoder, self.head)
+        if "cvm_weight_average" in checkpoint:
+            self.weight_average = WeightAverage(self.encoder, self.head, self.hparams["ema"])
+            self.weight_average.load_state_dict(checkpoint["cvm_weight_average"])
         self.current_experience = saved.get("current_experience")
         # Saved before the count existed: a checkpoint of a model that trained has ended an experience.
         self.experiences_trained = saved.get("experiences_trained", int(checkpoint.get("global_step", 0) > 0))

@@ -20,7 +20,8 @@ class CVMStrategy(SupervisedTemplate):
     module's alignment loss and its class-balanced replay memory (samples are
     stored during the first epoch of each experience; replayed samples are
     appended to every minibatch), and the optimiser state is reset at each
-    experience, exactly as the Lightning path does.
+    experience, exactly as the Lightning path does. With ``ema``, each step
+    trains the raw weights and the model evaluates with their average.
 
     Args are those of ``SupervisedTemplate``; ``optimizer`` defaults to the
     module's configured optimiser.
@@ -40,6 +41,14 @@ class CVMStrategy(SupervisedTemplate):
     def _after_training_exp(self, **kwargs: Any) -> None:
         self.model.end_experience(self.dataloader)
         super()._after_training_exp(**kwargs)
+
+    def _before_forward(self, **kwargs: Any) -> None:
+        self.model.hold_training_weights()  # with ema, the step trains the raw weights, as in the Lightning path
+        super()._before_forward(**kwargs)
+
+    def _after_update(self, **kwargs: Any) -> None:
+        self.model.hold_averaged_weights()
+        super()._after_update(**kwargs)
 
     def make_optimizer(self, **kwargs: Any) -> None:
         # Avalanche keeps Adam moments across experiences by default; the
