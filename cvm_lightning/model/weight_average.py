@@ -45,10 +45,6 @@ class WeightAverage:
         self.steps = 0  # optimiser steps averaged so far
         self.holds_average = True  # whether the module holds the average (and this object the raw weights)
 
-    def decay_at(self, step: int) -> float:
-        """The weight the average keeps at its ``step``-th update (1-based): ``min(decay, (step - 1) / step)``."""
-        return self.ema.get_decay(step)
-
     def _swap(self) -> None:
         ours = self.ema.module.state_dict(keep_vars=True).values()
         live = self.parts.state_dict(keep_vars=True).values()
