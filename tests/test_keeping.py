@@ -156,7 +156,7 @@ class RecordSteps(pl.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.average.append({k: v.detach().clone() for k, v in module.state_dict().items()
                              if k.startswith(("encoder.", "head."))})
-        self.raw.append({k: v for k, v in module.weight_average.raw_state_dict().items()})
+        self.raw.append(module.weight_average.raw_state_dict())  # already a copy
 
 
 def test_ema_averages_the_raw_weights_by_the_declared_decay(digit_bank):
