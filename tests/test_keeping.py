@@ -231,3 +231,79 @@ def test_the_avalanche_strategy_trains_the_raw_weights_and_evaluates_the_average
     raw = module.weight_average.raw_state_dict()
     average = {k: v for k, v in module.state_dict().items() if k.startswith("head.")}
     assert any(not torch.allclose(raw["1." + k.split(".", 1)[1]], v) for k, v in average.items())
+
+
+class RecordUpdates:
+    """An Avalanche plugin recording, after each update (the model holds the average then), the average and the raw
+    weights; it runs after the strategy's own plugins, the weight average among them."""
+
+    def __init__(self, averaging):
+        self.averaging, self.average, self.raw = averaging, [], []
+
+    def __getattr__(self, hook):  # Avalanche calls every hook on every plugin
+        return lambda *args, **kwargs: None
+
+    def after_update(self, strategy, *args, **kwargs):
+        self.average.append({k: v.detach().clone() for k, v in strategy.model.state_dict().items()})
+        self.raw.append(self.averaging().average.raw_state_dict())
+
+
+def baseline_with_ema(name, decay, growing_head=False, epochs=1):
+    from cvm_lightning.training.baselines import BaselineSettings, ClassifierNet, WeightAveragePlugin, build_baseline
+
+    torch.manual_seed(0)
+    net = ClassifierNet("mobilenetv3_small_050", 10, in_chans=1, input_size=16, growing_head=growing_head)
+    settings = BaselineSettings(buffer_size=20, batch_size=32, epochs=epochs, ema=decay)
+    record = RecordUpdates(lambda: next(p for p in strategy.plugins if isinstance(p, WeightAveragePlugin)))
+    strategy = build_baseline(name, net, torch.optim.SGD(net.parameters(), lr=0.1), settings, [record])
+    return strategy, net, record
+
+
+def test_a_baseline_evaluates_with_the_average_of_its_steps_by_the_declared_decay():
+    """The baselines' --ema is CVM's: after step t the model holds d_t x the average before + (1 - d_t) x the raw
+    weights, d_t = min(d, (t - 1) / t), and the optimiser trains the raw weights."""
+    from cvm_lightning.streams import StreamConfig, build_benchmark
+
+    experience = build_benchmark("split-digits", StreamConfig(seed=0)).train_stream[0]
+    strategy, net, record = baseline_with_ema("replay", 0.6)
+    strategy.train(experience)
+    assert len(record.average) == -(-len(experience.dataset) // 32) >= 4, "one update a minibatch"
+    keys = [k for k, v in record.average[0].items() if v.is_floating_point()]
+    for t in range(len(record.average)):
+        decay = min(0.6, t / (t + 1))
+        for key in keys:
+            before = record.average[t - 1][key] if t else torch.zeros(())
+            expected = decay * before + (1 - decay) * record.raw[t]["0." + key]
+            torch.testing.assert_close(record.average[t][key], expected, rtol=1e-5, atol=1e-6, msg=key)
+    apart = max(float((record.average[-1][k] - record.raw[-1]["0." + k]).abs().max()) for k in keys)
+    assert apart > 1e-3, "the model evaluates with the average, not the raw weights"
+
+
+def test_a_growing_head_s_new_units_join_the_average():
+    """ER-ACE's head grows by a unit a class at each experience: the average and the raw weights grow with it, the
+    old units keep their values and the new ones start from the head's new units."""
+    from cvm_lightning.streams import StreamConfig, build_benchmark
+
+    stream = build_benchmark("split-digits", StreamConfig(seed=0)).train_stream
+    strategy, net, record = baseline_with_ema("er_ace", 0.9, growing_head=True)
+    strategy.train(stream[0])
+    first = len(record.average)
+    strategy.train(stream[1])
+    weight = next(k for k in record.average[-1] if k.endswith("classifier.weight"))
+    before, after = record.average[first - 1][weight], record.average[-1][weight]
+    assert after.shape[0] > before.shape[0], "the head grew"
+    assert record.raw[-1]["0." + weight].shape == after.shape
+    # The first step of the second experience folds the raw weights into the average, old units included.
+    grown, decay = before.shape[0], min(0.9, first / (first + 1))
+    expected = decay * before + (1 - decay) * record.raw[first]["0." + weight][:grown]
+    torch.testing.assert_close(record.average[first][weight][:grown], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_baselines_that_train_step_by_step_read_ema_and_key_their_results_on_it():
+    from cvm_lightning.app.run_config import RunConfig
+
+    config = RunConfig(ema=0.99)
+    for name in ("naive", "replay", "der", "er_ace", "cumulative", "cvm"):
+        assert config.settings_of(name)["ema"] == 0.99, name
+    for name in ("gdumb", "icarl", "scr", "ncm"):
+        assert "ema" not in config.settings_of(name), f"{name} does not train one model step by step"

@@ -194,6 +194,7 @@ def run_baseline(name: str, config: RunConfig, data: ClassIncrementalDataModule,
             eval_batch_size=config.eval_batch_size, replay_batch_size=config.replay_batch_size,
             drop_last=config.drop_last, task_free=data.task_free, recalibrate_bn=config.recalibrate_bn,
             scr_views=config.scr_views, hyperparameters=config.hyperparameters_of(name),
+            ema=config.ema if "ema" in STRATEGIES[name].reads else 0.0,
             device=TORCH_DEVICES[config.accelerator],
         )
         nonfinite = NonFiniteLossPlugin()

@@ -56,8 +56,12 @@ SHARED_SETTINGS: tuple[str, ...] = (
     "test_per_class", "n_experiences", "download", "precision", "accelerator", "channels_last",
     "eval_every", "mini_experience_size", "anytime_every",
 )
+# What the baselines that train one model with SGD, step by step, read beyond the shared settings: an average of
+# the weights over steps, CVM's --ema (GDumb retrains afresh each experience; iCaRL, SCR and NCM predict from
+# class means).
+AVERAGED = ("ema",)
 # What the baselines with a learned linear head read beyond the shared settings.
-LINEAR_HEAD = ("growing_head",)
+LINEAR_HEAD = ("growing_head", *AVERAGED)
 
 for _entry in (
     StrategyEntry(
@@ -76,8 +80,9 @@ for _entry in (
     StrategyEntry("ewc", "Elastic Weight Consolidation", reads=LINEAR_HEAD, hyperparameters={"ewc_lambda": 100.0}),
     # DER keeps one unit per class from the start: the logits it stores at an experience's end would hold the
     # masked score (-1000) of every class a growing head has not added yet, and its MSE on them swamps training.
-    StrategyEntry("der", "DER++: replay of labels and logits", hyperparameters={"alpha": 0.1, "beta": 0.5}),
-    StrategyEntry("gdumb", "GDumb: retrain from a greedy class-balanced memory", reads=LINEAR_HEAD),
+    StrategyEntry("der", "DER++: replay of labels and logits", reads=AVERAGED,
+                  hyperparameters={"alpha": 0.1, "beta": 0.5}),
+    StrategyEntry("gdumb", "GDumb: retrain from a greedy class-balanced memory", reads=("growing_head",)),
     StrategyEntry("er_ace", "ER-ACE: replay with the asymmetric cross-entropy, CVM's loss on a learned linear head",
                   reads=(*LINEAR_HEAD, "replay_batch_size")),
     StrategyEntry(

@@ -604,7 +604,7 @@ class CVMModule(pl.LightningModule):
         """With ``ema``: take the raw weights for a training step (the average is kept aside)."""
         if self.hparams.get("ema", 0) > 0:
             if self.weight_average is None:
-                self.weight_average = WeightAverage(self.encoder, self.head, self.hparams["ema"])
+                self.weight_average = WeightAverage(self.encoder, self.head, decay=self.hparams["ema"])
             self.weight_average.hold_training()
 
     def hold_averaged_weights(self, stepped: bool = True) -> None:
@@ -725,7 +725,7 @@ class CVMModule(pl.LightningModule):
         if "cvm_previous" in checkpoint:
             self.previous = PreviousModel.from_state_dict(checkpoint["cvm_previous"], self.encoder, self.head)
         if "cvm_weight_average" in checkpoint:
-            self.weight_average = WeightAverage(self.encoder, self.head, self.hparams["ema"])
+            self.weight_average = WeightAverage(self.encoder, self.head, decay=self.hparams["ema"])
             self.weight_average.load_state_dict(checkpoint["cvm_weight_average"])
         self.current_experience = saved.get("current_experience")
         # Saved before the count existed: a checkpoint of a model that trained has ended an experience.

@@ -10,7 +10,7 @@ from torch import nn
 
 
 class WeightAverage:
-    """The encoder and head's weights averaged over optimiser steps (``CVMModule(ema=...)``).
+    """The weights of ``parts`` averaged over optimiser steps (``CVMModule(ema=...)``, :class:`WeightAveragePlugin`).
 
     An average of the weights over time is used at test time in online
     continual learning (Soutif-Cormerais et al., CoLLAs 2023) and as the
@@ -34,22 +34,35 @@ class WeightAverage:
     of the whole module, made afresh at each ``fit``: an update run in a new
     process (``cvm learn``) would start the average over, and it would copy
     back CVM's seen mask and concepts, whose shapes grow with each class.
-    This one covers the encoder and head only, and the module's checkpoint
-    keeps it (:meth:`state_dict`), so an update goes on from the same raw
-    weights and the same count of steps.
+    This one covers the modules it is given only (CVM's encoder and head),
+    and the module's checkpoint keeps it (:meth:`state_dict`), so an update
+    goes on from the same raw weights and the same count of steps. A tensor
+    that grew since the last swap (a growing head's new units) keeps its
+    average and raw values where they overlap and starts from the live
+    values elsewhere. Integer buffers (a head's active units, BatchNorm's
+    batch count) are not averaged, so they stay with the module, the one
+    copy that adaptations update.
     """
 
-    def __init__(self, encoder: nn.Module, head: nn.Module, decay: float) -> None:
-        self.parts = nn.ModuleList([encoder, head])
+    def __init__(self, *parts: nn.Module, decay: float) -> None:
+        self.parts = nn.ModuleList(parts)
         self.ema = ModelEmaV3(self.parts, decay=decay, use_warmup=True, warmup_gamma=1.0, warmup_power=1.0)
         self.steps = 0  # optimiser steps averaged so far
         self.holds_average = True  # whether the module holds the average (and this object the raw weights)
 
     def _swap(self) -> None:
-        ours = self.ema.module.state_dict(keep_vars=True).values()
-        live = self.parts.state_dict(keep_vars=True).values()
-        for a, b in zip(ours, live):
-            a.data, b.data = b.data, a.data
+        ours = self.ema.module.state_dict(keep_vars=True)
+        live = self.parts.state_dict(keep_vars=True)
+        if ours.keys() != live.keys():
+            raise RuntimeError("WeightAverage: the averaged modules gained or lost tensors; only their sizes may grow.")
+        for a, b in zip(ours.values(), live.values()):
+            if a.shape != b.shape:
+                grown = b.detach().clone()
+                overlap = tuple(slice(0, min(m, n)) for m, n in zip(a.shape, b.shape))
+                grown[overlap] = a.data[overlap]
+                a.data = grown
+            if b.is_floating_point():
+                a.data, b.data = b.data, a.data
 
     @torch.no_grad()
     def hold_training(self) -> None:

@@ -26,6 +26,7 @@ from cvm_lightning.errors import ConfigError, did_you_mean
 from cvm_lightning.model.batchnorm import recalibrate_on_batches
 from cvm_lightning.model.cpu import autocast
 from cvm_lightning.model.encoder import VisualEncoder
+from cvm_lightning.model.weight_average import WeightAverage
 from cvm_lightning.settings import check_memory, check_settings
 
 
@@ -89,6 +90,8 @@ class BaselineSettings:
     ``task_free`` strategies train on mini-experiences of a stream whose
     boundaries they are not told: nothing resets or recalibrates between them.
     ``scr_views`` names SCR's second view of each sample (:data:`SCR_VIEWS`).
+    ``ema`` > 0 evaluates with an average of the weights over steps
+    (:class:`WeightAveragePlugin`), as ``CVMModule(ema=...)`` does.
     """
 
     buffer_size: int
@@ -101,6 +104,7 @@ class BaselineSettings:
     device: str = "cpu"
     recalibrate_bn: bool = True
     scr_views: str = "crop-flip"
+    ema: float = 0.0
     hyperparameters: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -144,11 +148,36 @@ class BatchNormRecalibrationPlugin(SupervisedPlugin):
         recalibrate_on_batches(strategy.model, batches, strategy.device)
 
 
+class WeightAveragePlugin(SupervisedPlugin):
+    """An average of the model's weights over optimiser steps, used everywhere but in the steps themselves.
+
+    The baselines' twin of ``CVMModule(ema=...)``, on the same
+    :class:`~cvm_lightning.model.weight_average.WeightAverage`: each step
+    trains the raw weights, and the strategy's model holds their average
+    outside it, for evaluation, memory updates and the experiences that
+    follow. A growing head's new units join the average as they appear.
+    """
+
+    def __init__(self, decay: float) -> None:
+        super().__init__()
+        self.decay = decay
+        self.average: WeightAverage | None = None
+
+    def before_forward(self, strategy, *args, **kwargs) -> None:
+        if self.average is None:
+            self.average = WeightAverage(strategy.model, decay=self.decay)
+        self.average.hold_training()
+
+    def after_update(self, strategy, *args, **kwargs) -> None:
+        self.average.hold_average()
+
+
 def _common(settings: BaselineSettings, plugins: list, recalibrate_memory: bool = False) -> dict:
     recalibration = [BatchNormRecalibrationPlugin(recalibrate_memory)] if settings.recalibrate_bn else []
     # Each experience starts with fresh optimiser state, unless the stream hides where experiences start.
     fresh = [] if settings.task_free else [FreshOptimizerState()]
-    plugins = [*fresh, *recalibration, *plugins]
+    average = [WeightAveragePlugin(settings.ema)] if settings.ema > 0 else []
+    plugins = [*fresh, *average, *recalibration, *plugins]
     return {
         "criterion": nn.CrossEntropyLoss(),
         "train_mb_size": settings.batch_size,
