@@ -252,7 +252,7 @@ def baseline_with_ema(name, decay, growing_head=False, epochs=1):
     from cvm_lightning.training.baselines import BaselineSettings, ClassifierNet, WeightAveragePlugin, build_baseline
 
     torch.manual_seed(0)
-    net = ClassifierNet("mobilenetv3_small_050", 10, in_chans=1, input_size=16, growing_head=growing_head)
+    net = ClassifierNet("reduced_resnet18", 10, in_chans=1, input_size=None, growing_head=growing_head)
     settings = BaselineSettings(buffer_size=20, batch_size=32, epochs=epochs, ema=decay)
     record = RecordUpdates(lambda: next(p for p in strategy.plugins if isinstance(p, WeightAveragePlugin)))
     strategy = build_baseline(name, net, torch.optim.SGD(net.parameters(), lr=0.1), settings, [record])
