@@ -33,7 +33,7 @@ def test_readme_lightning_snippet_runs_as_written(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     summary = namespace["metrics"].summary
-    assert summary["avg_acc"] > 0.5, summary  # chance is 0.1 over 10 digits
+    assert summary["avg_acc"] > 0.7, summary  # chance is 0.1 over 10 digits; 0.87 measured at 8x8
 
 
 def test_readme_own_datasets_snippet_runs_as_written(tmp_path, monkeypatch):

@@ -116,7 +116,7 @@ def test_too_many_experiences_is_one_line_and_writes_nothing(tmp_path, capsys):
 def test_strategies_run_on_a_domain_stream_with_a_table_per_condition(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--benchmark", "domain-digits", "--n-experiences", "2", "--strategies", "cvm,replay",
-                 "--epochs", "2", "--buffer", "100", "--input-size", "16", "--no-progress", "--out", str(out)]) == 0
+                 "--epochs", "2", "--buffer", "100", "--input-size", "8", "--no-progress", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "Each condition: final accuracy (forgetting)" in printed
     results = json.loads((out / "results.json").read_text())

@@ -1,3 +1,4 @@
+import runpy
 import shutil
 import subprocess
 import sys
@@ -59,11 +60,16 @@ def test_split_digits_example(tmp_path):
         "own_images.py",
     ],
 )
-def test_data_examples_without_data_say_where_to_put_it(script, tmp_path):
-    result = run_example(script, "--data-root", str(tmp_path), "--out", str(tmp_path / "o"))
-    assert result.returncode == 2
-    assert "cvm: error:" in result.stderr and str(tmp_path) in result.stderr
-    assert not (tmp_path / "o" / "results.json").exists()
+def test_data_examples_without_data_say_where_to_put_it(script, tmp_path, monkeypatch, capsys):
+    # In this process, as `python examples/SCRIPT` runs it: a new process a script would spend its time importing.
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    monkeypatch.setattr(sys, "argv", [script, "--data-root", str(tmp_path), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(EXAMPLES / script), run_name="__main__")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "cvm: error:" in err and str(tmp_path) in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists(), "nothing is written"
 
 
 @pytest.mark.shared_data

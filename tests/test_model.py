@@ -83,7 +83,7 @@ def test_nan_loss_stops_with_experience_and_step(digit_bank):
 def test_digits_iid_accuracy_with_a_plain_trainer(digit_bank):
     pl.seed_everything(0)
     train, test = load_digits_split()
-    module = CVMModule(digit_bank, backbone="reduced_resnet18", in_chans=1, input_size=32, buffer_size=0)
+    module = CVMModule(digit_bank, backbone="reduced_resnet18", in_chans=1, input_size=None, buffer_size=0)
     trainer = quiet_trainer(max_epochs=3)
     trainer.fit(module, DataLoader(train, batch_size=64, shuffle=True))
     accuracy = trainer.validate(module, DataLoader(test, batch_size=256), verbose=False)[0]["val/acc"]

@@ -23,7 +23,8 @@ def test_help_lists_every_registered_strategy(capsys):
 def test_er_ace_er_aml_icarl_scr_and_the_upper_bounds_run_beside_naive(tmp_path, capsys):
     out = tmp_path / "run"
     assert (
-        main(["run", "--strategies", "naive,er_ace,er_aml,icarl,scr,cumulative,joint", "--out", str(out), *FAST]) == 0
+        main(["run", "--strategies", "naive,er_ace,er_aml,icarl,scr,cumulative,joint", "--train-per-class", "60",
+              "--out", str(out), *FAST]) == 0
     )
     results = json.loads((out / "results.json").read_text())["strategies"]
     assert set(results) == {"naive", "er_ace", "er_aml", "icarl", "scr", "cumulative", "joint"}
