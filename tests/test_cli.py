@@ -41,7 +41,7 @@ def test_run_writes_results_and_repeats_with_the_same_seed(tmp_path, capsys):
     runs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        assert main(["run", "--strategies", "cvm,replay", "--out", str(out), *FAST]) == 0
+        assert main(["run", "--strategies", "cvm,replay", "--train-per-class", "60", "--out", str(out), *FAST]) == 0
         runs.append(json.loads((out / "results.json").read_text()))
         assert (out / "results.md").read_text().count("|") > 10
         assert (out / "accuracy_matrices.png").stat().st_size > 0 and (out / "average_accuracy.png").exists()

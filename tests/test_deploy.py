@@ -271,7 +271,7 @@ def test_learn_adds_two_classes_to_a_model_of_eight(cifar10_root, tmp_path, caps
     pl.seed_everything(0)
     module = CVMModule(ConceptBank.from_names(names), backbone="reduced_resnet18", buffer_size=160, input_size=32)
     module.start_experience(list(range(8)), experience=0)
-    trainer = pl.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_checkpointing=False)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_progress_bar=False, enable_checkpointing=False)
     trainer.fit(module, DataLoader(train, batch_size=32, shuffle=True))
     checkpoint = tmp_path / "model.ckpt"
     trainer.save_checkpoint(checkpoint)

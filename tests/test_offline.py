@@ -32,7 +32,8 @@ def test_default_job_runs_with_sockets_blocked(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run(
         [sys.executable, "-m", "cvm_lightning", "run", "--strategies", "cvm,replay", "--epochs", "1",
-         "--backbone", "mobilenetv3_small_050", "--input-size", "16", "--no-progress", "--out", str(out)],
+         "--train-per-class", "20", "--backbone", "mobilenetv3_small_050", "--input-size", "16", "--no-progress",
+         "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
